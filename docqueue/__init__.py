@@ -1,0 +1,28 @@
+"""docqueue: run Hugging Face models over streams of documents.
+
+Producers enqueue documents to Redis; batching Celery workers run them through the
+model; every result lands in SQL.
+"""
+
+from docqueue.config import Settings
+from docqueue.params import InvalidParams
+from docqueue.producer import (
+    Client,
+    DocumentFailed,
+    InvalidDocument,
+    JobHandle,
+    Record,
+    ResultHandle,
+)
+
+__version__ = "0.1.0"
+__all__ = [
+    "Client",
+    "DocumentFailed",
+    "InvalidDocument",
+    "InvalidParams",
+    "JobHandle",
+    "Record",
+    "ResultHandle",
+    "Settings",
+]

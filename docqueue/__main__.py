@@ -1,0 +1,3 @@
+from docqueue.cli import main
+
+main()

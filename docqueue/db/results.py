@@ -1,0 +1,115 @@
+"""What workers write: one bulk upsert per committed batch.
+
+The rule, enforced by the database whatever the order of arrival: the first success
+wins, a success may replace an error, never the reverse.  A redelivered message
+therefore rewrites nothing, and two workers racing on one document leave one row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, and_, bindparam, update
+from sqlalchemy.sql import Insert
+
+from docqueue.db.schema import DONE, FAILED, Item, Result
+
+
+@dataclass
+class ResultRow:
+    job_id: str
+    seq: int
+    ok: bool
+    output: dict[str, Any] | None = None
+    embedding: bytes | None = None
+    error: str | None = None
+    truncated: bool = False
+    worker_id: str | None = None
+    batch_size: int | None = None
+    enqueued_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    #: Failed tries this row stands for (errors only).
+    attempts: int = 0
+
+
+_RESULT_COLUMNS = (
+    "ok",
+    "output",
+    "embedding",
+    "error",
+    "truncated",
+    "worker_id",
+    "batch_size",
+    "enqueued_at",
+    "started_at",
+    "finished_at",
+)
+
+
+def _upsert(dialect: str) -> Insert:
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        raise NotImplementedError(f"docqueue supports SQLite and PostgreSQL, not {dialect}")
+    stmt = insert(Result)
+    excluded = stmt.excluded
+    return stmt.on_conflict_do_update(
+        index_elements=[Result.job_id, Result.seq],
+        set_={name: excluded[name] for name in _RESULT_COLUMNS},
+        where=and_(Result.ok.is_(False), excluded.ok.is_(True)),
+    )
+
+
+_MARK_DONE = (
+    update(Item)
+    .where(Item.job_id == bindparam("b_job"), Item.seq == bindparam("b_seq"))
+    .values(status=DONE, error=None, truncated=bindparam("b_truncated"))
+)
+_MARK_FAILED = (
+    update(Item)
+    .where(
+        Item.job_id == bindparam("b_job"),
+        Item.seq == bindparam("b_seq"),
+        Item.status != DONE,
+    )
+    .values(
+        status=FAILED,
+        error=bindparam("b_error"),
+        truncated=bindparam("b_truncated"),
+        attempts=Item.attempts + bindparam("b_attempts"),
+    )
+)
+
+
+def record_results(conn: Connection, rows: Sequence[ResultRow]) -> None:
+    """Upsert results and mirror each item's status, in the caller's transaction."""
+    if not rows:
+        return
+    conn.execute(
+        _upsert(conn.dialect.name),
+        [
+            {"job_id": r.job_id, "seq": r.seq, **{c: getattr(r, c) for c in _RESULT_COLUMNS}}
+            for r in rows
+        ],
+    )
+    done = [{"b_job": r.job_id, "b_seq": r.seq, "b_truncated": r.truncated} for r in rows if r.ok]
+    failed = [
+        {
+            "b_job": r.job_id,
+            "b_seq": r.seq,
+            "b_error": r.error,
+            "b_truncated": r.truncated,
+            "b_attempts": r.attempts,
+        }
+        for r in rows
+        if not r.ok
+    ]
+    if done:
+        conn.execute(_MARK_DONE, done)
+    if failed:
+        conn.execute(_MARK_FAILED, failed)

@@ -1,0 +1,119 @@
+"""Tables.  SQL is the source of truth: a job's items hold their text, so a lost
+queue can be rebuilt from here (``docqueue resume``).
+
+Times are epoch seconds (float): portable across SQLite and PostgreSQL, and fine
+enough to measure latency.  Table names carry a ``dq_`` prefix so docqueue can
+share a database with an application.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+PENDING, DONE, FAILED = "pending", "done", "failed"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Job(Base):
+    __tablename__ = "dq_jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    task: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String(64))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    lane: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str | None] = mapped_column(String(1024))
+    #: Number of documents; None while they are still being enqueued.
+    total: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Item(Base):
+    """One document of a job.  ``seq`` is assigned by the producer (0, 1, 2, ...)."""
+
+    __tablename__ = "dq_items"
+
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("dq_jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: The caller's own id for the document, if it gave one.
+    user_id: Mapped[str | None] = mapped_column(String(512))
+    #: The document (JSON-encoded messages when ``chat``).
+    text: Mapped[str] = mapped_column(Text)
+    chat: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(8), default=PENDING)
+    #: Times the model failed on this document.
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    #: The document was cut: at enqueue (size limit) or to the model's input limit.
+    truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Another document of the same job has the same user id.
+    duplicate_id: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (
+        Index("ix_dq_items_job_status", "job_id", "status"),
+        Index("ix_dq_items_job_user", "job_id", "user_id"),
+    )
+
+
+class Result(Base):
+    """The outcome of one item: an output, or an error.  One row per item, ever:
+    the first success wins, a success may replace an error, never the reverse."""
+
+    __tablename__ = "dq_results"
+
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    output: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: Sentence embeddings, float32 little-endian (``embed``).
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
+    error: Mapped[str | None] = mapped_column(Text)
+    truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: The worker that produced the row; None when the producer rejected the input.
+    worker_id: Mapped[str | None] = mapped_column(String(128))
+    batch_size: Mapped[int | None] = mapped_column(Integer)
+    enqueued_at: Mapped[float | None] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["job_id", "seq"], ["dq_items.job_id", "dq_items.seq"], ondelete="CASCADE"
+        ),
+    )
+
+
+class WorkerBeat(Base):
+    """A worker process's heartbeat: what it serves and when it was last alive."""
+
+    __tablename__ = "dq_workers"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str] = mapped_column(String(32))
+    #: name -> {"tasks": [...], "source": path or hub id}
+    models: Mapped[dict[str, Any]] = mapped_column(JSON)
+    started_at: Mapped[float] = mapped_column(Float)
+    last_seen: Mapped[float] = mapped_column(Float)
+    documents: Mapped[int] = mapped_column(Integer, default=0)
+    stopped: Mapped[bool] = mapped_column(Boolean, default=False)

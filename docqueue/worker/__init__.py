@@ -1,0 +1,1 @@
+"""The worker side: Celery worker, batching, runners.  Needs the ``worker`` extra."""

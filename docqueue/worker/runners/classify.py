@@ -1,0 +1,47 @@
+"""Text classification with a sequence-classification head (BERT, DistilBERT, RoBERTa)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from docqueue.params import InvalidParams
+from docqueue.worker.runners.base import Features, Output, Runner
+
+
+class ClassifyRunner(Runner):
+    task = "classify"
+
+    def check(self, params: dict[str, Any]) -> None:
+        if params.get("labels"):
+            raise InvalidParams(
+                f"model {self.loaded.name} has its own classification head; zero-shot labels "
+                "need an embedding model"
+            )
+
+    def forward(self, inputs: dict[str, Any], params: dict[str, Any]) -> Any:
+        logits = self.model(**self.to_device(inputs)).logits
+        if getattr(self.model.config, "problem_type", None) == "multi_label_classification":
+            scores = logits.float().sigmoid()
+        else:
+            scores = logits.float().softmax(dim=-1)
+        return scores.cpu()
+
+    def postprocess(
+        self, raw: Any, batch: Sequence[Features], params: dict[str, Any]
+    ) -> list[Output]:
+        id2label = self.model.config.id2label
+        names = [str(id2label.get(i, f"LABEL_{i}")) for i in range(raw.shape[1])]
+        outputs = []
+        for row in raw.tolist():
+            best = max(range(len(row)), key=row.__getitem__)
+            outputs.append(
+                Output(
+                    {
+                        "label": names[best],
+                        "score": row[best],
+                        "scores": dict(zip(names, row, strict=True)),
+                    }
+                )
+            )
+        return outputs

@@ -1,0 +1,161 @@
+"""Tiny random models, built from configs with a tokenizer trained on the spot, for
+tests and benchmarks on machines that cannot reach the model hub.
+
+Each builder writes a directory that loads through the ordinary ``from_pretrained``
+path.  Weights are seeded, so the same call always writes the same model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+SPECIAL_BERT = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _texts(corpus: Iterable[str]) -> list[str]:
+    texts = [t for t in corpus if t.strip()]
+    if not texts:
+        raise ValueError("a tokenizer needs some training text")
+    return texts
+
+
+def wordpiece_tokenizer(corpus: Iterable[str], vocab_size: int, max_length: int) -> Any:
+    """A BERT-style tokenizer: lower-cased WordPiece, [CLS] text [SEP]."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers.trainers import WordPieceTrainer
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(
+        _texts(corpus), WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_BERT)
+    )
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
+    tok.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=max_length,
+    )
+
+
+def bpe_tokenizer(
+    corpus: Iterable[str],
+    vocab_size: int,
+    max_length: int,
+    *,
+    bos: str | None = "<s>",
+    eos: str = "</s>",
+    pad: str = "<pad>",
+    add_bos: bool = False,
+    add_eos: bool = False,
+) -> Any:
+    """A byte-level BPE tokenizer (GPT-2 / BART style)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers.trainers import BpeTrainer
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [t for t in (pad, bos, eos, "<unk>") if t]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(
+        _texts(corpus),
+        BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    template = " ".join(
+        [*(["$(bos)"] if add_bos and bos else []), "$A", *(["$(eos)"] if add_eos else [])]
+    )
+    if template != "$A":
+        pairs = [(t, tok.token_to_id(t)) for t in (bos, eos) if t]
+        tok.post_processor = processors.TemplateProcessing(
+            single=template.replace("$(bos)", bos or "").replace("$(eos)", eos),
+            special_tokens=pairs,
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=pad,
+        unk_token="<unk>",
+        model_max_length=max_length,
+    )
+
+
+def _seeded(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def build_classifier(
+    path: str | Path,
+    corpus: Iterable[str],
+    *,
+    hidden: int = 32,
+    layers: int = 1,
+    max_length: int = 128,
+    labels: tuple[str, ...] = ("negative", "neutral", "positive"),
+    vocab_size: int = 1000,
+    seed: int = 0,
+) -> Path:
+    """A BERT sequence classifier."""
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
+    tokenizer = wordpiece_tokenizer(corpus, vocab_size, max_length)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 16),
+        intermediate_size=hidden * 2,
+        max_position_embeddings=max_length,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    _seeded(seed)
+    model = AutoModelForSequenceClassification.from_config(config)
+    return _save(path, model, tokenizer)
+
+
+def _save(path: str | Path, model: Any, tokenizer: Any) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def build_head_on(
+    path: str | Path, source: str, *, labels: tuple[str, ...], seed: int = 0
+) -> Path:
+    """A real checkpoint with a new, seeded classification head, saved once so every
+    worker that loads it computes the same answers."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    _seeded(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        source,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    return _save(path, model, AutoTokenizer.from_pretrained(source))

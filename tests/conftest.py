@@ -1,0 +1,242 @@
+"""Real parts only: a real Redis (the one named by DOCQUEUE_TEST_REDIS_URL, else a
+private redis-server), SQLite always and PostgreSQL when DOCQUEUE_TEST_DATABASE_URL
+is set (unreachable means the suite fails, not skips), worker processes started
+with ``python -m docqueue worker``, models loaded through ``from_pretrained``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import create_engine, select, text
+
+from docqueue.broker import EmbeddedRedis, redis_client
+from docqueue.config import Settings
+from docqueue.db import make_engine, migrate
+from docqueue.db.engine import normalize_url
+from docqueue.db.schema import Base, WorkerBeat
+from docqueue.producer.client import Client
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "examples" / "pydocs-sample.jsonl"
+TESTS = Path(__file__).resolve().parent
+
+PG_URL = os.environ.get("DOCQUEUE_TEST_DATABASE_URL")
+BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    redis = os.environ.get("DOCQUEUE_TEST_REDIS_URL") or "embedded redis-server"
+    return [f"docqueue: redis {redis}; databases {', '.join(BACKENDS)}"]
+
+
+@pytest.fixture(scope="session")
+def sample_texts() -> list[str]:
+    return [json.loads(line)["text"] for line in SAMPLE.read_text().splitlines()]
+
+
+# --- Redis ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    url = os.environ.get("DOCQUEUE_TEST_REDIS_URL")
+    if url:
+        redis_client(url).ping()  # unreachable: fail loudly
+        yield url
+        return
+    with EmbeddedRedis() as server:
+        yield server.url
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    redis_client(redis_server).flushdb()
+    return redis_server
+
+
+# --- SQL -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str | None]:
+    """A fresh PostgreSQL database for this session, dropped at the end."""
+    if not PG_URL:
+        yield None
+        return
+    admin_url = normalize_url(PG_URL)
+    name = f"dq_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = admin_url.set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(url)
+    migrate(engine)
+    engine.dispose()
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'docqueue.db'}"
+    url = request.getfixturevalue("postgres_database")
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        names = ", ".join(t.name for t in reversed(Base.metadata.sorted_tables))
+        conn.execute(text(f"TRUNCATE {names}"))
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'docqueue.db'}"
+
+
+@pytest.fixture
+def settings(redis_url: str, database_url: str) -> Settings:
+    return test_settings(redis_url, database_url)
+
+
+def test_settings(redis_url: str, database_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "redis_url": redis_url,
+        "database_url": database_url,
+        "heartbeat_interval": 0.5,
+        "heartbeat_timeout": 3.0,
+        **overrides,
+    }
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[Client]:
+    with Client(settings) as c:
+        yield c
+
+
+# --- models --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory: pytest.TempPathFactory, sample_texts: list[str]) -> str:
+    from docqueue.worker.tiny import build_classifier
+
+    return str(build_classifier(tmp_path_factory.mktemp("tiny-classifier"), sample_texts))
+
+
+# --- worker processes ----------------------------------------------------------------
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as DOCQUEUE_* variables for a child process."""
+    env = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            continue
+        if name in ("redis_url", "database_url"):
+            value = getattr(settings, name).get_secret_value()
+        env[f"DOCQUEUE_{name.upper()}"] = json.dumps(value) if isinstance(value, dict) else str(
+            value
+        )
+    return env
+
+
+class WorkerProcess:
+    def __init__(self, models: dict[str, str], settings: Settings, log_path: Path) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        argv = [sys.executable, "-m", "docqueue", "worker", "--loglevel", "INFO"]
+        for name, source in models.items():
+            argv += ["--model", f"{name}={source}"]
+        env = {
+            **os.environ,
+            **settings_env(settings),
+            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+            "PYTHONUNBUFFERED": "1",
+        }
+        env.pop("DOCQUEUE_MODELS", None)
+        with log_path.open("wb") as out:
+            self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+        self.pid = self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 90.0) -> WorkerProcess:
+        """Until the worker's first heartbeat (its models are loaded) and its consumer
+        is up."""
+        engine = make_engine(self.settings.database())
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
+                with engine.connect() as conn:
+                    beat = conn.execute(
+                        select(WorkerBeat.id).where(WorkerBeat.pid == self.pid)
+                    ).first()
+                if beat and "ready" in self.log():
+                    self.worker_id = beat[0]
+                    return self
+                time.sleep(0.1)
+        finally:
+            engine.dispose()
+        raise TimeoutError(f"worker not ready after {timeout}s:\n{self.log()}")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+StartWorker = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+def start_worker(settings: Settings, tmp_path: Path) -> Iterator[StartWorker]:
+    started: list[WorkerProcess] = []
+
+    def start(models: dict[str, str], ready: bool = True, **overrides: object) -> WorkerProcess:
+        for name in ("redis_url", "database_url"):
+            if isinstance(overrides.get(name), str):
+                overrides[name] = SecretStr(overrides[name])  # type: ignore[arg-type]
+        worker_settings = settings.model_copy(update=overrides) if overrides else settings
+        worker = WorkerProcess(models, worker_settings, tmp_path / f"worker-{len(started)}.log")
+        started.append(worker)
+        return worker.wait_ready() if ready else worker
+
+    yield start
+    for worker in started:
+        worker.kill()
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")

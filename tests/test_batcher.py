@@ -1,0 +1,160 @@
+"""The flush policy as a pure function: items, the clock and shapes in, a decision out.
+No sleeps: time is an argument."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from docqueue.worker.batcher import Buffer, Flush, Group, Shape, Wait, padded_tokens, plan, select
+
+
+@dataclass
+class Item:
+    length: int
+    arrived: float
+    name: str = ""
+
+
+SHAPE = Shape(padded_tokens, budget=100, max_rows=8)
+MAX_WAIT = 0.010
+
+
+def group(lengths: list[int], arrived: float = 0.0, interactive: bool = False, shape=SHAPE):
+    items = [Item(n, arrived + i * 1e-6, f"i{i}") for i, n in enumerate(lengths)]
+    return Group(items, shape, interactive)
+
+
+def test_nothing_buffered_waits_without_deadline():
+    assert plan({}, now=5.0, max_wait=MAX_WAIT) == Wait(None)
+
+
+def test_small_group_waits_until_its_oldest_item_is_max_wait_old():
+    groups = {"a": group([10, 10], arrived=1.0)}
+    decision = plan(groups, now=1.005, max_wait=MAX_WAIT)
+    assert isinstance(decision, Wait)
+    assert abs(decision.until - 1.010) < 1e-9
+    flushed = plan(groups, now=1.0101, max_wait=MAX_WAIT)
+    assert flushed == Flush("a", [0, 1])
+
+
+def test_group_that_fills_the_budget_flushes_before_max_wait():
+    # 10 rows of 10 tokens = 100 padded tokens = the budget
+    groups = {"a": group([10] * 10, arrived=1.0)}
+    decision = plan(groups, now=1.0, max_wait=MAX_WAIT)
+    assert isinstance(decision, Flush)
+    assert len(decision.positions) == 8  # max_rows caps it
+
+
+def test_batch_cost_never_exceeds_budget():
+    groups = {"a": group([30, 31, 29, 40, 33, 5, 6], arrived=0.0)}
+    decision = plan(groups, now=1.0, max_wait=MAX_WAIT)
+    assert isinstance(decision, Flush)
+    chosen = [groups["a"].items[i].length for i in decision.positions]
+    assert padded_tokens(len(chosen), max(chosen)) <= SHAPE.budget
+    assert 0 in decision.positions  # the oldest always goes
+
+
+def test_batch_takes_items_of_similar_length_around_the_oldest():
+    # oldest is 50 tokens; the budget (100) fits two rows of <= 50
+    lengths = [50, 3, 48, 90, 4, 49]
+    decision = plan({"a": group(lengths)}, now=1.0, max_wait=MAX_WAIT)
+    chosen = sorted(lengths[i] for i in decision.positions)
+    assert chosen == [49, 50]
+
+
+def test_short_oldest_item_is_batched_with_other_short_ones():
+    lengths = [5, 60, 6, 70, 4, 5]
+    decision = plan({"a": group(lengths)}, now=1.0, max_wait=MAX_WAIT)
+    chosen = sorted(lengths[i] for i in decision.positions)
+    assert chosen == [4, 5, 5, 6]  # the next step, 60, would cost 5 x 60 > 100
+
+
+def test_an_item_longer_than_the_budget_still_runs_alone():
+    decision = plan({"a": group([500, 3])}, now=1.0, max_wait=MAX_WAIT)
+    assert decision == Flush("a", [0])
+
+
+def test_interactive_group_goes_before_an_older_bulk_group():
+    groups = {
+        "bulk": group([10] * 20, arrived=0.0),
+        "interactive": group([10], arrived=0.5, interactive=True),
+    }
+    decision = plan(groups, now=1.0, max_wait=MAX_WAIT)
+    assert decision == Flush("interactive", [0])
+
+
+def test_interactive_item_still_waits_max_wait_to_gather_company():
+    groups = {"interactive": group([10], arrived=1.0, interactive=True)}
+    assert plan(groups, now=1.001, max_wait=MAX_WAIT) == Wait(1.0 + MAX_WAIT)
+
+
+def test_among_due_groups_the_oldest_goes_first():
+    groups = {"young": group([10] * 3, arrived=0.9), "old": group([10] * 3, arrived=0.1)}
+    decision = plan(groups, now=2.0, max_wait=MAX_WAIT)
+    assert decision.key == "old"
+
+
+def test_wait_until_the_earliest_deadline_of_all_groups():
+    groups = {"a": group([10], arrived=1.0), "b": group([10], arrived=0.995)}
+    assert plan(groups, now=1.001, max_wait=MAX_WAIT) == Wait(0.995 + MAX_WAIT)
+
+
+def test_generation_cost_counts_new_tokens():
+    def cost(rows, longest):
+        return rows * (longest + 40)
+
+    shape = Shape(cost, budget=200, max_rows=64)
+    decision = plan({"g": group([10] * 10, shape=shape)}, now=1.0, max_wait=MAX_WAIT)
+    assert len(decision.positions) == 4  # 4 x (10 + 40) = 200
+
+
+def test_window_bounds_what_the_oldest_item_is_compared_with():
+    # 2 rows of 50 fit the budget -> a window of 8 items; the match at position 20 is out
+    shape = Shape(padded_tokens, budget=1000, max_rows=2)
+    lengths = [50] + [10] * 19 + [50]
+    chosen = select(group(lengths, shape=shape))
+    assert chosen[0] == 0 and len(chosen) == 2 and chosen[1] < 8
+
+
+def test_nothing_starves_every_item_is_taken_in_bounded_rounds():
+    """Repeatedly planning with fresh arrivals still takes every old item: the oldest
+    always goes."""
+    items = [Item(n, float(i)) for i, n in enumerate([90, 5, 5, 5, 80, 5, 5, 5, 70, 5])]
+    now = 100.0
+    taken: list[Item] = []
+    for _round in range(len(items)):
+        if not items:
+            break
+        decision = plan({"a": Group(items, SHAPE)}, now=now, max_wait=MAX_WAIT)
+        chosen = set(decision.positions)
+        taken += [items[i] for i in chosen]
+        items = [item for i, item in enumerate(items) if i not in chosen]
+        items.append(Item(3, now))  # a short newcomer arrives every round
+        now += 1
+    assert {90, 80, 70} <= {item.length for item in taken}
+
+
+def test_buffer_hands_out_due_batches_and_flush_all_drains_everything():
+    clock = [0.0]
+    buffer: Buffer[Item] = Buffer(max_wait=MAX_WAIT, clock=lambda: clock[0])
+    buffer.add("a", SHAPE, [Item(10, 0.0), Item(10, 0.0)], interactive=False)
+    assert buffer.take(timeout=0) is None  # not due yet, and no waiting allowed
+    clock[0] = 1.0
+    key, batch = buffer.take(timeout=0)
+    assert key == "a" and len(batch) == 2 and len(buffer) == 0
+    buffer.add("b", SHAPE, [Item(10, 1.0)], interactive=False)
+    buffer.flush_all = True
+    assert buffer.take(timeout=0)[0] == "b"
+
+
+def test_buffer_wakes_a_waiting_taker_when_a_batch_fills():
+    buffer: Buffer[Item] = Buffer(max_wait=60.0)
+    got = []
+    taker = threading.Thread(target=lambda: got.append(buffer.take(timeout=30)))
+    taker.start()
+    now = time.monotonic()  # fresh items: only a full batch makes them due
+    buffer.add("a", SHAPE, [Item(10, now) for _ in range(8)], interactive=False)
+    taker.join(10)
+    assert got and len(got[0][1]) == 8

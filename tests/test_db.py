@@ -1,0 +1,137 @@
+"""The ledger and the upsert rule, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import func, select
+
+from docqueue.db import jobs as ledger
+from docqueue.db import make_engine, migrate
+from docqueue.db.engine import VERSION_TABLE, current_revision, head_revision
+from docqueue.db.results import ResultRow, record_results
+from docqueue.db.schema import Base, Item, Result
+
+
+@pytest.fixture
+def engine(database_url: str):
+    engine = make_engine(database_url)
+    migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+def new_job(engine, job_id: str = "a" * 32, n: int = 3) -> str:
+    with engine.begin() as conn:
+        ledger.create_job(conn, job_id, task="classify", model="m", params={}, lane="bulk")
+        ledger.add_items(conn, job_id, [{"seq": i, "text": f"doc {i}"} for i in range(n)])
+        ledger.close_job(conn, job_id, n)
+    return job_id
+
+
+def ok(job: str, seq: int, label: str, worker: str = "w1") -> ResultRow:
+    return ResultRow(job, seq, ok=True, output={"label": label}, worker_id=worker)
+
+
+def err(job: str, seq: int, message: str, worker: str = "w1") -> ResultRow:
+    return ResultRow(job, seq, ok=False, error=message, worker_id=worker, attempts=1)
+
+
+def result(engine, job: str, seq: int):
+    with engine.connect() as conn:
+        return conn.execute(
+            select(Result.ok, Result.output, Result.error, Result.worker_id).where(
+                Result.job_id == job, Result.seq == seq
+            )
+        ).one()
+
+
+def item_status(engine, job: str, seq: int):
+    with engine.connect() as conn:
+        return conn.execute(
+            select(Item.status, Item.error, Item.attempts).where(
+                Item.job_id == job, Item.seq == seq
+            )
+        ).one()
+
+
+def test_migrations_create_exactly_the_models(engine):
+    assert current_revision(engine) == head_revision()
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        diff = [d for d in compare_metadata(context, Base.metadata) if d[0] != "remove_table"]
+    assert diff == []
+
+
+def test_migrate_is_idempotent(engine):
+    migrate(engine)
+    migrate(engine)
+    assert current_revision(engine) == head_revision()
+
+
+def test_first_success_wins(engine):
+    job = new_job(engine)
+    with engine.begin() as conn:
+        record_results(conn, [ok(job, 0, "first", "w1")])
+    with engine.begin() as conn:
+        record_results(conn, [ok(job, 0, "second", "w2")])
+    assert result(engine, job, 0) == (True, {"label": "first"}, None, "w1")
+    assert item_status(engine, job, 0)[0] == "done"
+
+
+def test_success_replaces_an_error(engine):
+    job = new_job(engine)
+    with engine.begin() as conn:
+        record_results(conn, [err(job, 1, "boom", "w1")])
+    assert item_status(engine, job, 1) == ("failed", "boom", 1)
+    with engine.begin() as conn:
+        record_results(conn, [ok(job, 1, "fine", "w2")])
+    assert result(engine, job, 1) == (True, {"label": "fine"}, None, "w2")
+    assert item_status(engine, job, 1)[:2] == ("done", None)
+
+
+def test_error_never_replaces_a_success(engine):
+    job = new_job(engine)
+    with engine.begin() as conn:
+        record_results(conn, [ok(job, 2, "fine", "w1")])
+    with engine.begin() as conn:
+        record_results(conn, [err(job, 2, "late failure", "w2")])
+    assert result(engine, job, 2) == (True, {"label": "fine"}, None, "w1")
+    assert item_status(engine, job, 2)[0] == "done"
+
+
+def test_a_redelivered_batch_leaves_one_row_per_item(engine):
+    job = new_job(engine, n=3)
+    rows = [ok(job, i, f"l{i}") for i in range(3)]
+    for _ in range(3):
+        with engine.begin() as conn:
+            record_results(conn, rows)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Result)).scalar() == 3
+        assert ledger.progress(conn, job).done == 3
+
+
+def test_progress_and_duplicate_ids(engine):
+    job = "b" * 32
+    with engine.begin() as conn:
+        ledger.create_job(conn, job, task="classify", model="m", params={}, lane="bulk")
+        ledger.add_items(
+            conn,
+            job,
+            [
+                {"seq": 0, "user_id": "x", "text": "one"},
+                {"seq": 1, "user_id": "x", "text": "two"},
+                {"seq": 2, "user_id": "y", "text": ""},
+            ],
+        )
+    with engine.connect() as conn:
+        assert ledger.progress(conn, job).total is None  # still enqueuing
+    with engine.begin() as conn:
+        ledger.close_job(conn, job, 3)
+        record_results(conn, [err(job, 2, "empty document")])
+    with engine.connect() as conn:
+        progress = ledger.progress(conn, job)
+        flags = [o.duplicate_id for o in ledger.outcomes(conn, job)]
+    assert (progress.total, progress.failed, progress.pending, progress.finished) == (3, 1, 2, False)
+    assert flags == [True, True, False]
