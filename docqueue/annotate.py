@@ -33,6 +33,7 @@ from docqueue.db.jobs import Progress as JobProgress
 from docqueue.producer.client import Client
 from docqueue.producer.readers import read_documents
 from docqueue.producer.results import write_rows
+from docqueue.worker.models import ModelUnavailable, locate
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True)
@@ -155,6 +156,10 @@ def annotate(
     started = time.monotonic()
     documents = read_documents(path, text_field=text_field, id_field=id_field)
     name = model_name_for(source)
+    try:
+        locate(name, source, usage="--model /path/to/model")  # fail now, not in a worker
+    except ModelUnavailable as exc:
+        raise AnnotateError(str(exc)) from None
     with (
         tempfile.TemporaryDirectory(prefix="docqueue-annotate-") as tmp,
         _redis(settings, Path(tmp)) as redis_url,

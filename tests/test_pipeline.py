@@ -10,15 +10,15 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
+from conftest import wait_until
+from proxy import Proxy
 from sqlalchemy import func, select
 
-from conftest import wait_until
 from docqueue.broker import redis_client
 from docqueue.db import make_engine
 from docqueue.db.schema import Item, Result
 from docqueue.producer.client import Client
 from docqueue.protocol import bulk_queue
-from proxy import Proxy
 
 
 def rows(client: Client, job_id: str) -> list:
@@ -37,8 +37,9 @@ def count_results(client: Client, job_id: str) -> int:
         ).scalar_one()
 
 
-def test_every_document_gets_exactly_one_result(client, start_worker, tiny_classifier,
-                                                sample_texts):
+def test_every_document_gets_exactly_one_result(
+    client, start_worker, tiny_classifier, sample_texts
+):
     start_worker({"tiny": tiny_classifier})
     docs = [{"id": f"doc-{i}", "text": t} for i, t in enumerate(sample_texts)]
     job = client.submit_many(docs, task="classify", model="tiny")
@@ -56,8 +57,7 @@ def test_every_document_gets_exactly_one_result(client, start_worker, tiny_class
     assert first["score"] == max(first["scores"].values())
 
 
-def test_submit_returns_at_once_and_result_can_be_awaited(client, start_worker,
-                                                         tiny_classifier):
+def test_submit_returns_at_once_and_result_can_be_awaited(client, start_worker, tiny_classifier):
     handle = client.submit("The parser reads one line at a time.", task="classify", model="tiny")
     assert handle.read() is None  # no worker yet: still pending, not an error
     with pytest.raises(TimeoutError):
@@ -68,8 +68,9 @@ def test_submit_returns_at_once_and_result_can_be_awaited(client, start_worker,
     assert handle.read() == result
 
 
-def test_two_workers_share_a_job_without_doubling(client, start_worker, tiny_classifier,
-                                                  sample_texts):
+def test_two_workers_share_a_job_without_doubling(
+    client, start_worker, tiny_classifier, sample_texts
+):
     # A small prefetch so that neither worker can take the whole job in one poll.
     first = start_worker({"tiny": tiny_classifier}, prefetch_messages=2)
     second = start_worker({"tiny": tiny_classifier}, prefetch_messages=2)
@@ -84,8 +85,9 @@ def test_two_workers_share_a_job_without_doubling(client, start_worker, tiny_cla
     print(f"two workers split {len(docs)} documents {shares}")
 
 
-def test_single_document_comes_back_fast_during_a_bulk_job(client, start_worker,
-                                                          tiny_classifier, sample_texts):
+def test_single_document_comes_back_fast_during_a_bulk_job(
+    client, start_worker, tiny_classifier, sample_texts
+):
     start_worker({"tiny": tiny_classifier})
     bulk = (sample_texts * 70)[:20_000]
     enqueued = threading.Event()
@@ -109,8 +111,10 @@ def test_single_document_comes_back_fast_during_a_bulk_job(client, start_worker,
     assert progress.pending > 0, "the bulk job must still be running while we measure"
     holder["job"].wait(timeout=240)
     p50, worst = statistics.median(latencies), max(latencies)
-    print(f"single document during a 20,000-document bulk job: p50 {p50 * 1000:.0f} ms, "
-          f"max {worst * 1000:.0f} ms; bulk {progress.pending} still pending at the end")
+    print(
+        f"single document during a 20,000-document bulk job: p50 {p50 * 1000:.0f} ms, "
+        f"max {worst * 1000:.0f} ms; bulk {progress.pending} still pending at the end"
+    )
     assert worst < 1.0
 
 
@@ -128,9 +132,9 @@ def proxy_for(url: str) -> Proxy:
     return Proxy((parts.hostname or "127.0.0.1", parts.port or 6379))
 
 
-def test_worker_killed_between_commit_and_ack_leaves_one_row(client, start_worker,
-                                                              tiny_classifier, sample_texts,
-                                                              settings):
+def test_worker_killed_between_commit_and_ack_leaves_one_row(
+    client, start_worker, tiny_classifier, sample_texts, settings
+):
     """The worker commits its results, its acks cannot reach Redis, it is killed: Redis
     hands the messages to the next worker, which recomputes them; SQL keeps one row."""
     proxy = proxy_for(settings.redis())
@@ -154,8 +158,13 @@ def test_worker_killed_between_commit_and_ack_leaves_one_row(client, start_worke
         successor = start_worker(
             {"tiny": tiny_classifier}, visibility_timeout=1.0, restore_interval=0.5
         )
-        wait_until(lambda: broker.hlen("unacked") == 0 and broker.llen(
-            bulk_queue("classify", "tiny")) == 0, 60, "redelivered messages to be acked")
+        wait_until(
+            lambda: (
+                broker.hlen("unacked") == 0 and broker.llen(bulk_queue("classify", "tiny")) == 0
+            ),
+            60,
+            "redelivered messages to be acked",
+        )
         found = rows(client, job.id)
         assert len(found) == len(docs) == len({r.seq for r in found})
         assert {r.worker_id for r in found} == {doomed.worker_id}  # the first success won
@@ -163,10 +172,12 @@ def test_worker_killed_between_commit_and_ack_leaves_one_row(client, start_worke
         with engine.connect() as conn:
             from docqueue.db.schema import WorkerBeat
 
-            wait_until(lambda: _documents_done(engine, successor.worker_id) >= len(docs), 10,
-                       "the successor's heartbeat")
-            statuses = set(conn.execute(select(Item.status).where(Item.job_id == job.id))
-                           .scalars())
+            wait_until(
+                lambda: _documents_done(engine, successor.worker_id) >= len(docs),
+                10,
+                "the successor's heartbeat",
+            )
+            statuses = set(conn.execute(select(Item.status).where(Item.job_id == job.id)).scalars())
             assert WorkerBeat is not None
         engine.dispose()
         assert statuses == {"done"}
@@ -178,13 +189,14 @@ def _documents_done(engine, worker_id: str) -> int:
     from docqueue.db.schema import WorkerBeat
 
     with engine.connect() as conn:
-        return conn.execute(select(WorkerBeat.documents).where(WorkerBeat.id == worker_id)
-                            ).scalar_one()
+        return conn.execute(
+            select(WorkerBeat.documents).where(WorkerBeat.id == worker_id)
+        ).scalar_one()
 
 
-def test_back_pressure_holds_the_producer_instead_of_filling_redis(client, start_worker,
-                                                                  tiny_classifier, sample_texts,
-                                                                  settings):
+def test_back_pressure_holds_the_producer_instead_of_filling_redis(
+    client, start_worker, tiny_classifier, sample_texts, settings
+):
     limited = Client(settings.model_copy(update={"max_queued_messages": 3}))
     queue = bulk_queue("classify", "tiny")
     lengths = []

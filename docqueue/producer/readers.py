@@ -46,7 +46,7 @@ def read_jsonl(path: Path, *, text_field: str, id_field: str | None) -> Iterator
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                yield Record(None, None, f"{where}: invalid UTF-8 at byte {exc.start}")
+                yield Record(None, None, f"{where}: invalid UTF-8 at byte {exc.start + 1}")
                 continue
             try:
                 obj = json.loads(line)

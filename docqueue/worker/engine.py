@@ -203,8 +203,7 @@ class Engine:
                 try:
                     self._admit(messages)
                 except Exception:  # a bug here must not kill the thread
-                    log.exception("intake failed on %d messages; they stay unacked",
-                                  len(messages))
+                    log.exception("intake failed on %d messages; they stay unacked", len(messages))
 
     def _next_messages(self) -> list[Message]:
         """Every waiting interactive message, then bulk messages up to a round's worth,
@@ -374,6 +373,12 @@ class Engine:
     # --- compute -------------------------------------------------------------------
 
     def _compute_loop(self) -> None:
+        import torch
+
+        with torch.inference_mode():  # grad mode is per thread: set it where forward runs
+            self._compute_batches()
+
+    def _compute_batches(self) -> None:
         while not self._stop.is_set():
             taken = self.buffer.take(timeout=0.2)
             if taken is None:

@@ -15,9 +15,11 @@ import importlib.util
 import json
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from docqueue.config import Settings
 
@@ -108,8 +110,42 @@ def pick_dtype(setting: str, device: Any) -> Any:
     return torch.float32
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers at all (one TCP connect, no retries)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname or "", port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def locate(name: str, source: str, usage: str | None = None) -> bool:
+    """Check a model source before loading it; returns whether to load from local
+    files only.  Raises :class:`ModelUnavailable` with one actionable line instead of
+    the hub client's half minute of retries when the model cannot be had here.
+    ``usage`` is the option to suggest (default ``--model NAME=/path/to/model``)."""
+    usage = usage or f"--model {name}=/path/to/model"
+    if os.path.isdir(source):
+        return False
+    if source.startswith((".", "/", "~")) or source.count("/") > 1:
+        raise ModelUnavailable(f"no such model directory: {source}")
+    if hub_reachable():
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(source, "config.json"), str):
+        return True  # cached earlier: use it without asking the hub
+    raise ModelUnavailable(
+        f"model {source!r} is not a local directory and the Hugging Face hub is not reachable "
+        f"from here; download it elsewhere and pass its directory: {usage}"
+    )
+
+
 def load_model(name: str, source: str, settings: Settings) -> LoadedModel:
-    import torch
     from transformers import (
         AutoConfig,
         AutoModel,
@@ -120,8 +156,11 @@ def load_model(name: str, source: str, settings: Settings) -> LoadedModel:
     )
 
     remote = settings.trust_remote_code
+    local = locate(name, source)
     try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=remote)
+        config = AutoConfig.from_pretrained(
+            source, trust_remote_code=remote, local_files_only=local
+        )
     except (OSError, ValueError) as exc:
         raise ModelUnavailable(_unavailable(name, source, exc)) from None
     family = family_of(config)
@@ -134,12 +173,15 @@ def load_model(name: str, source: str, settings: Settings) -> LoadedModel:
     device = pick_device(settings.device)
     dtype = pick_dtype(settings.dtype, device)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=remote)
-        model = loader.from_pretrained(source, dtype=dtype, trust_remote_code=remote)
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, trust_remote_code=remote, local_files_only=local
+        )
+        model = loader.from_pretrained(
+            source, dtype=dtype, trust_remote_code=remote, local_files_only=local
+        )
     except (OSError, ValueError) as exc:
         raise ModelUnavailable(_unavailable(name, source, exc)) from None
     model.to(device).eval()
-    torch.set_grad_enabled(False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     loaded = LoadedModel(
@@ -179,10 +221,7 @@ def _max_length(source: str, config: Any, tokenizer: Any) -> int:
 def _unavailable(name: str, source: str, exc: Exception) -> str:
     if os.path.isdir(source):
         return f"model {name}: {source} is not a usable model directory ({_first_line(exc)})"
-    return (
-        f"model {name}: {source!r} is neither a local directory nor reachable on the Hugging Face "
-        f"hub; download it elsewhere and pass its directory, e.g. --model {name}=/path/to/model"
-    )
+    return f"model {name}: could not load {source!r} from the hub ({_first_line(exc)})"
 
 
 def _first_line(exc: Exception) -> str:

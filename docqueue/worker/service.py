@@ -81,8 +81,10 @@ class EngineBridge(bootsteps.StartStopStep):
 
     def start(self, c: Any) -> None:
         engine: Engine = c.app.docqueue_engine
-        lanes = [Queue(name, Exchange(name, type="direct"), routing_key=name)
-                 for name in c.app.docqueue_lanes]
+        lanes = [
+            Queue(name, Exchange(name, type="direct"), routing_key=name)
+            for name in c.app.docqueue_lanes
+        ]
         self.channel = c.connection.channel()
         self.channel.basic_qos(0, c.app.docqueue_settings.prefetch_messages, False)
         self.consumer = Consumer(

@@ -144,9 +144,7 @@ def _save(path: str | Path, model: Any, tokenizer: Any) -> Path:
     return path
 
 
-def build_head_on(
-    path: str | Path, source: str, *, labels: tuple[str, ...], seed: int = 0
-) -> Path:
+def build_head_on(path: str | Path, source: str, *, labels: tuple[str, ...], seed: int = 0) -> Path:
     """A real checkpoint with a new, seeded classification head, saved once so every
     worker that loads it computes the same answers."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
