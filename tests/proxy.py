@@ -4,6 +4,7 @@ touching the real server."""
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import threading
@@ -61,10 +62,8 @@ class Proxy:
             return
         finally:
             for sock in (a, b):
-                try:
+                with contextlib.suppress(OSError):
                     sock.close()
-                except OSError:
-                    pass
 
     def cut(self) -> None:
         """Drop every connection and refuse new ones."""
@@ -73,10 +72,8 @@ class Proxy:
             pairs, self._pairs = self._pairs, []
         for a, b in pairs:
             for sock in (a, b):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 sock.close()
 
     def restore(self) -> None:

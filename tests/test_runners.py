@@ -104,3 +104,109 @@ def test_head_model_refuses_labels_and_embedding_model_needs_them(classifier, mi
         classifier.check({"labels": {"a": "a", "b": "b"}})
     with pytest.raises(InvalidParams, match="pass labels"):
         minilm["classify"].check({"labels": None})
+
+
+@pytest.fixture(scope="module")
+def generative(tiny_models):
+    return {
+        kind: next(iter(runners_for(load_model(kind, path, CPU), LIMITS).values()))
+        for kind, path in tiny_models.items()
+    }
+
+
+def same_text(a, b):
+    assert a.output == b.output
+
+
+@pytest.mark.parametrize("kind", ["bart", "t5"])
+def test_greedy_summaries_batched_equal_alone(generative, kind, sample_texts):
+    runner = generative[kind]
+    params = validate_params("summarize", {"max_new_tokens": 12, "min_new_tokens": 4})
+    docs = mixed_lengths(sample_texts, 10)
+    outputs = run(runner, docs, params)
+    assert all(out.output["summary_text"] for out in outputs)
+    sorted_batch_equals_alone(runner, docs, params, same_text)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_greedy_generations_batched_equal_alone(generative, kind, sample_texts):
+    runner = generative[kind]
+    params = validate_params("generate", {"max_new_tokens": 12, "min_new_tokens": 12})
+    prompts = [t[: 20 + 37 * i] for i, t in enumerate(mixed_lengths(sample_texts, 10))]
+    assert all(out.output["generated_text"] for out in run(runner, prompts, params))
+    sorted_batch_equals_alone(runner, prompts, params, same_text)
+
+
+def test_beam_search_summary_with_all_parameters(generative, sample_texts):
+    params = validate_params(
+        "summarize",
+        {
+            "max_new_tokens": 10,
+            "min_new_tokens": 3,
+            "num_beams": 3,
+            "length_penalty": 0.5,
+            "no_repeat_ngram_size": 2,
+        },
+    )
+    out = run(generative["bart"], sample_texts[:3], params)
+    assert len(out) == 3 and all(isinstance(o.output["summary_text"], str) for o in out)
+
+
+def test_chat_prompt_goes_through_the_chat_template(generative):
+    from docqueue.protocol import ChatMessage
+
+    runner = generative["llama"]
+    params = validate_params(
+        "generate", {"max_new_tokens": 6, "min_new_tokens": 6, "return_full_text": True}
+    )
+    chat = [ChatMessage(role="user", content="How do I open a file?")]
+    features = runner.preprocess([chat], params)
+    template_ids = runner.tokenizer.apply_chat_template(
+        [m.model_dump() for m in chat], add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"]
+    assert features[0].ids == list(template_ids)
+    out = run(runner, [chat], params)[0].output["generated_text"]
+    assert out[0] == {"role": "user", "content": "How do I open a file?"}
+    assert out[-1]["role"] == "assistant"
+    # a model without a template refuses chat input per document
+    assert generative["gpt2"].preprocess([chat], params) == [
+        "model gpt2 has no chat template; send text"
+    ]
+
+
+def test_prompt_excluded_unless_asked_and_stop_strings_cut(generative):
+    runner = generative["gpt2"]
+    prompt = "The socket module"
+    base = {"max_new_tokens": 16, "min_new_tokens": 16}
+    plain = run(runner, [prompt], validate_params("generate", base))[0].output["generated_text"]
+    full = run(runner, [prompt], validate_params("generate", {**base, "return_full_text": True}))[
+        0
+    ].output["generated_text"]
+    assert full == prompt + plain and not plain.startswith(prompt)
+    stop = plain[4:6]
+    cut = run(runner, [prompt], validate_params("generate", {**base, "stop": [stop]}))
+    assert cut[0].output["generated_text"] == plain[: plain.find(stop)]
+
+
+def test_seeded_sampling_is_reproducible_and_runs_alone(generative):
+    runner = generative["gpt2"]
+    params = validate_params(
+        "generate", {"max_new_tokens": 10, "do_sample": True, "seed": 7, "temperature": 1.5}
+    )
+    first = run(runner, ["Once upon a time"], params)[0].output
+    again = run(runner, ["Once upon a time"], params)[0].output
+    assert first == again
+    assert runner.shape(params).max_rows == 1
+    unseeded = validate_params("generate", {"max_new_tokens": 10, "do_sample": True})
+    assert runner.shape(unseeded).max_rows == LIMITS.max_rows
+
+
+def test_long_prompt_keeps_its_end_and_is_flagged(generative, sample_texts):
+    runner = generative["gpt2"]
+    params = validate_params("generate", {"max_new_tokens": 100})
+    long = " ".join(sample_texts[:30])
+    features = runner.preprocess([long], params)[0]
+    assert features.truncated and features.length == runner.loaded.max_length - 100
+    assert features.ids == runner.tokenizer(long)["input_ids"][-features.length :]
+    with pytest.raises(InvalidParams, match="leaves no room"):
+        runner.check(validate_params("generate", {"max_new_tokens": 600}))

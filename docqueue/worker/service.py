@@ -9,6 +9,7 @@ owns the connection, prefetch, reconnects, remote control and signals.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -106,10 +107,8 @@ class EngineBridge(bootsteps.StartStopStep):
             pass
 
     def _empty_pipe(self) -> None:
-        try:
+        with contextlib.suppress(BlockingIOError):
             os.read(self.reader, 4096)
-        except BlockingIOError:
-            pass
 
     def shutdown(self, c: Any) -> None:
         self._cancel(self.consumer)

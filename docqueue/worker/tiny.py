@@ -157,3 +157,113 @@ def build_head_on(path: str | Path, source: str, *, labels: tuple[str, ...], see
         label2id={label: i for i, label in enumerate(labels)},
     )
     return _save(path, model, AutoTokenizer.from_pretrained(source))
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def build_seq2seq(
+    path: str | Path,
+    corpus: Iterable[str],
+    *,
+    kind: str = "bart",
+    hidden: int = 32,
+    layers: int = 1,
+    max_length: int = 256,
+    vocab_size: int = 1000,
+    seed: int = 0,
+) -> Path:
+    """A BART or T5 encoder-decoder."""
+    from transformers import AutoModelForSeq2SeqLM, BartConfig, T5Config
+
+    if kind == "bart":
+        tokenizer = bpe_tokenizer(corpus, vocab_size, max_length, add_bos=True, add_eos=True)
+        config: Any = BartConfig(
+            vocab_size=len(tokenizer),
+            d_model=hidden,
+            encoder_layers=layers,
+            decoder_layers=layers,
+            encoder_attention_heads=max(1, hidden // 16),
+            decoder_attention_heads=max(1, hidden // 16),
+            encoder_ffn_dim=hidden * 2,
+            decoder_ffn_dim=hidden * 2,
+            max_position_embeddings=max_length,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.eos_token_id,
+            forced_bos_token_id=None,
+            forced_eos_token_id=tokenizer.eos_token_id,
+        )
+    elif kind == "t5":
+        tokenizer = bpe_tokenizer(corpus, vocab_size, max_length, bos=None, add_eos=True)
+        config = T5Config(
+            vocab_size=len(tokenizer),
+            d_model=hidden,
+            d_kv=max(8, hidden // 4),
+            d_ff=hidden * 2,
+            num_layers=layers,
+            num_decoder_layers=layers,
+            num_heads=max(1, hidden // 16),
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id,
+        )
+    else:
+        raise ValueError(f"unknown seq2seq kind {kind!r}")
+    _seeded(seed)
+    model = AutoModelForSeq2SeqLM.from_config(config)
+    return _save(path, model, tokenizer)
+
+
+def build_causal_lm(
+    path: str | Path,
+    corpus: Iterable[str],
+    *,
+    kind: str = "gpt2",
+    hidden: int = 32,
+    layers: int = 1,
+    max_length: int = 512,
+    vocab_size: int = 1000,
+    seed: int = 0,
+) -> Path:
+    """A GPT-2 or Llama decoder; the Llama one has a chat template."""
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+
+    if kind == "gpt2":
+        tokenizer = bpe_tokenizer(
+            corpus, vocab_size, max_length, bos="<|endoftext|>", eos="<|endoftext|>"
+        )
+        config: Any = GPT2Config(
+            vocab_size=len(tokenizer),
+            n_embd=hidden,
+            n_layer=layers,
+            n_head=max(1, hidden // 16),
+            n_positions=max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    elif kind == "llama":
+        tokenizer = bpe_tokenizer(corpus, vocab_size, max_length, add_bos=True)
+        tokenizer.chat_template = CHAT_TEMPLATE
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=hidden * 2,
+            num_hidden_layers=layers,
+            num_attention_heads=max(1, hidden // 16),
+            num_key_value_heads=max(1, hidden // 16),
+            max_position_embeddings=max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    else:
+        raise ValueError(f"unknown causal LM kind {kind!r}")
+    _seeded(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    return _save(path, model, tokenizer)

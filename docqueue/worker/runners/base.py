@@ -117,3 +117,26 @@ class Runner(ABC):
         self, raw: Any, batch: Sequence[Features], params: dict[str, Any]
     ) -> list[Output]:
         """One output per document of the batch, in batch order."""
+
+
+def generation_config(model: Any, **settings: Any) -> Any:
+    """The model's generation config with docqueue's settings on top, and the length
+    and sampling knobs a checkpoint may carry (max_length, min_length, num_beams,
+    temperature...) reset, so a job's parameters mean the same on every model."""
+    from transformers import GenerationConfig
+
+    base = model.generation_config.to_dict()
+    keep = {
+        k: base[k]
+        for k in (
+            "bos_token_id",
+            "eos_token_id",
+            "pad_token_id",
+            "decoder_start_token_id",
+            "forced_bos_token_id",
+            "forced_eos_token_id",
+        )
+        if base.get(k) is not None
+    }
+    keep.update((k, v) for k, v in settings.items() if v is not None)
+    return GenerationConfig(**keep)

@@ -1,0 +1,20 @@
+# docqueue worker (and CLI) image.  PyPI's torch wheels for Linux carry their own CUDA
+# runtime, so a slim Python base is enough; the host needs the NVIDIA driver and the
+# NVIDIA container toolkit for GPU workers.
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    HF_HOME=/models/huggingface
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY docqueue ./docqueue
+COPY examples ./examples
+RUN pip install ".[worker,postgres]" && useradd --create-home docqueue \
+    && mkdir -p /models && chown docqueue /models
+USER docqueue
+
+# Workers stop on SIGTERM: they finish or return what they hold (see RELIABILITY.md).
+STOPSIGNAL SIGTERM
+CMD ["docqueue", "worker"]

@@ -1,0 +1,44 @@
+"""Summarization with an encoder-decoder (BART, T5): ``model.generate`` directly,
+since transformers 5 has no summarization pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from docqueue.worker.batcher import Shape
+from docqueue.worker.runners.base import Features, Output, Runner, generation_config
+
+
+class SummarizeRunner(Runner):
+    task = "summarize"
+
+    def shape(self, params: dict[str, Any]) -> Shape:
+        # Cross-attention keys and values grow with beams x input length; the decoder
+        # with beams x new tokens.
+        beams, new = params["num_beams"], params["max_new_tokens"]
+
+        def cost(rows: int, longest: int) -> int:
+            return rows * beams * (longest + new)
+
+        return Shape(cost, self.limits.budget, self.limits.max_rows)
+
+    def forward(self, inputs: dict[str, Any], params: dict[str, Any]) -> Any:
+        config = generation_config(
+            self.model,
+            pad_token_id=self.tokenizer.pad_token_id,
+            max_new_tokens=params["max_new_tokens"],
+            min_new_tokens=params["min_new_tokens"],
+            num_beams=params["num_beams"],
+            length_penalty=params["length_penalty"],
+            no_repeat_ngram_size=params["no_repeat_ngram_size"],
+            early_stopping=params["num_beams"] > 1,
+            do_sample=False,
+        )
+        return self.model.generate(**self.to_device(inputs), generation_config=config).cpu()
+
+    def postprocess(
+        self, raw: Any, batch: Sequence[Features], params: dict[str, Any]
+    ) -> list[Output]:
+        texts = self.tokenizer.batch_decode(raw, skip_special_tokens=True)
+        return [Output({"summary_text": text.strip()}) for text in texts]
