@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     #: Models this worker serves: name -> local directory or hub id.  Workers load
     #: these and nothing else, whatever a message asks for.
     models: dict[str, str] = Field(default_factory=dict)
+    #: Runner classes replacing the default of a model's task: name -> "module:Class"
+    #: (a docqueue.worker.runners.Runner subclass).  Operator's code, like models:
+    #: nothing in a message can choose it.
+    runners: dict[str, str] = Field(default_factory=dict)
     #: "cpu", "cuda:0", ... ; None picks cuda:0 when available, else cpu.
     device: str | None = None
     #: Weights dtype: auto = bf16 (or fp16) on GPU, fp32 on CPU.

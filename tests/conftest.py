@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import create_engine, select, text
+from sqlalchemy.exc import DBAPIError
 
 from docqueue.broker import EmbeddedRedis, redis_client
 from docqueue.config import Settings
@@ -108,10 +109,10 @@ def sqlite_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def settings(redis_url: str, database_url: str) -> Settings:
-    return test_settings(redis_url, database_url)
+    return make_settings(redis_url, database_url)
 
 
-def test_settings(redis_url: str, database_url: str, **overrides: object) -> Settings:
+def make_settings(redis_url: str, database_url: str, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "redis_url": redis_url,
         "database_url": database_url,
@@ -185,10 +186,13 @@ class WorkerProcess:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
-                with engine.connect() as conn:
-                    beat = conn.execute(
-                        select(WorkerBeat.id).where(WorkerBeat.pid == self.pid)
-                    ).first()
+                try:
+                    with engine.connect() as conn:
+                        beat = conn.execute(
+                            select(WorkerBeat.id).where(WorkerBeat.pid == self.pid)
+                        ).first()
+                except DBAPIError:  # the worker has not created the tables yet
+                    beat = None
                 if beat and "ready" in self.log():
                     self.worker_id = beat[0]
                     return self

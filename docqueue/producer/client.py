@@ -202,7 +202,7 @@ class Client:
                     model=job.model,
                     params=job.params,
                     lane=job.lane,
-                    items=[(i.seq, stored_document(i.text, i.chat)) for i in items],
+                    items=[(seq, stored_document(text, chat)) for seq, text, chat in items],
                     enqueued_at=time.time(),
                 ),
             )

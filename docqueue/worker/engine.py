@@ -127,7 +127,7 @@ class Engine:
         self._intake_signal = threading.Event()
         self._written: queue.Queue[Computed | Rejected] = queue.Queue(maxsize=4)
         self._params: dict[GroupKey, dict[str, Any]] = {}
-        #: Learned after out-of-memory: (rows, cost) of the largest batch that then worked.
+        #: Learned after out-of-memory: (rows, cost) a batch of the group may have at most.
         self._learned: dict[GroupKey, tuple[int, int]] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -273,7 +273,7 @@ class Engine:
             KeyError,
             AttributeError,
         ) as exc:
-            reason = _one_line(exc)
+            reason = _describe(exc)
             log.error(
                 "message %s rejected (content type %s): %s",
                 (message.headers or {}).get("id"),
@@ -399,6 +399,11 @@ class Engine:
         pending = [items]
         while pending:
             batch = pending.pop()
+            limit = self._learned.get(key)
+            if limit is not None and len(batch) > limit[0]:  # cut before an earlier OOM
+                half = len(batch) // 2
+                pending += [batch[half:], batch[:half]]
+                continue
             started = time.time()
             try:
                 raw = runner.forward(runner.collate([i.features for i in batch]), params)
@@ -407,20 +412,19 @@ class Engine:
                 if len(batch) == 1 and batch[0].failures >= self.settings.max_attempts:
                     yield Computed(key, batch, error=self._failure_message(exc, batch[0].failures))
                 continue
-            if key in self._learned or len(batch) < len(items):
-                self._remember(key, runner, batch)
             yield Computed(key, batch, raw, started, time.time())
 
     def _on_failure(
         self, key: GroupKey, runner: Runner, batch: list[WorkItem], exc: Exception
     ) -> list[list[WorkItem]]:
         """What to try next after ``batch`` failed."""
+        if _is_oom(exc):
+            self._release_memory()
         if len(batch) > 1:
             half = len(batch) // 2
             if _is_oom(exc):
-                self._release_memory()
+                self._shrink(key, runner, batch)
                 log.warning("out of memory on %d documents; halving", len(batch))
-                self._learned[key] = (half, runner.shape(self._params[key]).budget)
             else:
                 log.warning("batch of %d failed (%s); splitting", len(batch), _one_line(exc))
             return [batch[half:], batch[:half]]
@@ -434,18 +438,15 @@ class Engine:
             self.settings.max_attempts,
             _one_line(exc),
         )
-        if _is_oom(exc):
-            self._release_memory()
         return [] if item.failures >= self.settings.max_attempts else [batch]
 
-    def _remember(self, key: GroupKey, runner: Runner, batch: list[WorkItem]) -> None:
-        if key not in self._learned:
-            return
+    def _shrink(self, key: GroupKey, runner: Runner, batch: list[WorkItem]) -> None:
+        """Remember half of the batch that ran out of memory as this group's limit, in
+        rows and in cost: the halves it is retried as are the size that then works."""
         shape = runner.shape(self._params[key])
-        rows, cost = self._learned[key]
-        worked = shape.cost(len(batch), max(i.length for i in batch))
-        if len(batch) >= rows:
-            self._learned[key] = (len(batch), max(cost, worked) if cost < shape.budget else worked)
+        cost = shape.cost(len(batch), max(i.length for i in batch))
+        rows, budget = self._learned.get(key, (shape.max_rows, shape.budget))
+        self._learned[key] = (min(rows, max(1, len(batch) // 2)), min(budget, max(1, cost // 2)))
         self.buffer.reshape(key, self._shape(key, runner))
 
     def _release_memory(self) -> None:
@@ -616,6 +617,14 @@ class Engine:
             except Exception as exc:  # waiting clients fall back to polling SQL
                 log.debug("could not publish completion of %s: %s", job, exc)
                 return
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
+        )
+    return _one_line(exc)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -219,6 +219,11 @@ def _max_length(source: str, config: Any, tokenizer: Any) -> int:
 
 
 def _unavailable(name: str, source: str, exc: Exception) -> str:
+    if "trust_remote_code" in str(exc):
+        return (
+            f"model {name}: {source} ships its own Python code, which docqueue runs only when "
+            "the operator allows it (DOCQUEUE_TRUST_REMOTE_CODE=true)"
+        )
     if os.path.isdir(source):
         return f"model {name}: {source} is not a usable model directory ({_first_line(exc)})"
     return f"model {name}: could not load {source!r} from the hub ({_first_line(exc)})"

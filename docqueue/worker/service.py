@@ -10,6 +10,7 @@ owns the connection, prefetch, reconnects, remote control and signals.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import socket
@@ -182,8 +183,20 @@ def load_runners(settings: Settings) -> tuple[dict[str, LoadedModel], dict[str, 
     loaded = {name: load_model(name, source, settings) for name, source in settings.models.items()}
     runners = {}
     for name, model in loaded.items():
-        runners[name] = runners_for(model, limits_for(settings, model.device))
+        limits = limits_for(settings, model.device)
+        runners[name] = runners_for(model, limits)
+        if name in settings.runners:
+            custom = custom_runner(settings.runners[name])
+            runners[name][custom.task] = custom(model, limits)
     return loaded, runners
+
+
+def custom_runner(path: str) -> type[Runner]:
+    module, _, attr = path.partition(":")
+    cls = getattr(importlib.import_module(module), attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, Runner)):
+        raise ValueError(f"{path} is not a docqueue Runner class")
+    return cls
 
 
 def bulk_queues(runners: dict[str, dict[str, Runner]]) -> list[str]:
