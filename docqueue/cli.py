@@ -1,6 +1,6 @@
 """The ``docqueue`` command.
 
-    docqueue annotate docs.jsonl --task classify --labels "billing,outage,praise" --out results.jsonl
+    docqueue annotate docs.jsonl --task classify --labels "billing,outage,praise" --out out.jsonl
     docqueue worker --model sentiment=/models/sst2 [--device cuda:0 | --gpus all]
     docqueue enqueue docs.jsonl --task classify --model sentiment      # prints the job id
     docqueue status JOB

@@ -210,3 +210,21 @@ def test_long_prompt_keeps_its_end_and_is_flagged(generative, sample_texts):
     assert features.ids == runner.tokenizer(long)["input_ids"][-features.length :]
     with pytest.raises(InvalidParams, match="leaves no room"):
         runner.check(validate_params("generate", {"max_new_tokens": 600}))
+
+
+def test_engine_offline_gives_each_document_its_answer_alone(classifier, sample_texts):
+    """The whole engine (intake thread, flush policy, sorted padded batches, writer),
+    without the queue: every document's scores equal its scores alone."""
+    from docqueue.worker.offline import run_offline
+
+    docs = sample_texts[:120]
+    rows = run_offline({"tiny": {"classify": classifier}}, "tiny", "classify", docs, {},
+                       Settings(max_wait_ms=5, token_budget=2048))
+    assert [r.seq for r in rows] == list(range(len(docs)))
+    assert all(r.ok for r in rows)
+    assert max(r.batch_size for r in rows) > 1
+    for row, doc in zip(rows, docs, strict=True):
+        alone = run(classifier, [doc], {})[0].output
+        assert row.output["label"] == alone["label"]
+        for name, score in alone["scores"].items():
+            assert abs(row.output["scores"][name] - score) <= 1e-4

@@ -9,13 +9,18 @@ model's work:
 * **compute** takes batches as the flush policy says and runs ``forward``, splitting
   batches that run out of memory (remembering the size that worked) or raise
   (isolating the document that fails);
-* **writer** runs ``postprocess``, upserts the batch's rows in one transaction
+* **writer** runs ``postprocess``, stores the batch's rows in one transaction
   (retrying with backoff while the database is away), then acks every message whose
   documents are all committed, and wakes waiting clients through Redis pub/sub.
+  Interactive batches jump the writer's queue too.
 
 A message is acked only after all its documents' rows are committed.  When the
 writer cannot commit, its queue fills, compute stops, the buffer reaches the
 prefetch limit and the worker stops taking messages.
+
+The same engine runs offline (no Redis, no SQL: :meth:`Engine.submit` and a
+:class:`~docqueue.worker.store.MemoryStore`), which is what the benchmark compares
+the queue against.
 """
 
 from __future__ import annotations
@@ -32,18 +37,15 @@ from typing import Any
 from kombu.exceptions import ContentDisallowed, DecodeError
 from kombu.message import Message
 from pydantic import ValidationError
-from sqlalchemy import Engine as SQLEngine
-from sqlalchemy import select, tuple_
-from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from docqueue.config import Settings
-from docqueue.db.results import ResultRow, record_results
-from docqueue.db.schema import Item
+from docqueue.db.results import ResultRow
 from docqueue.params import InvalidParams, validate_params
 from docqueue.protocol import BatchMessage, Document, done_channel, params_key
 from docqueue.transport import ack_messages
 from docqueue.worker.batcher import Buffer, Shape
 from docqueue.worker.runners import Features, Runner
+from docqueue.worker.store import ResultStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +57,14 @@ GroupKey = tuple[str, str, str, str]
 
 
 class Envelope:
-    """A received message and how many of its documents still await a commit."""
+    """A received message (None offline) and how many of its documents still await
+    a commit."""
 
     __slots__ = ("message", "job", "remaining", "enqueued_at")
 
-    def __init__(self, message: Message, job: str, remaining: int, enqueued_at: float) -> None:
+    def __init__(
+        self, message: Message | None, job: str, remaining: int, enqueued_at: float
+    ) -> None:
         self.message = message
         self.job = job
         self.remaining = remaining
@@ -100,6 +105,39 @@ class Rejected:
     rows: list[tuple[ResultRow, Envelope]]
 
 
+class LaneQueue:
+    """The writer's queue: interactive entries first; bulk entries block the producer
+    once ``maxsize`` are waiting (that back-pressure is what stops the worker taking
+    messages while the database is away), interactive ones never do."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._urgent: list[Any] = []
+        self._bulk: list[Any] = []
+        self._cond = threading.Condition()
+
+    def put(self, entry: Any, urgent: bool) -> None:
+        with self._cond:
+            if not urgent:
+                while len(self._bulk) >= self.maxsize:
+                    self._cond.wait()
+            (self._urgent if urgent else self._bulk).append(entry)
+            self._cond.notify_all()
+
+    def take(self, limit: int, timeout: float) -> list[Any]:
+        """Up to ``limit`` entries, urgent first; [] after ``timeout`` with none."""
+        with self._cond:
+            if not (self._urgent or self._bulk):
+                self._cond.wait(timeout)
+            taken = self._urgent[:limit]
+            del self._urgent[:limit]
+            room = limit - len(taken)
+            taken += self._bulk[:room]
+            del self._bulk[:room]
+            self._cond.notify_all()
+            return taken
+
+
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
@@ -112,20 +150,20 @@ class Engine:
         *,
         runners: dict[str, dict[str, Runner]],
         settings: Settings,
-        db: SQLEngine,
+        store: ResultStore,
         worker_id: str,
         publish: Callable[[str, str], Any] | None = None,
     ) -> None:
         self.runners = runners
         self.settings = settings
-        self.db = db
+        self.store = store
         self.worker_id = worker_id
         self.publish = publish
         self.buffer: Buffer[WorkItem] = Buffer(settings.max_wait_ms / 1000.0)
-        self._intake: queue.SimpleQueue[Message] = queue.SimpleQueue()
-        self._intake_interactive: queue.SimpleQueue[Message] = queue.SimpleQueue()
+        self._intake: queue.SimpleQueue[Message | BatchMessage] = queue.SimpleQueue()
+        self._intake_interactive: queue.SimpleQueue[Message | BatchMessage] = queue.SimpleQueue()
         self._intake_signal = threading.Event()
-        self._written: queue.Queue[Computed | Rejected] = queue.Queue(maxsize=4)
+        self._written = LaneQueue(maxsize=4)
         self._params: dict[GroupKey, dict[str, Any]] = {}
         #: Learned after out-of-memory: (rows, cost) a batch of the group may have at most.
         self._learned: dict[GroupKey, tuple[int, int]] = {}
@@ -159,6 +197,13 @@ class Engine:
         """Called for each message of an interactive lane: it jumps the intake queue."""
         self._in_flight_add(1)
         self._intake_interactive.put(message)
+        self._intake_signal.set()
+
+    def submit(self, batch: BatchMessage) -> None:
+        """Offline: documents straight in, no message to decode or ack."""
+        self._in_flight_add(1)
+        lane = self._intake_interactive if batch.lane == "interactive" else self._intake
+        lane.put(batch)
         self._intake_signal.set()
 
     def drain(self, grace: float) -> bool:
@@ -205,10 +250,10 @@ class Engine:
                 except Exception:  # a bug here must not kill the thread
                     log.exception("intake failed on %d messages; they stay unacked", len(messages))
 
-    def _next_messages(self) -> list[Message]:
+    def _next_messages(self) -> list[Message | BatchMessage]:
         """Every waiting interactive message, then bulk messages up to a round's worth,
         so a single document never queues behind a long tokenizing round."""
-        messages: list[Message] = []
+        messages: list[Message | BatchMessage] = []
         while True:
             try:
                 messages.append(self._intake_interactive.get_nowait())
@@ -221,21 +266,26 @@ class Engine:
             except queue.Empty:
                 break
             messages.append(message)
-            size += len(message.body or b"")
+            size += _size(message)
         return messages
 
-    def _admit(self, messages: list[Message]) -> None:
+    def _admit(self, messages: list[Message | BatchMessage]) -> None:
         groups: dict[GroupKey, list[tuple[int, Document, Envelope]]] = defaultdict(list)
         rejected: list[tuple[ResultRow, Envelope]] = []
         for message in messages:
-            batch = self._parse(message)
+            if isinstance(message, BatchMessage):
+                batch: BatchMessage | None = message
+                envelope_message = None
+            else:
+                batch = self._parse(message)
+                envelope_message = message
             self._in_flight_add(-1)  # the message is now accounted for by its documents
             if batch is None:
                 continue
-            envelope = Envelope(message, batch.job, len(batch.items), batch.enqueued_at)
+            envelope = Envelope(envelope_message, batch.job, len(batch.items), batch.enqueued_at)
             self._in_flight_add(len(batch.items))
             if not batch.items:
-                ack_messages([message])
+                ack_messages([envelope_message] if envelope_message else [])
                 continue
             problem, params = self._check_batch(batch)
             for seq, doc in batch.items:
@@ -249,7 +299,7 @@ class Engine:
         for key, docs in groups.items():
             self._tokenize_group(key, docs, rejected)
         if rejected:
-            self._written.put(Rejected(rejected))
+            self._written.put(Rejected(rejected), urgent=True)
 
     def _parse(self, message: Message) -> BatchMessage | None:
         try:
@@ -384,12 +434,15 @@ class Engine:
             if taken is None:
                 continue
             key, items = taken
+            urgent = key[0] == "interactive"
             try:
                 for done in self._run(key, items):
-                    self._written.put(done)
+                    self._written.put(done, urgent)
             except Exception:  # a bug here must not kill the thread
                 log.exception("batch of %d documents failed unexpectedly", len(items))
-                self._written.put(Computed(key, items, error="internal error in the worker"))
+                self._written.put(
+                    Computed(key, items, error="internal error in the worker"), urgent
+                )
 
     def _run(self, key: GroupKey, items: list[WorkItem]) -> Iterator[Computed]:
         """Run a batch; on out-of-memory halve it, on an error isolate the culprit."""
@@ -463,15 +516,9 @@ class Engine:
 
     def _writer_loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                entries = [self._written.get(timeout=0.1)]
-            except queue.Empty:
+            entries = self._written.take(limit=16, timeout=0.1)
+            if not entries:
                 continue
-            while len(entries) < 16:
-                try:
-                    entries.append(self._written.get_nowait())
-                except queue.Empty:
-                    break
             try:
                 self._write(entries)
             except Exception:  # a bug here must not kill the thread
@@ -488,7 +535,7 @@ class Engine:
         finished = []
         for _, envelope in rows:
             envelope.remaining -= 1
-            if envelope.remaining == 0:
+            if envelope.remaining == 0 and envelope.message is not None:
                 finished.append(envelope.message)
         try:
             ack_messages(finished)
@@ -550,63 +597,26 @@ class Engine:
         ]
 
     def _commit(self, rows: list[ResultRow]) -> bool:
-        """Commit the rows, retrying while the database is unreachable.  False only
+        """Store the rows, retrying while the database is unreachable.  False only
         when stopping before it came back (the messages then stay unacked)."""
         delay = 0.2
         outage_logged = False
         while True:
             try:
-                with self.db.begin() as conn:
-                    record_results(conn, rows)
-                if outage_logged:
-                    log.warning("database reachable again; %d results committed", len(rows))
-                return True
-            except (IntegrityError, DataError) as exc:
-                rows = self._salvage(rows, exc)
-            except SQLAlchemyError as exc:
+                self.store.commit(rows)
+            except StoreUnavailable as exc:
                 if not outage_logged:
                     log.warning(
-                        "database unavailable (%s); holding %d results, retrying",
-                        _one_line(exc),
-                        len(rows),
+                        "database unavailable (%s); holding %d results, retrying", exc, len(rows)
                     )
                     outage_logged = True
                 if self._stop.wait(delay):
                     return False
                 delay = min(delay * 2, 5.0)
-
-    def _salvage(self, rows: list[ResultRow], exc: Exception) -> list[ResultRow]:
-        """Rows the database refused as data: drop those naming no known document
-        (a forged or stale message), turn unstorable outputs into error rows."""
-        keys = [(r.job_id, r.seq) for r in rows]
-        with self.db.connect() as conn:
-            known = set(
-                conn.execute(
-                    select(Item.job_id, Item.seq).where(tuple_(Item.job_id, Item.seq).in_(keys))
-                ).all()
-            )
-        kept = [r for r in rows if (r.job_id, r.seq) in known]
-        if len(kept) < len(rows):
-            log.error(
-                "dropping %d results for documents not in the database (e.g. job %s)",
-                len(rows) - len(kept),
-                next(r.job_id for r in rows if (r.job_id, r.seq) not in known),
-            )
-            return kept
-        log.error("database refused results (%s); storing them as errors", _one_line(exc))
-        return [
-            ResultRow(
-                job_id=r.job_id,
-                seq=r.seq,
-                ok=False,
-                truncated=r.truncated,
-                error=f"result could not be stored: {_one_line(exc)}",
-                worker_id=r.worker_id,
-                enqueued_at=r.enqueued_at,
-                attempts=1,
-            )
-            for r in rows
-        ]
+                continue
+            if outage_logged:
+                log.warning("database reachable again; %d results committed", len(rows))
+            return True
 
     def _notify(self, jobs: set[str]) -> None:
         if self.publish is None:
@@ -617,6 +627,12 @@ class Engine:
             except Exception as exc:  # waiting clients fall back to polling SQL
                 log.debug("could not publish completion of %s: %s", job, exc)
                 return
+
+
+def _size(message: Message | BatchMessage) -> int:
+    if isinstance(message, BatchMessage):
+        return sum(len(doc) if isinstance(doc, str) else 1 for _, doc in message.items)
+    return len(message.body or b"")
 
 
 def _describe(exc: BaseException) -> str:

@@ -10,6 +10,7 @@ owns the connection, prefetch, reconnects, remote control and signals.
 from __future__ import annotations
 
 import contextlib
+import contextlib
 import importlib
 import logging
 import os
@@ -31,6 +32,7 @@ from docqueue.protocol import TASK_NAME, bulk_queue, interactive_queue
 from docqueue.worker.engine import Engine
 from docqueue.worker.models import LoadedModel, load_model
 from docqueue.worker.runners import Limits, Runner, runners_for
+from docqueue.worker.store import SqlStore
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +134,10 @@ class EngineBridge(bootsteps.StartStopStep):
 
 
 class Heartbeat(threading.Thread):
-    def __init__(self, engine: Engine, settings: Settings, info: dict[str, Any]) -> None:
+    def __init__(self, engine: Engine, db: Any, settings: Settings, info: dict[str, Any]) -> None:
         super().__init__(name="docqueue-heartbeat", daemon=True)
         self.engine = engine
+        self.db = db
         self.settings = settings
         self.info = info
         self.stopping = threading.Event()
@@ -144,7 +147,7 @@ class Heartbeat(threading.Thread):
         while True:
             stopping = self.stopping.is_set()
             try:
-                with self.engine.db.begin() as conn:
+                with self.db.begin() as conn:
                     beat(conn, documents=self.engine.documents_done, stopped=stopping, **self.info)
                 failing = False
             except Exception as exc:  # the database may be away; keep serving
@@ -216,7 +219,7 @@ def run_worker(settings: Settings, redis_url: str, loglevel: str = "INFO") -> in
     engine = Engine(
         runners=runners,
         settings=settings,
-        db=db,
+        store=SqlStore(db),
         worker_id=worker_id,
         publish=publisher.publish,
     )
@@ -237,7 +240,7 @@ def run_worker(settings: Settings, redis_url: str, loglevel: str = "INFO") -> in
         },
         "started_at": time.time(),
     }
-    heartbeat = Heartbeat(engine, settings, info)
+    heartbeat = Heartbeat(engine, db, settings, info)
     engine.start()
     heartbeat.start()
     queues = bulk_queues(runners)
