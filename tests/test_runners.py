@@ -218,8 +218,14 @@ def test_engine_offline_gives_each_document_its_answer_alone(classifier, sample_
     from docqueue.worker.offline import run_offline
 
     docs = sample_texts[:120]
-    rows = run_offline({"tiny": {"classify": classifier}}, "tiny", "classify", docs, {},
-                       Settings(max_wait_ms=5, token_budget=2048))
+    rows = run_offline(
+        {"tiny": {"classify": classifier}},
+        "tiny",
+        "classify",
+        docs,
+        {},
+        Settings(max_wait_ms=5, token_budget=2048),
+    )
     assert [r.seq for r in rows] == list(range(len(docs)))
     assert all(r.ok for r in rows)
     assert max(r.batch_size for r in rows) > 1

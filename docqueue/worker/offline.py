@@ -40,7 +40,10 @@ def run_offline(
         for start in range(0, len(docs), CHUNK):
             engine.submit(
                 BatchMessage(
-                    job=job, task=task, model=model, params=params,  # type: ignore[arg-type]
+                    job=job,
+                    task=task,
+                    model=model,
+                    params=params,  # type: ignore[arg-type]
                     items=[(start + i, doc) for i, doc in enumerate(docs[start : start + CHUNK])],
                     enqueued_at=time.time(),
                 )

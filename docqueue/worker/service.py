@@ -10,7 +10,6 @@ owns the connection, prefetch, reconnects, remote control and signals.
 from __future__ import annotations
 
 import contextlib
-import contextlib
 import importlib
 import logging
 import os
@@ -104,10 +103,8 @@ class EngineBridge(bootsteps.StartStopStep):
         c.app.docqueue_engine.wake_consumer = self._wake
 
     def _wake(self) -> None:
-        try:
+        with contextlib.suppress(BlockingIOError):  # a wake-up already pending is enough
             os.write(self.writer, b"!")
-        except BlockingIOError:  # already pending
-            pass
 
     def _empty_pipe(self) -> None:
         with contextlib.suppress(BlockingIOError):
