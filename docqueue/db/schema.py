@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Float,
     ForeignKey,
@@ -117,3 +118,8 @@ class WorkerBeat(Base):
     last_seen: Mapped[float] = mapped_column(Float)
     documents: Mapped[int] = mapped_column(Integer, default=0)
     stopped: Mapped[bool] = mapped_column(Boolean, default=False)
+    batches: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: Rows x longest input of every batch run: what the device actually processed.
+    padded_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    peak_host_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    peak_gpu_bytes: Mapped[int | None] = mapped_column(BigInteger)

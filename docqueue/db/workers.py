@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from sqlalchemy import Connection, select, update
@@ -23,9 +23,18 @@ def beat(
     started_at: float,
     documents: int,
     stopped: bool = False,
+    stats: dict[str, int | None] | None = None,
 ) -> None:
+    """Insert or refresh a worker's row; ``stats`` may carry batches, padded_tokens,
+    peak_host_bytes and peak_gpu_bytes."""
     now = time.time()
-    values = {"last_seen": now, "documents": documents, "stopped": stopped, "models": models}
+    values = {
+        "last_seen": now,
+        "documents": documents,
+        "stopped": stopped,
+        "models": models,
+        **(stats or {}),
+    }
     changed = conn.execute(
         update(WorkerBeat).where(WorkerBeat.id == worker_id).values(**values)
     ).rowcount
@@ -56,24 +65,26 @@ class WorkerState:
     last_seen: float
     documents: int
     stopped: bool
+    batches: int = 0
+    padded_tokens: int = 0
+    peak_host_bytes: int | None = None
+    peak_gpu_bytes: int | None = None
 
     def alive(self, now: float, timeout: float) -> bool:
         return not self.stopped and now - self.last_seen <= timeout
 
 
+def worker_state(conn: Connection, worker_id: str) -> WorkerState | None:
+    states = _states(conn, WorkerBeat.id == worker_id)
+    return states[0] if states else None
+
+
 def workers_serving(conn: Connection, model: str) -> list[WorkerState]:
     """Every worker that ever registered ``model``, newest heartbeat first."""
-    query = select(WorkerBeat.__table__).order_by(WorkerBeat.last_seen.desc())
-    states = [
-        WorkerState(
-            id=w["id"],
-            hostname=w["hostname"],
-            device=w["device"],
-            models=w["models"],
-            last_seen=w["last_seen"],
-            documents=w["documents"],
-            stopped=w["stopped"],
-        )
-        for w in conn.execute(query).mappings()
-    ]
-    return [s for s in states if model in s.models]
+    return [s for s in _states(conn) if model in s.models]
+
+
+def _states(conn: Connection, *where: Any) -> list[WorkerState]:
+    query = select(WorkerBeat.__table__).where(*where).order_by(WorkerBeat.last_seen.desc())
+    names = [f.name for f in fields(WorkerState)]
+    return [WorkerState(**{n: row[n] for n in names}) for row in conn.execute(query).mappings()]

@@ -172,6 +172,9 @@ class Engine:
         self._in_flight = 0
         self._in_flight_lock = threading.Lock()
         self.documents_done = 0
+        self.batches_run = 0
+        #: Rows x longest input over every batch run.
+        self.padded_tokens = 0
         #: Set by the consumer: wakes its event loop after acks free prefetch room.
         self.wake_consumer: Callable[[], None] = lambda: None
 
@@ -465,6 +468,8 @@ class Engine:
                 if len(batch) == 1 and batch[0].failures >= self.settings.max_attempts:
                     yield Computed(key, batch, error=self._failure_message(exc, batch[0].failures))
                 continue
+            self.batches_run += 1
+            self.padded_tokens += len(batch) * max(i.length for i in batch)
             yield Computed(key, batch, raw, started, time.time())
 
     def _on_failure(

@@ -13,6 +13,7 @@ import contextlib
 import importlib
 import logging
 import os
+import resource
 import socket
 import threading
 import time
@@ -145,7 +146,13 @@ class Heartbeat(threading.Thread):
             stopping = self.stopping.is_set()
             try:
                 with self.db.begin() as conn:
-                    beat(conn, documents=self.engine.documents_done, stopped=stopping, **self.info)
+                    beat(
+                        conn,
+                        documents=self.engine.documents_done,
+                        stopped=stopping,
+                        stats=self._stats(),
+                        **self.info,
+                    )
                 failing = False
             except Exception as exc:  # the database may be away; keep serving
                 if not failing:
@@ -154,6 +161,27 @@ class Heartbeat(threading.Thread):
             if stopping:
                 return
             self.stopping.wait(self.settings.heartbeat_interval)
+
+    def _stats(self) -> dict[str, int | None]:
+        return {
+            "batches": self.engine.batches_run,
+            "padded_tokens": self.engine.padded_tokens,
+            "peak_host_bytes": peak_host_bytes(),
+            "peak_gpu_bytes": peak_gpu_bytes(),
+        }
+
+
+def peak_host_bytes() -> int:
+    """This process's peak resident memory."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def peak_gpu_bytes() -> int | None:
+    import torch
+
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return int(torch.cuda.max_memory_allocated())
 
 
 def limits_for(settings: Settings, device: Any) -> Limits:
