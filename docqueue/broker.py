@@ -15,16 +15,27 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from celery import Celery
+from kombu.transport import TRANSPORT_ALIASES
 
 from docqueue.config import Settings
 
 TRANSPORT = "docqueue.transport:Transport"
+# kombu lets a "scheme+socket" URL name its transport ("redis+socket" would silently
+# pick kombu's own); this alias makes unix-socket URLs use docqueue's transport too.
+TRANSPORT_ALIASES.setdefault("docqueue", TRANSPORT)
+
+
+def kombu_url(redis_url: str) -> str:
+    """The broker URL as kombu should read it to use docqueue's transport."""
+    if redis_url.startswith("redis+socket://"):
+        return "docqueue+socket://" + redis_url[len("redis+socket://") :]
+    return redis_url
 
 
 def make_celery(settings: Settings, redis_url: str) -> Celery:
     app = Celery("docqueue", set_as_current=False)
     app.conf.update(
-        broker_url=redis_url,
+        broker_url=kombu_url(redis_url),
         broker_transport=TRANSPORT,
         broker_transport_options=transport_options(settings),
         broker_connection_retry_on_startup=True,

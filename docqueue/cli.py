@@ -193,6 +193,9 @@ def worker(
         raise fail("set DOCQUEUE_REDIS_URL (e.g. redis://localhost:6379/0)")
     if gpus:
         raise typer.Exit(_per_gpu(gpus, settings, loglevel))
+    # The worker's intake and writer threads share the CPU with torch: idle OpenMP
+    # threads must sleep, not spin (set before torch is imported).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     _logging(loglevel)
     from docqueue.worker.models import ModelUnavailable
     from docqueue.worker.service import run_worker
@@ -321,6 +324,45 @@ def resume(job_id: Annotated[str, typer.Argument(help="Job id")]) -> None:
         raise fail(f"no job {job_id}") from None
     err.print(f"{count} documents re-published")
     print(count)
+
+
+@app.command()
+def bench(
+    task: TaskOpt = "classify",
+    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda:0, ...")] = None,
+    shape: Annotated[
+        str | None, typer.Option("--shape", help="micro, tiny (CPU) or standard (GPU)")
+    ] = None,
+    docs: Annotated[int, typer.Option("--docs", help="Documents for (c) and (d)")] = 20_000,
+    baseline_docs: Annotated[
+        int | None, typer.Option("--baseline-docs", help="Documents for (b) and (c)")
+    ] = None,
+    corpus: Annotated[Path | None, typer.Option("--corpus", help="JSONL with a text field")] = None,
+    latency_bulk: Annotated[int, typer.Option("--latency-bulk")] = 50_000,
+    singles: Annotated[int, typer.Option("--singles")] = 20_000,
+    skip: Annotated[
+        str, typer.Option("--skip", help="Comma list of a,b,sorted,c,d,latency,singles,mixed")
+    ] = "",
+) -> None:
+    """Benchmark docqueue against hand-written pipeline() loops, side by side."""
+    from docqueue.bench import Options
+    from docqueue.bench import run as run_bench
+
+    _logging("WARNING")
+    run_bench(
+        Options(
+            task=task,
+            device=device,
+            shape=shape,
+            docs=docs,
+            baseline_docs=baseline_docs,
+            corpus=corpus,
+            latency_bulk=latency_bulk,
+            singles=singles,
+            skip={s.strip() for s in skip.split(",") if s.strip()},
+            settings=settings_or_exit(),
+        )
+    )
 
 
 def _logging(level: str) -> None:

@@ -17,7 +17,7 @@ import pytest
 from conftest import make_settings, settings_env, wait_until
 from kombu import Connection, Exchange, Producer, Queue
 
-from docqueue.broker import TRANSPORT, EmbeddedRedis, redis_client
+from docqueue.broker import TRANSPORT, EmbeddedRedis, kombu_url, redis_client
 from docqueue.db import jobs as ledger
 from docqueue.producer.client import Client
 from docqueue.protocol import TASK_NAME, bulk_queue
@@ -37,7 +37,7 @@ class Canary:
 
 def publish_raw(redis_url: str, body, serializer: str, headers: dict | None) -> None:
     queue = Queue(QUEUE, Exchange(QUEUE, type="direct"), routing_key=QUEUE)
-    with Connection(redis_url, transport=TRANSPORT) as conn:
+    with Connection(kombu_url(redis_url), transport=TRANSPORT) as conn:
         Producer(conn.channel()).publish(
             body,
             exchange=queue.exchange,

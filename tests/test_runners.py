@@ -25,6 +25,10 @@ def mixed_lengths(texts: list[str], n: int = 24) -> list[str]:
     return chosen[1::2] + chosen[::2]
 
 
+def run_one(runner, doc: str) -> dict:
+    return run(runner, [doc], {})[0].output
+
+
 def run(runner, docs: list[str], params: dict):
     features = runner.preprocess(docs, params)
     assert all(isinstance(f, Features) for f in features)
@@ -218,7 +222,7 @@ def test_engine_offline_gives_each_document_its_answer_alone(classifier, sample_
     from docqueue.worker.offline import run_offline
 
     docs = sample_texts[:120]
-    rows = run_offline(
+    offline = run_offline(
         {"tiny": {"classify": classifier}},
         "tiny",
         "classify",
@@ -226,11 +230,31 @@ def test_engine_offline_gives_each_document_its_answer_alone(classifier, sample_
         {},
         Settings(max_wait_ms=5, token_budget=2048),
     )
+    rows = offline.rows
+    assert offline.batches < len(docs) and offline.padded_tokens > 0
     assert [r.seq for r in rows] == list(range(len(docs)))
     assert all(r.ok for r in rows)
     assert max(r.batch_size for r in rows) > 1
     for row, doc in zip(rows, docs, strict=True):
-        alone = run(classifier, [doc], {})[0].output
+        alone = run_one(classifier, doc)
         assert row.output["label"] == alone["label"]
         for name, score in alone["scores"].items():
             assert abs(row.output["scores"][name] - score) <= 1e-4
+
+
+def test_tokenizing_a_prefix_gives_the_same_ids_as_the_whole_text(
+    classifier, minilm, generative, sample_texts
+):
+    """Runners tokenize only the part of a long text a model can see; the ids and the
+    truncation flag must be exactly those of tokenizing everything."""
+    long_texts = [" ".join(sample_texts[i : i + 40]) for i in range(0, 200, 20)]
+    pathological = ["x" * 5000, "word " * 3000, "a-b_c/" * 2000, "🙂" * 4000]
+    texts = long_texts + pathological + sample_texts[:50]
+    for runner in (classifier, minilm["embed"], generative["bart"], generative["t5"]):
+        limit = runner.loaded.max_length
+        whole = runner.tokenizer(texts, truncation=True, max_length=limit)
+        features = runner.tokenize(texts, limit)
+        for text, f, ids, enc in zip(texts, features, whole["input_ids"], whole.encodings,
+                                     strict=True):
+            assert f.ids == ids, text[:40]
+            assert f.truncated == bool(enc.overflowing), text[:40]

@@ -7,6 +7,7 @@ therefore rewrites nothing, and two workers racing on one document leave one row
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -65,11 +66,6 @@ def _upsert(dialect: str) -> Insert:
     )
 
 
-_MARK_DONE = (
-    update(Item)
-    .where(Item.job_id == bindparam("b_job"), Item.seq == bindparam("b_seq"))
-    .values(status=DONE, error=None, truncated=bindparam("b_truncated"))
-)
 _MARK_FAILED = (
     update(Item)
     .where(
@@ -97,7 +93,7 @@ def record_results(conn: Connection, rows: Sequence[ResultRow]) -> None:
             for r in rows
         ],
     )
-    done = [{"b_job": r.job_id, "b_seq": r.seq, "b_truncated": r.truncated} for r in rows if r.ok]
+    _mark_done(conn, [r for r in rows if r.ok])
     failed = [
         {
             "b_job": r.job_id,
@@ -109,7 +105,41 @@ def record_results(conn: Connection, rows: Sequence[ResultRow]) -> None:
         for r in rows
         if not r.ok
     ]
-    if done:
-        conn.execute(_MARK_DONE, done)
     if failed:
         conn.execute(_MARK_FAILED, failed)
+
+
+_MARK_ONE_DONE = (
+    update(Item)
+    .where(Item.job_id == bindparam("b_job"), Item.seq == bindparam("b_seq"))
+    .values(status=DONE, error=None)
+)
+_MARK_ONE_TRUNCATED = (
+    update(Item)
+    .where(Item.job_id == bindparam("b_job"), Item.seq == bindparam("b_seq"))
+    .values(truncated=True)
+)
+
+
+def _mark_done(conn: Connection, rows: Sequence[ResultRow]) -> None:
+    """Mark items done: one ``seq IN (...)`` statement per job with several rows in
+    the batch (bulk), one executemany for jobs with a single row (interactive), so
+    the primary key index serves every lookup on SQLite and PostgreSQL alike."""
+    by_job: dict[str, list[int]] = defaultdict(list)
+    for row in rows:
+        by_job[row.job_id].append(row.seq)
+    single = []
+    for job, seqs in by_job.items():
+        if len(seqs) == 1:
+            single.append({"b_job": job, "b_seq": seqs[0]})
+        else:
+            conn.execute(
+                update(Item)
+                .where(Item.job_id == job, Item.seq.in_(seqs))
+                .values(status=DONE, error=None)
+            )
+    if single:
+        conn.execute(_MARK_ONE_DONE, single)
+    truncated = [{"b_job": r.job_id, "b_seq": r.seq} for r in rows if r.truncated]
+    if truncated:
+        conn.execute(_MARK_ONE_TRUNCATED, truncated)

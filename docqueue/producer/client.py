@@ -101,8 +101,7 @@ class Client:
                 conn, job_id, task=task, model=model, params=params, lane="interactive", total=1
             )
             ledger.add_items(conn, job_id, [_item_row(0, checked)])
-        self._publish(
-            interactive_queue(model),
+        self.publish(
             BatchMessage(
                 job=job_id,
                 task=task,
@@ -154,8 +153,7 @@ class Client:
             wire = [(seq + i, c.doc) for i, c in enumerate(checked) if c.error is None]
             if wire:
                 self._wait_for_room(queue)
-                self._publish(
-                    queue,
+                self.publish(
                     BatchMessage(
                         job=job_id,
                         task=task,
@@ -194,8 +192,7 @@ class Client:
             if not items:
                 return published
             self._wait_for_room(queue)
-            self._publish(
-                queue,
+            self.publish(
                 BatchMessage(
                     job=job_id,
                     task=job.task,
@@ -222,10 +219,16 @@ class Client:
             )
         return validate_params(task, params, max_new_tokens_cap=self.settings.max_new_tokens_cap)
 
-    def _publish(self, queue: str, message: BatchMessage) -> None:
+    def publish(self, message: BatchMessage) -> None:
+        """Send one message to the queue of its lane, task and model (the documents
+        must already be in SQL)."""
+        queue = queue_of(message)
         self.celery.send_task(
             TASK_NAME,
             args=[message.model_dump(mode="json")],
+            # Celery would put a repr of the arguments (document text) in the headers.
+            argsrepr=f"<job {message.job}: {len(message.items)} documents>",
+            kwargsrepr="{}",
             queue=queue,
             routing_key=queue,
             ignore_result=True,
@@ -237,6 +240,12 @@ class Client:
         while self.redis.llen(queue) >= self.settings.max_queued_messages:
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+
+def queue_of(message: BatchMessage) -> str:
+    if message.lane == "interactive":
+        return interactive_queue(message.model)
+    return bulk_queue(message.task, message.model)
 
 
 def _item_row(seq: int, checked: Checked) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from pydantic import ValidationError
 from docqueue.config import Settings
 from docqueue.db.results import ResultRow
 from docqueue.params import InvalidParams, validate_params
-from docqueue.protocol import BatchMessage, Document, done_channel, params_key
+from docqueue.protocol import BatchMessage, Document, params_key
 from docqueue.transport import ack_messages
 from docqueue.worker.batcher import Buffer, Shape
 from docqueue.worker.runners import Features, Runner
@@ -152,13 +152,14 @@ class Engine:
         settings: Settings,
         store: ResultStore,
         worker_id: str,
-        publish: Callable[[str, str], Any] | None = None,
+        notify: Callable[[set[str]], Any] | None = None,
     ) -> None:
         self.runners = runners
         self.settings = settings
         self.store = store
         self.worker_id = worker_id
-        self.publish = publish
+        #: Called with the ids of jobs that just had rows committed (wakes waiters).
+        self.notify = notify
         self.buffer: Buffer[WorkItem] = Buffer(settings.max_wait_ms / 1000.0)
         self._intake: queue.SimpleQueue[Message | BatchMessage] = queue.SimpleQueue()
         self._intake_interactive: queue.SimpleQueue[Message | BatchMessage] = queue.SimpleQueue()
@@ -624,14 +625,12 @@ class Engine:
             return True
 
     def _notify(self, jobs: set[str]) -> None:
-        if self.publish is None:
+        if self.notify is None:
             return
-        for job in jobs:
-            try:
-                self.publish(done_channel(job), "1")
-            except Exception as exc:  # waiting clients fall back to polling SQL
-                log.debug("could not publish completion of %s: %s", job, exc)
-                return
+        try:
+            self.notify(jobs)
+        except Exception as exc:  # waiting clients fall back to polling SQL
+            log.debug("could not publish completions: %s", exc)
 
 
 def _size(message: Message | BatchMessage) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from docqueue.config import Settings
@@ -22,6 +23,13 @@ from docqueue.worker.store import MemoryStore
 CHUNK = 64
 
 
+@dataclass
+class OfflineRun:
+    rows: list[ResultRow]  # in document order
+    batches: int
+    padded_tokens: int
+
+
 def run_offline(
     runners: dict[str, dict[str, Runner]],
     model: str,
@@ -30,8 +38,8 @@ def run_offline(
     params: dict[str, Any],
     settings: Settings,
     timeout: float = 3600.0,
-) -> list[ResultRow]:
-    """Run every document through the engine; rows in document order."""
+) -> OfflineRun:
+    """Run every document through the engine."""
     store = MemoryStore()
     engine = Engine(runners=runners, settings=settings, store=store, worker_id="offline")
     engine.start()
@@ -55,4 +63,5 @@ def run_offline(
             time.sleep(0.002)
     finally:
         engine.stop()
-    return sorted(store.rows, key=lambda r: r.seq)
+    rows = sorted(store.rows, key=lambda r: r.seq)
+    return OfflineRun(rows, engine.batches_run, engine.padded_tokens)

@@ -28,7 +28,7 @@ from docqueue.broker import make_celery, redis_client
 from docqueue.config import Settings, redact
 from docqueue.db import describe, make_engine, migrate
 from docqueue.db.workers import beat
-from docqueue.protocol import TASK_NAME, bulk_queue, interactive_queue
+from docqueue.protocol import TASK_NAME, bulk_queue, done_channel, interactive_queue
 from docqueue.worker.engine import Engine
 from docqueue.worker.models import LoadedModel, load_model
 from docqueue.worker.runners import Limits, Runner, runners_for
@@ -241,12 +241,19 @@ def run_worker(settings: Settings, redis_url: str, loglevel: str = "INFO") -> in
     db = make_engine(settings.database())
     migrate(db)
     publisher = redis_client(redis_url)
+
+    def notify(jobs: set[str]) -> None:
+        pipe = publisher.pipeline(transaction=False)
+        for job in jobs:
+            pipe.publish(done_channel(job), "1")
+        pipe.execute()
+
     engine = Engine(
         runners=runners,
         settings=settings,
         store=SqlStore(db),
         worker_id=worker_id,
-        publish=publisher.publish,
+        notify=notify,
     )
     app = make_celery(settings, redis_url)
     app.docqueue_engine = engine  # type: ignore[attr-defined]
@@ -269,7 +276,7 @@ def run_worker(settings: Settings, redis_url: str, loglevel: str = "INFO") -> in
     engine.start()
     heartbeat.start()
     queues = bulk_queues(runners)
-    log.info(
+    log.warning(
         "worker %s: broker %s, database %s, queues %s",
         worker_id,
         redact(redis_url),

@@ -18,6 +18,9 @@ from docqueue.protocol import Document
 from docqueue.worker.batcher import Shape, padded_tokens
 from docqueue.worker.models import LoadedModel
 
+#: Characters of text tokenized per token a model can take (see Runner.tokenize).
+CHARS_PER_TOKEN = 16
+
 
 @dataclass
 class Features:
@@ -76,30 +79,55 @@ class Runner(ABC):
         return self.tokenize(texts, self.loaded.max_length)
 
     def tokenize(self, texts: Sequence[str], max_length: int) -> list[Features | str]:
+        """Token ids, truncated to ``max_length``.
+
+        A model sees at most ``max_length`` tokens, so only a prefix of each text is
+        tokenized: ``CHARS_PER_TOKEN`` characters per token, far more than any
+        tokenizer needs.  When the prefix still overflows by a wide margin the kept
+        tokens are exactly those of the whole text; otherwise it is redone in full."""
+        limit = max_length * CHARS_PER_TOKEN
+        prefixes = [t[:limit] for t in texts]
         encoded = self.tokenizer(
-            list(texts), truncation=True, max_length=max_length, return_attention_mask=False
+            prefixes, truncation=True, max_length=max_length, return_attention_mask=False
         )
-        return [
-            Features(ids, truncated=bool(enc.overflowing))
-            for ids, enc in zip(encoded["input_ids"], encoded.encodings, strict=True)
-        ]
+        features: list[Features | str] = []
+        redo = []
+        for i, (ids, enc) in enumerate(zip(encoded["input_ids"], encoded.encodings, strict=True)):
+            cut = len(texts[i]) > limit
+            if cut and sum(len(o) for o in enc.overflowing) < max_length:
+                redo.append(i)
+            features.append(Features(ids, truncated=cut or bool(enc.overflowing)))
+        if redo:
+            full = self.tokenizer(
+                [texts[i] for i in redo],
+                truncation=True,
+                max_length=max_length,
+                return_attention_mask=False,
+            )
+            for i, ids, enc in zip(redo, full["input_ids"], full.encodings, strict=True):
+                features[i] = Features(ids, truncated=bool(enc.overflowing))
+        return features
 
     def collate(self, batch: Sequence[Features]) -> dict[str, Any]:
         """Pad to the longest document: input_ids and attention_mask, on the CPU."""
+        import numpy as np
         import torch
 
-        longest = max(f.length for f in batch)
-        ids = torch.full((len(batch), longest), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), longest), dtype=torch.long)
-        for row, features in enumerate(batch):
-            n = features.length
-            if self.padding_side == "left":
-                ids[row, longest - n :] = torch.tensor(features.ids, dtype=torch.long)
-                mask[row, longest - n :] = 1
-            else:
-                ids[row, :n] = torch.tensor(features.ids, dtype=torch.long)
-                mask[row, :n] = 1
-        return {"input_ids": ids, "attention_mask": mask}
+        lengths = np.fromiter((f.length for f in batch), dtype=np.int64, count=len(batch))
+        longest = int(lengths.max())
+        ids = np.full((len(batch), longest), self.tokenizer.pad_token_id, dtype=np.int64)
+        columns = np.arange(longest)
+        if self.padding_side == "left":
+            mask = columns >= (longest - lengths)[:, None]
+        else:
+            mask = columns < lengths[:, None]
+        ids[mask] = np.fromiter(
+            (t for f in batch for t in f.ids), dtype=np.int64, count=int(lengths.sum())
+        )
+        return {
+            "input_ids": torch.from_numpy(ids),
+            "attention_mask": torch.from_numpy(mask.astype(np.int64)),
+        }
 
     def to_device(self, inputs: dict[str, Any]) -> dict[str, Any]:
         non_blocking = self.device.type == "cuda"

@@ -1,0 +1,307 @@
+"""docqueue end to end: enqueue -> Redis -> a worker process -> SQL.
+
+Measured the way users see it: documents submitted through the Client, results
+read back from SQL.  Steady-state throughput is taken between 10% and 90% of the
+job (start-up and the tail excluded); wall time including start-up is reported
+separately.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from docqueue.bench.arms import Arm
+from docqueue.broker import EmbeddedRedis
+from docqueue.config import Settings
+from docqueue.db import jobs as ledger
+from docqueue.db.schema import Result
+from docqueue.db.workers import WorkerState, worker_state
+from docqueue.producer.client import Client
+from docqueue.protocol import BatchMessage, Document
+
+MODEL = "bench"
+
+
+@contextmanager
+def services(settings: Settings, directory: Path) -> Iterator[Settings]:
+    """The settings with Redis and a database filled in: the given ones, else an
+    embedded Redis and a SQLite file in ``directory``."""
+    updates: dict[str, Any] = {}
+    server = None
+    if not settings.redis():
+        server = EmbeddedRedis(str(directory / "redis"))
+        updates["redis_url"] = server.url
+    if settings.database() == Settings().database() and "DOCQUEUE_DATABASE_URL" not in os.environ:
+        updates["database_url"] = f"sqlite:///{directory / 'bench.db'}"
+    try:
+        yield Settings(**{**_plain(settings), **updates})
+    finally:
+        if server is not None:
+            server.shutdown()
+
+
+def _plain(settings: Settings) -> dict[str, Any]:
+    values = settings.model_dump()
+    values["redis_url"] = settings.redis()
+    values["database_url"] = settings.database()
+    return values
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCQUEUE_")}
+    for name, value in _plain(settings).items():
+        if value is None or name == "models":
+            continue
+        env[f"DOCQUEUE_{name.upper()}"] = str(value)
+    return env
+
+
+class Worker:
+    def __init__(self, settings: Settings, model_dir: Path, device: str, log: Path) -> None:
+        self.settings = settings
+        self.started = time.perf_counter()
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "docqueue",
+                    "worker",
+                    "--model",
+                    f"{MODEL}={model_dir}",
+                    "--device",
+                    device,
+                    "--loglevel",
+                    "WARNING",
+                ],
+                env=worker_env(settings),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.log = log
+        self.id: str | None = None
+
+    def wait_ready(self, client: Client, timeout: float = 600) -> None:
+        from docqueue.db.schema import WorkerBeat
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited; see {self.log}")
+            with client.db.connect() as conn:
+                found = conn.execute(
+                    select(WorkerBeat.id).where(WorkerBeat.pid == self.proc.pid)
+                ).first()
+            if found:
+                self.id = found[0]
+                time.sleep(0.5)  # consumer connecting after the first heartbeat
+                return
+            time.sleep(0.1)
+        raise TimeoutError("worker not ready")
+
+    def state(self, client: Client) -> WorkerState | None:
+        with client.db.connect() as conn:
+            return worker_state(conn, self.id) if self.id else None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@dataclass
+class Progress:
+    """(seconds, documents done) samples."""
+
+    samples: list[tuple[float, int]]
+
+    def steady_rate(self, total: int) -> float:
+        """Documents per second between 10% and 90% of ``total``."""
+        low = next(s for s in self.samples if s[1] >= total * 0.1)
+        high = next(s for s in self.samples if s[1] >= total * 0.9)
+        return (high[1] - low[1]) / max(high[0] - low[0], 1e-9)
+
+
+def _count_results(client: Client) -> int:
+    with client.db.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(Result)).scalar_one())
+
+
+def _follow(client: Client, until: int, baseline: int, timeout: float) -> Progress:
+    samples = []
+    deadline = time.monotonic() + timeout
+    started = time.perf_counter()
+    while time.monotonic() < deadline:
+        done = _count_results(client) - baseline
+        samples.append((time.perf_counter() - started, done))
+        if done >= until:
+            return Progress(samples)
+        time.sleep(0.05)
+    raise TimeoutError(f"{samples[-1][1]} of {until} documents after {timeout}s")
+
+
+def bulk(
+    client: Client,
+    worker: Worker,
+    task: str,
+    docs: Sequence[Document],
+    params: dict[str, Any],
+    timeout: float,
+) -> tuple[Arm, Arm]:
+    """(d): a bulk job through the queue.  Returns the steady-state arm and the
+    wall-time-including-start-up arm (the worker was launched just before)."""
+    baseline = _count_results(client)
+    producer = threading.Thread(
+        target=lambda: client.submit_many(docs, task=task, model=MODEL, params=params),
+        daemon=True,
+    )
+    worker.wait_ready(client)
+    producer.start()
+    progress = _follow(client, len(docs), baseline, timeout)
+    wall = time.perf_counter() - worker.started
+    producer.join()
+    state = worker.state(client)
+    steady = Arm(
+        key="d",
+        name="(d) docqueue end to end, steady state",
+        docs=len(docs),
+        seconds=len(docs) / progress.steady_rate(len(docs)),
+        real_tokens=0,
+        padded_tokens=state.padded_tokens if state else None,
+        peak_gpu_bytes=state.peak_gpu_bytes if state else None,
+    )
+    whole = Arm(
+        key="d-wall",
+        name="(d) end to end, wall time incl. worker start-up",
+        docs=len(docs),
+        seconds=wall,
+        real_tokens=0,
+    )
+    return steady, whole
+
+
+def prequeue_singles(
+    client: Client, task: str, docs: Sequence[str], params: dict[str, Any]
+) -> float:
+    """One interactive job and message per document, as a backend sends them, queued
+    before any worker runs.  Returns the producer's microseconds per message."""
+    jobs = [uuid.uuid4().hex for _ in docs]
+    for start in range(0, len(docs), 1000):
+        with client.db.begin() as conn:
+            for job, doc in zip(
+                jobs[start : start + 1000], docs[start : start + 1000], strict=True
+            ):
+                ledger.create_job(
+                    conn, job, task=task, model=MODEL, params=params, lane="interactive", total=1
+                )
+                ledger.add_items(conn, job, [{"seq": 0, "text": doc}])
+    started = time.perf_counter()
+    for job, doc in zip(jobs, docs, strict=True):
+        client.publish(
+            BatchMessage(
+                job=job,
+                task=task,
+                model=MODEL,
+                params=params,  # type: ignore[arg-type]
+                lane="interactive",
+                items=[(0, doc)],
+                enqueued_at=time.time(),
+            )
+        )
+    return (time.perf_counter() - started) / len(docs) * 1e6
+
+
+def drain(client: Client, worker: Worker, expected: int, timeout: float) -> float:
+    """Steady docs/s of a worker emptying what was queued before it started."""
+    baseline = _count_results(client)
+    worker.wait_ready(client)
+    return _follow(client, expected, baseline, timeout).steady_rate(expected)
+
+
+@dataclass
+class Latency:
+    rate: float
+    seconds: list[float]
+
+    def percentile(self, p: float) -> float:
+        ordered = sorted(self.seconds)
+        return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+    def describe(self) -> str:
+        ms = [self.percentile(p) * 1000 for p in (50, 95, 99)]
+        return (
+            f"p50 {ms[0]:.0f} ms, p95 {ms[1]:.0f} ms, p99 {ms[2]:.0f} ms "
+            f"({len(self.seconds)} documents at {self.rate:g}/s, mean "
+            f"{statistics.mean(self.seconds) * 1000:.0f} ms)"
+        )
+
+
+def latency(
+    client: Client, task: str, docs: Sequence[str], params: dict[str, Any], rate: float, count: int
+) -> Latency:
+    """Submit single documents at ``rate`` per second; time each from submit to its
+    result in SQL."""
+
+    def one(doc: str) -> float:
+        started = time.perf_counter()
+        client.submit(doc, task=task, model=MODEL, params=params).result(timeout=60)
+        return time.perf_counter() - started
+
+    start = time.perf_counter()
+    futures = []
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        for i in range(count):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            futures.append(pool.submit(one, docs[i % len(docs)]))
+        return Latency(rate, [f.result() for f in futures])
+
+
+def latency_during_bulk(
+    client: Client,
+    task: str,
+    docs: Sequence[str],
+    bulk_docs: int,
+    params: dict[str, Any],
+    rate: float,
+    count: int,
+) -> tuple[Latency, int]:
+    """Latency while a bulk job of ``bulk_docs`` runs (enqueued by a second thread, as
+    a pipeline would); returns it and the bulk documents still pending when the last
+    single document came back."""
+    bulk_list = [docs[i % len(docs)] for i in range(bulk_docs)]
+    job = client.job(uuid.uuid4().hex)
+    producer = threading.Thread(
+        target=lambda: client.submit_many(
+            bulk_list, task=task, model=MODEL, params=params, job_id=job.id
+        ),
+        daemon=True,
+    )
+    producer.start()
+    deadline = time.monotonic() + 120
+    while job.progress().done == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    measured = latency(client, task, docs, params, rate, count)
+    current = job.progress()
+    pending = (current.total if current.total is not None else bulk_docs) - current.done
+    producer.join()
+    job.wait(timeout=3600)
+    return measured, pending
