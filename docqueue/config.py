@@ -52,8 +52,8 @@ class Settings(BaseSettings):
     #: Budget of one batch in padded tokens (runner-defined cost).  None: picked from
     #: the device (free memory on GPU).
     token_budget: int | None = Field(None, ge=1)
-    #: Most documents in one batch.
-    max_batch_rows: int = Field(256, ge=1)
+    #: Most documents in one batch (the token budget usually binds first).
+    max_batch_rows: int = Field(1024, ge=1)
     #: Messages a worker holds unacked at most (Celery prefetch).  With chunk_size
     #: documents per bulk message this bounds the documents buffered in memory.
     prefetch_messages: int = Field(256, ge=1)

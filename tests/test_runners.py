@@ -254,7 +254,8 @@ def test_tokenizing_a_prefix_gives_the_same_ids_as_the_whole_text(
         limit = runner.loaded.max_length
         whole = runner.tokenizer(texts, truncation=True, max_length=limit)
         features = runner.tokenize(texts, limit)
-        for text, f, ids, enc in zip(texts, features, whole["input_ids"], whole.encodings,
-                                     strict=True):
+        for text, f, ids, enc in zip(
+            texts, features, whole["input_ids"], whole.encodings, strict=True
+        ):
             assert f.ids == ids, text[:40]
             assert f.truncated == bool(enc.overflowing), text[:40]

@@ -91,7 +91,7 @@ def run(options: Options, say: Callable[[str], None] = print) -> None:
     model_dir = models.build(shape, options.task, workdir, corpus)
 
     loaded = load_model(endtoend.MODEL, str(model_dir), settings)
-    runner = runners_for(loaded, limits_for(settings, device))[options.task]
+    runner = runners_for(loaded, limits_for(settings, loaded))[options.task]
     token_lengths = arms.lengths(runner, docs, params)
     mean_tokens = sum(token_lengths) / len(token_lengths)
     say(
@@ -254,7 +254,7 @@ def _mixed(
     useful = sum(wanted)
     settings = live
     loaded = load_model("bench", str(model_dir), settings)
-    runner = runners_for(loaded, limits_for(settings, device))["generate"]
+    runner = runners_for(loaded, limits_for(settings, loaded))["generate"]
     started = time.perf_counter()
     import torch
 

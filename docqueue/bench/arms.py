@@ -19,6 +19,7 @@ from docqueue.params import validate_params
 from docqueue.worker.models import LoadedModel
 from docqueue.worker.offline import run_offline
 from docqueue.worker.runners import Runner
+from docqueue.worker.service import set_cpu_threads
 
 BATCH = 128
 
@@ -190,8 +191,13 @@ def engine_arm(
     device = runner.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    threads = torch.get_num_threads()
+    set_cpu_threads(settings, [runner.loaded])  # as a worker would
     started = time.perf_counter()
-    run = run_offline({"bench": {task: runner}}, "bench", task, docs, params, settings)
+    try:
+        run = run_offline({"bench": {task: runner}}, "bench", task, docs, params, settings)
+    finally:
+        torch.set_num_threads(threads)
     seconds = time.perf_counter() - started
     failed = [r for r in run.rows if not r.ok]
     arm = Arm(

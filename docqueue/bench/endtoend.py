@@ -117,6 +117,15 @@ class Worker:
         with client.db.connect() as conn:
             return worker_state(conn, self.id) if self.id else None
 
+    def final_state(self, client: Client, documents: int, timeout: float = 30) -> WorkerState:
+        """The worker's heartbeat once it counts ``documents`` (beats lag a little)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.state(client)
+            if state is not None and (state.documents >= documents or time.monotonic() > deadline):
+                return state
+            time.sleep(0.2)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -177,15 +186,16 @@ def bulk(
     progress = _follow(client, len(docs), baseline, timeout)
     wall = time.perf_counter() - worker.started
     producer.join()
-    state = worker.state(client)
+    state = worker.final_state(client, len(docs))
     steady = Arm(
         key="d",
         name="(d) docqueue end to end, steady state",
         docs=len(docs),
         seconds=len(docs) / progress.steady_rate(len(docs)),
         real_tokens=0,
-        padded_tokens=state.padded_tokens if state else None,
-        peak_gpu_bytes=state.peak_gpu_bytes if state else None,
+        # padded tokens of the whole job, over the steady-state time of the whole job
+        padded_tokens=state.padded_tokens,
+        peak_gpu_bytes=state.peak_gpu_bytes,
     )
     whole = Arm(
         key="d-wall",
