@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -250,6 +251,7 @@ def enqueue(
         raise fail("--model NAME is required")
     settings = settings_or_exit()
     client = client_or_exit(settings)
+    job_id = uuid.uuid4().hex
     try:
         job = client.submit_many(
             read_documents(path, text_field=text_field, id_field=id_field),
@@ -257,9 +259,19 @@ def enqueue(
             model=model,
             params=parse_params(param, labels),
             source=str(path),
+            job_id=job_id,
         )
     except (InvalidParams, InputError) as exc:
         raise fail(str(exc)) from None
+    except Exception as exc:
+        saved = client.job(job_id).progress().enqueued
+        if not saved:
+            raise
+        raise fail(
+            f"could not publish to Redis ({_one_line(exc)}); {saved} documents are saved in "
+            f"SQL as job {job_id}: run `docqueue resume {job_id}` once Redis is reachable",
+            EXIT_SERVICE,
+        ) from None
     progress = job.progress()
     err.print(f"{progress.total} documents queued ({progress.failed} rejected at the door)")
     print(job.id)

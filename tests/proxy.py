@@ -58,7 +58,7 @@ class Proxy:
                     if not data:
                         return
                     peers[sock].sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # cut from another thread: sockets closed under us
             return
         finally:
             for sock in (a, b):

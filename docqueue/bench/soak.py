@@ -1,0 +1,132 @@
+"""Soak: 100,000 short documents through two CPU workers with a tiny model.
+
+    python -m docqueue.bench.soak [--docs 100000] [--workers 2]
+
+Prints docs/s, each worker's resident memory at start, peak and end, and the count
+check: one result row per document, none doubled.  Not a CI test: run it on
+demand (DOCQUEUE_REDIS_URL / DOCQUEUE_DATABASE_URL pick the services, else an
+embedded Redis and a SQLite file).
+
+The memory bound it checks: a worker's resident memory at the end stays within
+``BOUND_MIB`` of what it was once serving (after its first batch), because what it
+buffers is bounded by its prefetch and nothing accumulates per document.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from docqueue.bench import DEFAULT_CORPUS, load_corpus, models
+from docqueue.bench.endtoend import MODEL, Worker, services
+from docqueue.config import Settings
+from docqueue.db.schema import Item, Result
+from docqueue.producer.client import Client
+
+BOUND_MIB = 64
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+
+    corpus = load_corpus(DEFAULT_CORPUS)
+    docs = [corpus[i % len(corpus)][:200] for i in range(args.docs)]  # short documents
+    workdir = Path(tempfile.gettempdir()) / "docqueue-bench"
+    workdir.mkdir(exist_ok=True)
+    model_dir = models.build("micro", "classify", workdir, corpus)
+
+    with tempfile.TemporaryDirectory() as tmp, services(Settings(), Path(tmp)) as live:
+        client = Client(live)
+        workers = [
+            Worker(live, model_dir, "cpu", Path(tmp) / f"w{i}.log") for i in range(args.workers)
+        ]
+        for worker in workers:
+            worker.wait_ready(client)
+        job = client.job(client.submit_many(docs[:64], task="classify", model=MODEL).id)
+        job.wait(timeout=60)  # a first batch: models warm, buffers allocated
+        start = {w.proc.pid: rss_mib(w.proc.pid) for w in workers}
+        peak = dict(start)
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(0.2):
+                for pid in peak:
+                    peak[pid] = max(peak[pid], rss_mib(pid))
+
+        threading.Thread(target=watch, daemon=True).start()
+        began = time.perf_counter()
+        big = client.submit_many(docs, task="classify", model=MODEL)
+        progress = big.wait(timeout=3600, poll=0.5)
+        seconds = time.perf_counter() - began
+        done.set()
+        end = {w.proc.pid: rss_mib(w.proc.pid) for w in workers}
+        with client.db.connect() as conn:
+            rows = conn.execute(
+                select(func.count()).select_from(Result).where(Result.job_id == big.id)
+            ).scalar_one()
+            distinct = conn.execute(
+                select(func.count()).select_from(
+                    select(Result.seq).where(Result.job_id == big.id).distinct().subquery()
+                )
+            ).scalar_one()
+            statuses = dict(
+                conn.execute(
+                    select(Item.status, func.count())
+                    .where(Item.job_id == big.id)
+                    .group_by(Item.status)
+                ).all()
+            )
+            shares = dict(
+                conn.execute(
+                    select(Result.worker_id, func.count())
+                    .where(Result.job_id == big.id)
+                    .group_by(Result.worker_id)
+                ).all()
+            )
+        for worker in workers:
+            worker.stop()
+        client.close()
+
+    print(
+        f"soak: {args.docs:,} documents of at most 200 characters, {args.workers} CPU workers, "
+        f"micro classifier"
+    )
+    print(f"throughput: {args.docs / seconds:,.0f} docs/s ({seconds:.1f} s, enqueue included)")
+    for i, pid in enumerate(start):
+        growth = end[pid] - start[pid]
+        print(
+            f"worker {i}: resident memory {start[pid]:.0f} MiB serving, peak {peak[pid]:.0f}, "
+            f"end {end[pid]:.0f} ({growth:+.0f} MiB)"
+        )
+    print(f"documents per worker: {sorted(shares.values())}")
+    duplicates = rows - distinct
+    print(
+        f"count check: {rows:,} result rows for {args.docs:,} documents, {duplicates} "
+        f"duplicates, item statuses {statuses}, job {progress}"
+    )
+    ok_memory = all(end[p] - start[p] <= BOUND_MIB for p in start)
+    ok_count = rows == distinct == args.docs and statuses == {"done": args.docs}
+    print(
+        f"bound: end within {BOUND_MIB} MiB of serving memory: {'holds' if ok_memory else 'BROKEN'}"
+        f"; exactly one row per document: {'holds' if ok_count else 'BROKEN'}"
+    )
+    raise SystemExit(0 if ok_memory and ok_count else 1)
+
+
+if __name__ == "__main__":
+    main()
