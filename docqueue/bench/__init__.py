@@ -62,6 +62,12 @@ def load_corpus(path: Path) -> list[str]:
     return [json.loads(line)["text"] for line in path.read_text().splitlines() if line.strip()]
 
 
+def fit(tokenizer: Any, text: str, tokens: int) -> str:
+    """The text cut to at most ``tokens`` tokens (decoded back to text)."""
+    ids = tokenizer(text)["input_ids"]
+    return text if len(ids) <= tokens else tokenizer.decode(ids[: tokens - 8])
+
+
 def cycle(texts: list[str], n: int) -> list[str]:
     return [texts[i % len(texts)] for i in range(n)]
 
@@ -92,6 +98,13 @@ def run(options: Options, say: Callable[[str], None] = print) -> None:
 
     loaded = load_model(endtoend.MODEL, str(model_dir), settings)
     runner = runners_for(loaded, limits_for(settings, loaded))[options.task]
+    if options.task == "generate":
+        # Prompts must leave room for the new tokens in the model's context, or a
+        # plain pipeline() loop fails on the long ones.
+        room = loaded.max_length - params["max_new_tokens"]
+        corpus = [fit(loaded.tokenizer, text, room) for text in corpus]
+        docs = cycle(corpus, options.docs)
+        baseline_docs = docs[:baseline_n]
     token_lengths = arms.lengths(runner, docs, params)
     mean_tokens = sum(token_lengths) / len(token_lengths)
     say(
@@ -263,7 +276,7 @@ def _mixed(
             chunk = prompts[start : start + 512]
             longest = max(wanted[start : start + 512])
             p = arms.validated("generate", {"max_new_tokens": longest, "min_new_tokens": longest})
-            runner.forward(runner.collate(runner.preprocess(chunk, p)), p)
+            runner.forward(runner.collate(runner.preprocess(chunk, p)), p).cpu()
     static = time.perf_counter() - started
     del runner, loaded
     gc.collect()

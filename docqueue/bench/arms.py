@@ -141,7 +141,7 @@ def fixed_batches_arm(
             size = batch or 1
             batches = [features[i : i + size] for i in range(0, len(features), size)]
         for chunk in batches:
-            runner.forward(runner.collate(chunk), params)  # returns CPU data: syncs
+            runner.forward(runner.collate(chunk), params).cpu()  # a loop fetches each batch
         ran.extend(batches)
 
     seconds, gpu = _timed(runner.device, work)

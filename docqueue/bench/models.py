@@ -17,12 +17,12 @@ from typing import Any
 
 from docqueue.worker.models import packaged_embedding_model
 from docqueue.worker.tiny import (
-    _save,
-    _seeded,
     bpe_tokenizer,
     build_causal_lm,
     build_classifier,
     build_seq2seq,
+    save_model,
+    seed_weights,
 )
 
 SHAPES = ("micro", "tiny", "standard")
@@ -66,7 +66,7 @@ def _standard(task: str, path: Path, corpus: list[str]) -> Path:
         GPT2Config,
     )
 
-    _seeded(0)
+    seed_weights(0)
     model: Any
     if task == "classify":
         source = packaged_embedding_model()
@@ -111,4 +111,4 @@ def _standard(task: str, path: Path, corpus: list[str]) -> Path:
                 pad_token_id=tokenizer.pad_token_id,
             )
         )
-    return _save(path, model, tokenizer)
+    return save_model(path, model, tokenizer)

@@ -96,6 +96,8 @@ class Computed:
     finished_at: float = 0.0
     #: Why the batch's documents could not be run (their rows become errors).
     error: str | None = None
+    #: A CUDA event the host copy of ``raw`` is complete at (None: already there).
+    ready: Any = None
 
 
 @dataclass
@@ -138,6 +140,20 @@ class LaneQueue:
             return taken
 
 
+def to_host(raw: Any) -> tuple[Any, Any]:
+    """Start copying a forward's tensor to the host and return at once, with the CUDA
+    event that marks the copy done (the writer thread waits on it, the compute thread
+    goes on to the next batch).  Anything else is returned as it is."""
+    import torch
+
+    if isinstance(raw, torch.Tensor) and raw.is_cuda:
+        host = raw.to("cpu", non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return host, ready
+    return raw, None
+
+
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
@@ -165,9 +181,12 @@ class Engine:
         self._intake_interactive: queue.SimpleQueue[Message | BatchMessage] = queue.SimpleQueue()
         self._intake_signal = threading.Event()
         self._written = LaneQueue(maxsize=4)
+        #: Per group, while it has documents in flight: validated parameters, documents
+        #: in flight, and (after out-of-memory) the rows and cost a batch may have.
         self._params: dict[GroupKey, dict[str, Any]] = {}
-        #: Learned after out-of-memory: (rows, cost) a batch of the group may have at most.
+        self._active: dict[GroupKey, int] = {}
         self._learned: dict[GroupKey, tuple[int, int]] = {}
+        self._groups_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._in_flight = 0
@@ -275,6 +294,7 @@ class Engine:
 
     def _admit(self, messages: list[Message | BatchMessage]) -> None:
         groups: dict[GroupKey, list[tuple[int, Document, Envelope]]] = defaultdict(list)
+        group_params: dict[GroupKey, dict[str, Any]] = {}
         rejected: list[tuple[ResultRow, Envelope]] = []
         for message in messages:
             if isinstance(message, BatchMessage):
@@ -298,10 +318,10 @@ class Engine:
                     rejected.append((self._error_row(batch.job, seq, error, envelope), envelope))
                 else:
                     key = (batch.lane, batch.model, batch.task, params_key(params))
-                    self._params[key] = params
+                    group_params[key] = params
                     groups[key].append((seq, doc, envelope))
         for key, docs in groups.items():
-            self._tokenize_group(key, docs, rejected)
+            self._tokenize_group(key, group_params[key], docs, rejected)
         if rejected:
             self._written.put(Rejected(rejected), urgent=True)
 
@@ -379,12 +399,12 @@ class Engine:
     def _tokenize_group(
         self,
         key: GroupKey,
+        params: dict[str, Any],
         docs: list[tuple[int, Document, Envelope]],
         rejected: list[tuple[ResultRow, Envelope]],
     ) -> None:
         lane, model, task, _ = key
         runner = self.runners[model][task]
-        params = self._params[key]
         texts = [doc for _, doc, _ in docs]
         try:
             features = runner.preprocess(texts, params)
@@ -403,7 +423,20 @@ class Engine:
             else:
                 work.append(WorkItem(envelope.job, seq, feature, envelope, now))
         if work:
+            with self._groups_lock:
+                self._params[key] = params
+                self._active[key] = self._active.get(key, 0) + len(work)
             self.buffer.add(key, self._shape(key, runner), work, interactive=lane == "interactive")
+
+    def _settle(self, key: GroupKey, documents: int) -> None:
+        """Documents of a group are done; forget the group once none is in flight."""
+        with self._groups_lock:
+            left = self._active.get(key, 0) - documents
+            if left > 0:
+                self._active[key] = left
+                return
+            for state in (self._active, self._params, self._learned):
+                state.pop(key, None)
 
     def _shape(self, key: GroupKey, runner: Runner) -> Shape:
         shape = runner.shape(self._params[key])
@@ -471,7 +504,8 @@ class Engine:
                 continue
             self.batches_run += 1
             self.padded_tokens += len(batch) * max(i.length for i in batch)
-            yield Computed(key, batch, raw, started, time.time())
+            host, ready = to_host(raw)
+            yield Computed(key, batch, host, started, time.time(), ready=ready)
 
     def _on_failure(
         self, key: GroupKey, runner: Runner, batch: list[WorkItem], exc: Exception
@@ -538,6 +572,9 @@ class Engine:
             rows.extend(entry.rows if isinstance(entry, Rejected) else self._rows(entry))
         if not self._commit([row for row, _ in rows]):
             return
+        for entry in entries:
+            if isinstance(entry, Computed):
+                self._settle(entry.key, len(entry.items))
         finished = []
         for _, envelope in rows:
             envelope.remaining -= 1
@@ -575,6 +612,8 @@ class Engine:
                 for i in items
             ]
         try:
+            if computed.ready is not None:
+                computed.ready.synchronize()
             outputs = runner.postprocess(
                 computed.raw, [i.features for i in items], self._params[computed.key]
             )

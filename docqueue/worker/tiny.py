@@ -98,7 +98,7 @@ def bpe_tokenizer(
     )
 
 
-def _seeded(seed: int) -> None:
+def seed_weights(seed: int) -> None:
     import torch
 
     torch.manual_seed(seed)
@@ -131,12 +131,12 @@ def build_classifier(
         label2id={label: i for i, label in enumerate(labels)},
         pad_token_id=tokenizer.pad_token_id,
     )
-    _seeded(seed)
+    seed_weights(seed)
     model = AutoModelForSequenceClassification.from_config(config)
-    return _save(path, model, tokenizer)
+    return save_model(path, model, tokenizer)
 
 
-def _save(path: str | Path, model: Any, tokenizer: Any) -> Path:
+def save_model(path: str | Path, model: Any, tokenizer: Any) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
@@ -149,14 +149,14 @@ def build_head_on(path: str | Path, source: str, *, labels: tuple[str, ...], see
     worker that loads it computes the same answers."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    _seeded(seed)
+    seed_weights(seed)
     model = AutoModelForSequenceClassification.from_pretrained(
         source,
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
     )
-    return _save(path, model, AutoTokenizer.from_pretrained(source))
+    return save_model(path, model, AutoTokenizer.from_pretrained(source))
 
 
 CHAT_TEMPLATE = (
@@ -214,9 +214,9 @@ def build_seq2seq(
         )
     else:
         raise ValueError(f"unknown seq2seq kind {kind!r}")
-    _seeded(seed)
+    seed_weights(seed)
     model = AutoModelForSeq2SeqLM.from_config(config)
-    return _save(path, model, tokenizer)
+    return save_model(path, model, tokenizer)
 
 
 def build_causal_lm(
@@ -264,6 +264,6 @@ def build_causal_lm(
         )
     else:
         raise ValueError(f"unknown causal LM kind {kind!r}")
-    _seeded(seed)
+    seed_weights(seed)
     model = AutoModelForCausalLM.from_config(config)
-    return _save(path, model, tokenizer)
+    return save_model(path, model, tokenizer)

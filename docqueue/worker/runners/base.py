@@ -2,8 +2,10 @@
 
 ``preprocess`` turns documents into token ids (on the intake thread, off the
 device's critical path); ``collate`` pads a batch into CPU tensors; ``forward`` is
-the only step that touches the device and returns CPU data; ``postprocess`` turns
-that into plain outputs, in the shape the transformers pipelines return.
+the only step that touches the device: it returns a tensor, which the engine copies
+to the host without waiting (no synchronisation per batch on the compute thread);
+``postprocess`` turns that into plain outputs, in the shape the transformers
+pipelines return.
 """
 
 from __future__ import annotations
@@ -138,7 +140,7 @@ class Runner(ABC):
 
     @abstractmethod
     def forward(self, inputs: dict[str, Any], params: dict[str, Any]) -> Any:
-        """Run the model on a collated batch; return CPU data."""
+        """Run the model on a collated batch; return a tensor (on the device)."""
 
     @abstractmethod
     def postprocess(

@@ -25,7 +25,7 @@ class ClassifyRunner(Runner):
             scores = logits.float().sigmoid()
         else:
             scores = logits.float().softmax(dim=-1)
-        return scores.cpu()
+        return scores
 
     def postprocess(
         self, raw: Any, batch: Sequence[Features], params: dict[str, Any]

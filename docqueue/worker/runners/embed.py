@@ -3,6 +3,7 @@ by similarity to label texts, on a bare encoder such as all-MiniLM-L6-v2."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +27,7 @@ class EmbedRunner(Runner):
         return torch.nn.functional.normalize(pooled, dim=-1)
 
     def forward(self, inputs: dict[str, Any], params: dict[str, Any]) -> Any:
-        return self.embed(inputs).cpu()
+        return self.embed(inputs)
 
     def postprocess(
         self, raw: Any, batch: Sequence[Features], params: dict[str, Any]
@@ -40,9 +41,12 @@ class ZeroShotRunner(EmbedRunner):
 
     task = "classify"
 
+    #: Label sets whose embeddings are kept (least recently used ones are dropped).
+    CACHED_LABEL_SETS = 256
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._label_vectors: dict[tuple[tuple[str, str], ...], Any] = {}
+        self._label_vectors: OrderedDict[tuple[tuple[str, str], ...], Any] = OrderedDict()
 
     def check(self, params: dict[str, Any]) -> None:
         if not params.get("labels"):
@@ -54,15 +58,19 @@ class ZeroShotRunner(EmbedRunner):
     def labels_matrix(self, labels: dict[str, str]) -> Any:
         """Embeddings of the label texts, computed once per label set."""
         key = tuple(labels.items())
-        if key not in self._label_vectors:
+        if key in self._label_vectors:
+            self._label_vectors.move_to_end(key)
+        else:
             encoded = self.tokenize(list(labels.values()), self.loaded.max_length)
             inputs = self.collate([f for f in encoded if isinstance(f, Features)])
             self._label_vectors[key] = self.embed(inputs)
+            if len(self._label_vectors) > self.CACHED_LABEL_SETS:
+                self._label_vectors.popitem(last=False)
         return self._label_vectors[key]
 
     def forward(self, inputs: dict[str, Any], params: dict[str, Any]) -> Any:
         similarity = self.embed(inputs) @ self.labels_matrix(params["labels"]).T
-        return similarity.cpu()
+        return similarity
 
     def postprocess(
         self, raw: Any, batch: Sequence[Features], params: dict[str, Any]

@@ -83,7 +83,7 @@ class GenerateRunner(Runner):
         output = self.model.generate(
             **on_device, generation_config=config, tokenizer=self.tokenizer
         )
-        return output[:, on_device["input_ids"].shape[1] :].cpu()
+        return output[:, on_device["input_ids"].shape[1] :]
 
     def postprocess(
         self, raw: Any, batch: Sequence[Features], params: dict[str, Any]

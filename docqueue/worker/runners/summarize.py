@@ -35,7 +35,7 @@ class SummarizeRunner(Runner):
             early_stopping=params["num_beams"] > 1,
             do_sample=False,
         )
-        return self.model.generate(**self.to_device(inputs), generation_config=config).cpu()
+        return self.model.generate(**self.to_device(inputs), generation_config=config)
 
     def postprocess(
         self, raw: Any, batch: Sequence[Features], params: dict[str, Any]
