@@ -67,7 +67,7 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         "unacked_restore_throttle": 1,
         # Consume queues in the order given: interactive lanes first.
         "queue_order_strategy": "priority",
-        "batch_pop_limit": max(1, settings.prefetch_messages),
+        "batch_pop_limit": max(settings.prefetch_messages, settings.interactive_prefetch),
         "health_check_interval": 10,
         "socket_connect_timeout": 5,
     }

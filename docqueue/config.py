@@ -54,9 +54,12 @@ class Settings(BaseSettings):
     token_budget: int | None = Field(None, ge=1)
     #: Most documents in one batch (the token budget usually binds first).
     max_batch_rows: int = Field(1024, ge=1)
-    #: Messages a worker holds unacked at most (Celery prefetch).  With chunk_size
-    #: documents per bulk message this bounds the documents buffered in memory.
-    prefetch_messages: int = Field(256, ge=1)
+    #: Bulk messages a worker holds unacked at most (Celery prefetch).  With
+    #: chunk_size documents per message this bounds the documents buffered in memory;
+    #: 64 x 64 keeps a CPU worker or a GPU busy while acks flow.
+    prefetch_messages: int = Field(64, ge=1)
+    #: The same for the interactive lanes (one document per message).
+    interactive_prefetch: int = Field(512, ge=1)
     #: Messages carrying more documents than this are refused by workers.
     max_items_per_message: int = Field(4096, ge=1)
     #: Ceiling on max_new_tokens a job may ask for (summarize, generate).

@@ -188,8 +188,10 @@ def run(options: Options, say: Callable[[str], None] = print) -> None:
                     f"latency, single documents, max_wait_ms={settings.max_wait_ms:g}, "
                     f"worker otherwise idle: {idle.describe()}"
                 )
+                worker.stop()  # the bulk job is queued first, for a fresh worker
                 busy, pending = endtoend.latency_during_bulk(
                     client,
+                    lambda: endtoend.Worker(live, model_dir, str(device), Path(tmp) / "w2.log"),
                     options.task,
                     corpus,
                     options.latency_bulk,

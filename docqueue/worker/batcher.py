@@ -186,14 +186,18 @@ class Buffer(Generic[T]):
             if key in self._shapes:
                 self._shapes[key] = shape
 
-    def take(self, timeout: float) -> tuple[Hashable, list[T]] | None:
+    def take(
+        self, timeout: float, interactive_only: bool = False
+    ) -> tuple[Hashable, list[T]] | None:
         """Block until a batch is due (or ``timeout`` passes); remove and return it."""
         deadline = self._clock() + timeout
         with self._cond:
             while True:
                 now = self._clock()
                 decision = plan(
-                    self._view(), float("inf") if self.flush_all else now, self.max_wait
+                    self._view(interactive_only),
+                    float("inf") if self.flush_all else now,
+                    self.max_wait,
                 )
                 if isinstance(decision, Flush):
                     return decision.key, self._remove(decision)
@@ -206,11 +210,11 @@ class Buffer(Generic[T]):
         with self._cond:
             self._cond.notify_all()
 
-    def _view(self) -> dict[Hashable, Group]:
+    def _view(self, interactive_only: bool = False) -> dict[Hashable, Group]:
         return {
             key: Group(items, self._shapes[key], self._interactive[key])
             for key, items in self._groups.items()
-            if items
+            if items and (self._interactive[key] or not interactive_only)
         }
 
     def _remove(self, decision: Flush) -> list[T]:

@@ -126,16 +126,23 @@ class LaneQueue:
             (self._urgent if urgent else self._bulk).append(entry)
             self._cond.notify_all()
 
-    def take(self, limit: int, timeout: float) -> list[Any]:
-        """Up to ``limit`` entries, urgent first; [] after ``timeout`` with none."""
+    def has_room(self) -> bool:
+        """Whether a bulk entry can be put without waiting."""
+        with self._cond:
+            return len(self._bulk) < self.maxsize
+
+    def take(self, timeout: float) -> list[Any]:
+        """Entries of one lane: every waiting urgent one (committed together), else one
+        bulk entry -- a batch is a fair transaction, and an urgent entry never waits
+        behind more than one.  [] after ``timeout`` with none."""
         with self._cond:
             if not (self._urgent or self._bulk):
                 self._cond.wait(timeout)
-            taken = self._urgent[:limit]
-            del self._urgent[:limit]
-            room = limit - len(taken)
-            taken += self._bulk[:room]
-            del self._bulk[:room]
+            if self._urgent:
+                taken, self._urgent = self._urgent, []
+            else:
+                taken = self._bulk[:1]
+                del self._bulk[:1]
             self._cond.notify_all()
             return taken
 
@@ -467,7 +474,10 @@ class Engine:
 
     def _compute_batches(self) -> None:
         while not self._stop.is_set():
-            taken = self.buffer.take(timeout=0.2)
+            # While the writer is behind, a bulk batch would wait to be handed over;
+            # meanwhile only interactive documents are computed.
+            backed_up = not self._written.has_room()
+            taken = self.buffer.take(timeout=0.05 if backed_up else 0.2, interactive_only=backed_up)
             if taken is None:
                 continue
             key, items = taken
@@ -556,7 +566,7 @@ class Engine:
 
     def _writer_loop(self) -> None:
         while not self._stop.is_set():
-            entries = self._written.take(limit=16, timeout=0.1)
+            entries = self._written.take(timeout=0.1)
             if not entries:
                 continue
             try:

@@ -90,7 +90,7 @@ class EngineBridge(bootsteps.StartStopStep):
             for name in c.app.docqueue_lanes
         ]
         self.channel = c.connection.channel()
-        self.channel.basic_qos(0, c.app.docqueue_settings.prefetch_messages, False)
+        self.channel.basic_qos(0, c.app.docqueue_settings.interactive_prefetch, False)
         self.consumer = Consumer(
             self.channel, lanes, on_message=engine.receive_interactive, accept=["json"]
         )
