@@ -71,6 +71,17 @@ class BatchMessage(BaseModel):
     enqueued_at: float
 
 
+def text_problem(text: str) -> str | None:
+    """Why a text document cannot be processed, or None; producer and worker share it."""
+    if not text:
+        return "empty document"
+    if not text.strip():
+        return "document is whitespace only"
+    if "\x00" in text:
+        return "document contains NUL (\\x00) characters"
+    return None
+
+
 def params_key(params: dict[str, Any]) -> str:
     """Canonical form of validated parameters: items share a batch only when equal."""
     return json.dumps(params, sort_keys=True, separators=(",", ":"))

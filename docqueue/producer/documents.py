@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from docqueue.protocol import ChatMessage, Document
+from docqueue.protocol import ChatMessage, Document, text_problem
 
 
 class InvalidDocument(ValueError):
@@ -71,12 +71,9 @@ def check(record: Record, *, task: str, max_chars: int) -> Checked:
         return _check_chat(record, task, max_chars)
     if not isinstance(text, str):
         return _rejected(record, f"text is {type(text).__name__}, not a string")
-    if not text:
-        return _rejected(record, "empty document")
-    if not text.strip():
-        return _rejected(record, "document is whitespace only")
-    if "\x00" in text:
-        return _rejected(record, "document contains NUL (\\x00) characters")
+    problem = text_problem(text)
+    if problem:
+        return _rejected(record, problem)
     truncated = len(text) > max_chars
     if truncated:
         text = text[:max_chars]

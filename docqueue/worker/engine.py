@@ -41,7 +41,7 @@ from pydantic import ValidationError
 from docqueue.config import Settings
 from docqueue.db.results import ResultRow
 from docqueue.params import InvalidParams, validate_params
-from docqueue.protocol import BatchMessage, Document, params_key
+from docqueue.protocol import BatchMessage, Document, params_key, text_problem
 from docqueue.transport import ack_messages
 from docqueue.worker.batcher import Buffer, Shape
 from docqueue.worker.runners import Features, Runner
@@ -387,10 +387,9 @@ class Engine:
 
     def _check_document(self, doc: Document) -> str | None:
         if isinstance(doc, str):
-            if not doc:
-                return "empty document"
-            if not doc.strip():
-                return "document is whitespace only"
+            problem = text_problem(doc)
+            if problem:
+                return problem
             size = len(doc)
         else:
             if not doc:

@@ -170,3 +170,13 @@ def generation_config(model: Any, **settings: Any) -> Any:
     }
     keep.update((k, v) for k, v in settings.items() if v is not None)
     return GenerationConfig(**keep)
+
+
+def label_scores(names: Sequence[str], scores: Sequence[float]) -> dict[str, Any]:
+    """The classification pipeline's shape: best label, its score, and every label's score."""
+    best = max(range(len(scores)), key=scores.__getitem__)
+    return {
+        "label": names[best],
+        "score": scores[best],
+        "scores": dict(zip(names, scores, strict=True)),
+    }

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from docqueue.params import InvalidParams
-from docqueue.worker.runners.base import Features, Output, Runner
+from docqueue.worker.runners.base import Features, Output, Runner, label_scores
 
 
 class ClassifyRunner(Runner):
@@ -32,16 +32,4 @@ class ClassifyRunner(Runner):
     ) -> list[Output]:
         id2label = self.model.config.id2label
         names = [str(id2label.get(i, f"LABEL_{i}")) for i in range(raw.shape[1])]
-        outputs = []
-        for row in raw.tolist():
-            best = max(range(len(row)), key=row.__getitem__)
-            outputs.append(
-                Output(
-                    {
-                        "label": names[best],
-                        "score": row[best],
-                        "scores": dict(zip(names, row, strict=True)),
-                    }
-                )
-            )
-        return outputs
+        return [Output(label_scores(names, row)) for row in raw.tolist()]

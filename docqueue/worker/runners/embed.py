@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from docqueue.params import InvalidParams
-from docqueue.worker.runners.base import Features, Output, Runner
+from docqueue.worker.runners.base import Features, Output, Runner, label_scores
 
 #: Softmax temperature over cosine similarities for zero-shot label scores.
 ZERO_SHOT_TEMPERATURE = 0.05
@@ -77,17 +77,9 @@ class ZeroShotRunner(EmbedRunner):
     ) -> list[Output]:
         names = list(params["labels"])
         probabilities = (raw / ZERO_SHOT_TEMPERATURE).softmax(dim=-1).tolist()
-        outputs = []
-        for similarities, probs in zip(raw.tolist(), probabilities, strict=True):
-            best = max(range(len(probs)), key=probs.__getitem__)
-            outputs.append(
-                Output(
-                    {
-                        "label": names[best],
-                        "score": probs[best],
-                        "scores": dict(zip(names, probs, strict=True)),
-                        "similarities": dict(zip(names, similarities, strict=True)),
-                    }
-                )
+        return [
+            Output(
+                {**label_scores(names, probs), "similarities": dict(zip(names, sims, strict=True))}
             )
-        return outputs
+            for sims, probs in zip(raw.tolist(), probabilities, strict=True)
+        ]
