@@ -7,7 +7,17 @@ import threading
 import time
 from dataclasses import dataclass
 
-from docqueue.worker.batcher import Buffer, Flush, Group, Shape, Wait, padded_tokens, plan, select
+from docqueue.worker.batcher import (
+    WINDOW_BATCHES,
+    Buffer,
+    Flush,
+    Group,
+    Shape,
+    Wait,
+    padded_tokens,
+    plan,
+    select,
+)
 
 
 @dataclass
@@ -111,11 +121,14 @@ def test_generation_cost_counts_new_tokens():
 
 
 def test_window_bounds_what_the_oldest_item_is_compared_with():
-    # 2 rows of 50 fit the budget -> a window of 8 items; the match at position 20 is out
+    # 2 rows of 50 fit the budget -> a window of 2 x WINDOW_BATCHES items; the one
+    # matching length lies just outside it
     shape = Shape(padded_tokens, budget=1000, max_rows=2)
-    lengths = [50] + [10] * 19 + [50]
+    window = 2 * WINDOW_BATCHES
+    lengths = [50] + [10] * window + [50]
     chosen = select(group(lengths, shape=shape))
-    assert chosen[0] == 0 and len(chosen) == 2 and chosen[1] < 8
+    assert chosen[0] == 0 and len(chosen) == 2 and chosen[1] < window
+    assert select(group([50] + [10] * (window - 2) + [50], shape=shape)) == [0, window - 1]
 
 
 def test_nothing_starves_every_item_is_taken_in_bounded_rounds():

@@ -112,6 +112,23 @@ def test_a_redelivered_batch_leaves_one_row_per_item(engine):
         assert ledger.progress(conn, job).done == 3
 
 
+def test_one_batch_holding_a_document_twice_keeps_the_success(engine):
+    """A redelivered copy of a message can put a document in one batch twice."""
+    job = new_job(engine, n=3)
+    embedded = ResultRow(job, 2, ok=True, embedding=b"\x00\x01\x02\x03", worker_id="w1")
+    with engine.begin() as conn:
+        record_results(
+            conn,
+            [err(job, 0, "boom"), ok(job, 0, "fine"), ok(job, 1, "a"), ok(job, 1, "b"), embedded],
+        )
+    assert result(engine, job, 0) == (True, {"label": "fine"}, None, "w1")
+    assert result(engine, job, 1)[1] == {"label": "a"}
+    with engine.connect() as conn:
+        stored = conn.execute(select(Result.embedding, Result.output).where(Result.seq == 2)).one()
+        assert stored == (b"\x00\x01\x02\x03", None)
+        assert ledger.progress(conn, job).done == 3
+
+
 def test_progress_and_duplicate_ids(engine):
     job = "b" * 32
     with engine.begin() as conn:
@@ -140,3 +157,20 @@ def test_progress_and_duplicate_ids(engine):
         False,
     )
     assert flags == [True, True, False]
+
+
+def test_an_output_the_database_refuses_becomes_an_error_row(engine):
+    """NaN is not JSON: PostgreSQL refuses it, the store keeps the document as an error
+    (SQLite stores it as written); either way the document has exactly one row."""
+    from docqueue.worker.store import SqlStore
+
+    job = new_job(engine, n=2)
+    SqlStore(engine).commit(
+        [ResultRow(job, 0, ok=True, output={"score": float("nan")}), ok(job, 1, "x")]
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(select(Result.seq, Result.ok, Result.error).order_by(Result.seq)).all()
+    assert [r.seq for r in rows] == [0, 1]
+    assert rows[1].ok  # the rest of the batch is stored as computed
+    if engine.dialect.name == "postgresql":
+        assert rows[0].ok is False and "could not be stored" in rows[0].error

@@ -7,12 +7,13 @@ therefore rewrites nothing, and two workers racing on one document leave one row
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, update
+from sqlalchemy import ARRAY, Connection, Integer, Update, and_, any_, bindparam, text, update
 from sqlalchemy.sql import Insert
 
 from docqueue.db.schema import DONE, FAILED, Item, Result
@@ -82,9 +83,37 @@ _MARK_FAILED = (
 )
 
 
-def record_results(conn: Connection, rows: Sequence[ResultRow]) -> None:
-    """Upsert results and mirror each item's status, in the caller's transaction."""
-    if not rows:
+#: PostgreSQL: the whole batch as one statement over column arrays.  An executemany
+#: of the upsert costs the server a statement per row and the writer ~80 µs of CPU per
+#: row; this is one parse and one round trip, several times cheaper on both sides.
+_PG_UPSERT = text(
+    "INSERT INTO dq_results (job_id, seq, {columns}) "
+    "SELECT * FROM unnest(CAST(:job_id AS varchar[]), CAST(:seq AS integer[]), {arrays}) "
+    "ON CONFLICT (job_id, seq) DO UPDATE SET {updates} "
+    "WHERE dq_results.ok IS false AND excluded.ok IS true".format(
+        columns=", ".join(_RESULT_COLUMNS),
+        arrays=", ".join(
+            f"CAST(:{name} AS {kind}[])"
+            for name, kind in zip(
+                _RESULT_COLUMNS,
+                ("boolean", "json", "bytea", "text", "boolean", "varchar", "integer")
+                + ("float8",) * 3,
+                strict=True,
+            )
+        ),
+        updates=", ".join(f"{name} = excluded.{name}" for name in _RESULT_COLUMNS),
+    )
+)
+
+
+def _upsert_rows(conn: Connection, rows: Sequence[ResultRow]) -> None:
+    if conn.dialect.name == "postgresql":
+        unique = _one_per_item(rows)  # ON CONFLICT may touch a row only once
+        columns = {name: [getattr(r, name) for r in unique] for name in ("job_id", "seq")}
+        for name in _RESULT_COLUMNS:
+            columns[name] = [getattr(r, name) for r in unique]
+        columns["output"] = [None if o is None else json.dumps(o) for o in columns["output"]]
+        conn.execute(_PG_UPSERT, columns)
         return
     conn.execute(
         _upsert(conn.dialect.name),
@@ -93,6 +122,24 @@ def record_results(conn: Connection, rows: Sequence[ResultRow]) -> None:
             for r in rows
         ],
     )
+
+
+def _one_per_item(rows: Sequence[ResultRow]) -> list[ResultRow]:
+    """One row per (job, seq), a success over an error (a redelivered copy of a
+    message can put a document in a batch twice)."""
+    chosen: dict[tuple[str, int], ResultRow] = {}
+    for row in rows:
+        key = (row.job_id, row.seq)
+        if key not in chosen or (row.ok and not chosen[key].ok):
+            chosen[key] = row
+    return list(chosen.values())
+
+
+def record_results(conn: Connection, rows: Sequence[ResultRow]) -> None:
+    """Upsert results and mirror each item's status, in the caller's transaction."""
+    if not rows:
+        return
+    _upsert_rows(conn, rows)
     _mark_done(conn, [r for r in rows if r.ok])
     failed = [
         {
@@ -121,6 +168,20 @@ _MARK_ONE_TRUNCATED = (
 )
 
 
+def _mark_many_done(dialect: str) -> Update:
+    """``seq IN (...)``, or on PostgreSQL ``seq = ANY(array)``: one parameter and one
+    plan whatever the batch size."""
+    if dialect == "postgresql":
+        in_batch = Item.seq == any_(bindparam("b_seqs", type_=ARRAY(Integer)))
+    else:
+        in_batch = Item.seq.in_(bindparam("b_seqs", expanding=True))
+    return (
+        update(Item)
+        .where(Item.job_id == bindparam("b_job"), in_batch)
+        .values(status=DONE, error=None)
+    )
+
+
 def _mark_done(conn: Connection, rows: Sequence[ResultRow]) -> None:
     """Mark items done: one ``seq IN (...)`` statement per job with several rows in
     the batch (bulk), one executemany for jobs with a single row (interactive), so
@@ -133,11 +194,7 @@ def _mark_done(conn: Connection, rows: Sequence[ResultRow]) -> None:
         if len(seqs) == 1:
             single.append({"b_job": job, "b_seq": seqs[0]})
         else:
-            conn.execute(
-                update(Item)
-                .where(Item.job_id == job, Item.seq.in_(seqs))
-                .values(status=DONE, error=None)
-            )
+            conn.execute(_mark_many_done(conn.dialect.name), {"b_job": job, "b_seqs": seqs})
     if single:
         conn.execute(_MARK_ONE_DONE, single)
     truncated = [{"b_job": r.job_id, "b_seq": r.seq} for r in rows if r.truncated]

@@ -14,7 +14,7 @@ The rules:
 * The batch always contains the group's oldest item (so nothing starves and
   messages complete in roughly arrival order), plus neighbours of similar length
   from a window of the oldest items, grown while the padded cost fits the budget:
-  sorting by length before padding, as Infinity does with its 8x window.
+  sorting by length before padding.
 """
 
 from __future__ import annotations
@@ -71,8 +71,10 @@ class Wait:
 
 
 #: How many batches' worth of the oldest items a batch is chosen from: wider sorts
-#: better, narrower completes messages (and acks them) sooner.
-WINDOW_BATCHES = 4
+#: better, narrower completes messages (and acks them) sooner.  Measured on CPU with
+#: tiny models: 4 padded generation prompts 20% more than a global sort and ran 14%
+#: slower; 16 comes within 6% of it.  A worker's prefetch bounds the buffer anyway.
+WINDOW_BATCHES = 16
 
 
 def plan(groups: Mapping[Hashable, Group], now: float, max_wait: float) -> Flush | Wait:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Protocol
 
 from sqlalchemy import Engine, select, tuple_
@@ -64,20 +65,30 @@ class SqlStore:
                 next(r.job_id for r in rows if (r.job_id, r.seq) not in known),
             )
             return kept
-        log.error("database refused results (%s); storing them as errors", _one_line(exc))
-        return [
-            ResultRow(
-                job_id=r.job_id,
-                seq=r.seq,
-                ok=False,
-                truncated=r.truncated,
-                error=f"result could not be stored: {_one_line(exc)}",
-                worker_id=r.worker_id,
-                enqueued_at=r.enqueued_at,
-                attempts=1,
-            )
-            for r in rows
-        ]
+        log.error("database refused results (%s); finding the rows it refuses", _one_line(exc))
+        return self._one_by_one(rows)
+
+    def _one_by_one(self, rows: list[ResultRow]) -> list[ResultRow]:
+        """Commit rows singly; return the refused ones as error rows (still to commit)."""
+        refused = []
+        for row in rows:
+            try:
+                with self.db.begin() as conn:
+                    record_results(conn, [row])
+            except (IntegrityError, DataError) as exc:
+                refused.append(
+                    replace(
+                        row,
+                        ok=False,
+                        output=None,
+                        embedding=None,
+                        error=f"result could not be stored: {_one_line(exc)}",
+                        attempts=1,
+                    )
+                )
+            except SQLAlchemyError as exc:
+                raise StoreUnavailable(_one_line(exc)) from exc
+        return refused
 
 
 class MemoryStore:
