@@ -231,8 +231,13 @@ def _first(config: Any, *names: str, default: int) -> int:
 
 
 #: Below this many parameters a model runs faster on one CPU thread: each op is so
-#: small that handing it to a thread team costs more than it saves (measured: a tiny
-#: BART generates in 100 ms on one thread, 160 ms on two, from a worker thread).
+#: small that handing it to a thread team costs more than it saves, and the intake and
+#: writer threads need the other core (measured on 2 cores: a tiny BART generates in
+#: 100 ms on one thread, 160 ms on two, from a worker thread; the micro classifier
+#: runs 5,538 docs/s offline on one thread, 3,922 on two).  Two threads did speed up
+#: tiny generative models in a bare process (+20%), but not in a worker: summarize
+#: end to end fell from 468 to 415 docs/s and its idle p50 latency rose from 98 to
+#: 209 ms, so every small model keeps one thread.
 SMALL_MODEL_PARAMETERS = 5_000_000
 
 
