@@ -224,7 +224,8 @@ def _run(
         console=console,
     ) as bar:
         shown = bar.add_task("annotating", total=None, rate="")
-        first_seen: float | None = None
+        # The rate counts from the first poll that saw results, over at least a second.
+        first_seen: tuple[float, int] | None = None
         while True:
             if failed:
                 raise failed[0]
@@ -232,10 +233,11 @@ def _run(
             handled = current.done + current.failed
             total = current.total if current.total is not None else current.enqueued
             if handled and first_seen is None:
-                first_seen = time.monotonic()
+                first_seen = (time.monotonic(), handled)
             rate = ""
-            if first_seen is not None:
-                rate = f"{handled / max(1e-3, time.monotonic() - first_seen):,.0f} docs/s"
+            if first_seen is not None and time.monotonic() - first_seen[0] >= 1.0:
+                since, baseline = first_seen
+                rate = f"{(handled - baseline) / (time.monotonic() - since):,.0f} docs/s"
             bar.update(shown, completed=handled, total=total or None, rate=rate)
             if current.finished:
                 return job.id, current
