@@ -235,9 +235,9 @@ def _first(config: Any, *names: str, default: int) -> int:
 #: writer threads need the other core (measured on 2 cores: a tiny BART generates in
 #: 100 ms on one thread, 160 ms on two, from a worker thread; the micro classifier
 #: runs 5,538 docs/s offline on one thread, 3,922 on two).  Two threads did speed up
-#: tiny generative models in a bare process (+20%), but not in a worker: summarize
-#: end to end fell from 468 to 415 docs/s and its idle p50 latency rose from 98 to
-#: 209 ms, so every small model keeps one thread.
+#: tiny generative models in a bare process (+20%), but not in a worker (two threads,
+#: OpenMP spinning up to 1,000 times): summarize end to end fell from 468 to 415
+#: docs/s and its idle p50 latency rose from 98 to 209 ms, so small models keep one.
 SMALL_MODEL_PARAMETERS = 5_000_000
 
 
