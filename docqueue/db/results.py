@@ -11,6 +11,7 @@ import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from sqlalchemy import ARRAY, Connection, Integer, Update, and_, any_, bindparam, text, update
@@ -51,13 +52,9 @@ _RESULT_COLUMNS = (
 )
 
 
-def _upsert(dialect: str) -> Insert:
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        raise NotImplementedError(f"docqueue supports SQLite and PostgreSQL, not {dialect}")
+def _sqlite_upsert() -> Insert:
+    from sqlalchemy.dialects.sqlite import insert
+
     stmt = insert(Result)
     excluded = stmt.excluded
     return stmt.on_conflict_do_update(
@@ -65,6 +62,10 @@ def _upsert(dialect: str) -> Insert:
         set_={name: excluded[name] for name in _RESULT_COLUMNS},
         where=and_(Result.ok.is_(False), excluded.ok.is_(True)),
     )
+
+
+#: SQLite: an executemany of the upsert (the same rule as :data:`_PG_UPSERT`).
+_SQLITE_UPSERT = _sqlite_upsert()
 
 
 _MARK_FAILED = (
@@ -119,8 +120,12 @@ def _upsert_rows(conn: Connection, rows: Sequence[ResultRow]) -> None:
         columns["output"] = [None if o is None else json.dumps(o) for o in columns["output"]]
         conn.execute(_PG_UPSERT, columns)
         return
+    if conn.dialect.name != "sqlite":
+        raise NotImplementedError(
+            f"docqueue supports SQLite and PostgreSQL, not {conn.dialect.name}"
+        )
     conn.execute(
-        _upsert(conn.dialect.name),
+        _SQLITE_UPSERT,
         [
             {"job_id": r.job_id, "seq": r.seq, **{c: getattr(r, c) for c in _RESULT_COLUMNS}}
             for r in rows
@@ -172,6 +177,7 @@ _MARK_ONE_TRUNCATED = (
 )
 
 
+@cache
 def _mark_many_done(dialect: str) -> Update:
     """``seq IN (...)``, or on PostgreSQL ``seq = ANY(array)``: one parameter and one
     plan whatever the batch size."""
@@ -187,9 +193,9 @@ def _mark_many_done(dialect: str) -> Update:
 
 
 def _mark_done(conn: Connection, rows: Sequence[ResultRow]) -> None:
-    """Mark items done: one ``seq IN (...)`` statement per job with several rows in
-    the batch (bulk), one executemany for jobs with a single row (interactive), so
-    the primary key index serves every lookup on SQLite and PostgreSQL alike."""
+    """Mark items done: one statement per job with several rows in the batch (bulk),
+    one executemany for jobs with a single row (interactive), so the primary key
+    index serves every lookup on SQLite and PostgreSQL alike."""
     by_job: dict[str, list[int]] = defaultdict(list)
     for row in rows:
         by_job[row.job_id].append(row.seq)
