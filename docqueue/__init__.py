@@ -11,8 +11,11 @@ from docqueue.producer import (
     DocumentFailed,
     InvalidDocument,
     JobHandle,
+    JobStatus,
+    PublishFailed,
     Record,
     ResultHandle,
+    UnknownJob,
 )
 
 __version__ = "0.1.0"
@@ -22,7 +25,10 @@ __all__ = [
     "InvalidDocument",
     "InvalidParams",
     "JobHandle",
+    "JobStatus",
+    "PublishFailed",
     "Record",
     "ResultHandle",
     "Settings",
+    "UnknownJob",
 ]

@@ -11,26 +11,24 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from docqueue.broker import EmbeddedRedis
 from docqueue.config import Settings
-from docqueue.db.jobs import Progress as JobProgress
+from docqueue.errors import ExitCode
+from docqueue.launcher import LocalWorkers, pick_devices, serve_redis
 from docqueue.producer.client import Client
+from docqueue.producer.client import Progress as JobProgress
 from docqueue.producer.readers import read_documents
 from docqueue.producer.results import write_rows
 from docqueue.worker.models import ModelUnavailable, locate
@@ -38,13 +36,11 @@ from docqueue.worker.models import ModelUnavailable, locate
 log = logging.getLogger(__name__)
 console = Console(stderr=True)
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_WORKER = 0, 1, 2, 3
-
 
 class AnnotateError(RuntimeError):
     """Stops the run with one line of explanation (and an exit code)."""
 
-    def __init__(self, message: str, code: int = EXIT_WORKER) -> None:
+    def __init__(self, message: str, code: int = ExitCode.SERVICE) -> None:
         super().__init__(message)
         self.code = code
 
@@ -64,81 +60,6 @@ def model_name_for(source: str) -> str:
         os.path.abspath(source).encode() if os.path.isdir(source) else source.encode()
     ).hexdigest()[:10]
     return f"m-{digest}"
-
-
-def worker_devices(requested: str | None) -> list[str]:
-    if requested:
-        return [requested]
-    import torch
-
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return [f"cuda:{i}" for i in range(count)] or ["cpu"]
-
-
-class WorkerProcesses:
-    """Local ``docqueue worker`` processes, their logs kept for error reports."""
-
-    def __init__(
-        self, name: str, source: str, devices: list[str], env: dict[str, str], log_dir: Path
-    ) -> None:
-        self.logs = [log_dir / f"worker-{i}.log" for i in range(len(devices))]
-        self.procs = []
-        for device, log_path in zip(devices, self.logs, strict=True):
-            with log_path.open("wb") as out:
-                self.procs.append(
-                    subprocess.Popen(
-                        [
-                            sys.executable,
-                            "-m",
-                            "docqueue",
-                            "worker",
-                            "--model",
-                            f"{name}={source}",
-                            "--device",
-                            device,
-                        ],
-                        env=env,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
-
-    def all_exited(self) -> bool:
-        return all(p.poll() is not None for p in self.procs)
-
-    def failure(self) -> str:
-        """The last meaningful line a dead worker wrote."""
-        for path in self.logs:
-            lines = [
-                ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()
-            ]
-            for line in reversed(lines):
-                if "error" in line.lower():
-                    return line.split("error:", 1)[-1].strip() if "error:" in line else line
-            if lines:
-                return lines[-1]
-        return "worker exited"
-
-    def stop(self, timeout: float = 30.0) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for p in self.procs:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-
-@contextmanager
-def _redis(settings: Settings, directory: Path) -> Iterator[str]:
-    if settings.redis():
-        yield settings.redis()  # type: ignore[misc]
-        return
-    with EmbeddedRedis(str(directory / "redis")) as server:
-        yield server.url
 
 
 def annotate(
@@ -162,16 +83,14 @@ def annotate(
         raise AnnotateError(str(exc)) from None
     with (
         tempfile.TemporaryDirectory(prefix="docqueue-annotate-") as tmp,
-        _redis(settings, Path(tmp)) as redis_url,
+        serve_redis(settings, Path(tmp)) as redis_url,
     ):
         client = Client(settings, redis_url=redis_url)
-        env = {
-            **os.environ,
-            "DOCQUEUE_REDIS_URL": redis_url,
-            "DOCQUEUE_DATABASE_URL": settings.database(),
-        }
-        workers = WorkerProcesses(
-            name, source, worker_devices(device or settings.device), env, Path(tmp)
+        workers = LocalWorkers(
+            settings.model_copy(update={"redis_url": SecretStr(redis_url)}),
+            {name: source},
+            pick_devices(device or settings.device),
+            log_dir=Path(tmp),
         )
         try:
             job_id, final = _run(
@@ -195,7 +114,7 @@ def annotate(
 
 def _run(
     client: Client,
-    workers: WorkerProcesses,
+    workers: LocalWorkers,
     documents: Any,
     *,
     task: str,

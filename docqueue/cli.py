@@ -7,9 +7,8 @@
     docqueue export JOB --out results.jsonl
     docqueue resume JOB
 
-Errors are reported as one line on stderr and an exit code, never a traceback:
-0 all documents succeeded, 1 some failed, 2 bad usage or input, 3 worker or service
-failure.
+Errors are reported as one line on stderr and an exit code, never a traceback; the
+exit codes are :class:`docqueue.errors.ExitCode`.
 """
 
 from __future__ import annotations
@@ -17,8 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -29,13 +26,14 @@ import typer
 from rich.console import Console
 
 from docqueue.config import Settings, redact
+from docqueue.errors import ExitCode, one_line
+from docqueue.tasks import task_list
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 err = Console(stderr=True, highlight=False)
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_SERVICE = 0, 1, 2, 3
 
-TaskOpt = Annotated[str, typer.Option("--task", help="classify, summarize, generate or embed")]
+TaskOpt = Annotated[str, typer.Option("--task", help=task_list())]
 ParamOpt = Annotated[
     list[str] | None,
     typer.Option("--param", help="Task parameter NAME=VALUE (VALUE read as JSON if it parses)"),
@@ -52,7 +50,7 @@ TextFieldOpt = Annotated[str, typer.Option("--text-field", help="Field holding t
 IdFieldOpt = Annotated[str, typer.Option("--id-field", help="Field holding your document id")]
 
 
-def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+def fail(message: str, code: int = ExitCode.USAGE) -> typer.Exit:
     err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     return typer.Exit(code)
 
@@ -97,12 +95,14 @@ def client_or_exit(settings: Settings) -> Any:
     try:
         return Client(settings)
     except Exception as exc:
-        raise fail(f"cannot reach the database or Redis: {_one_line(exc)}", EXIT_SERVICE) from None
+        raise fail(
+            f"cannot reach the database or Redis: {_one_line(exc)}", ExitCode.SERVICE
+        ) from None
 
 
 def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return redact(lines[0]) if lines else type(exc).__name__
+    """One line for a person, with any password in a URL hidden."""
+    return redact(one_line(exc))
 
 
 @app.command()
@@ -151,7 +151,7 @@ def annotate(
     except AnnotateError as exc:
         raise fail(str(exc), exc.code) from None
     except KeyboardInterrupt:
-        raise fail("interrupted", 130) from None
+        raise fail("interrupted", ExitCode.INTERRUPTED) from None
     progress = summary.progress
     rate = (progress.done + progress.failed) / max(summary.seconds, 1e-9)
     err.print(
@@ -163,7 +163,7 @@ def annotate(
     for row in summary.errors:
         who = f"id {row['id']}" if row.get("id") is not None else f"document {row['seq']}"
         err.print(f"  {who}: {row['error']}", soft_wrap=True)
-    raise typer.Exit(EXIT_SOME_FAILED if progress.failed else EXIT_OK)
+    raise typer.Exit(ExitCode.SOME_FAILED if progress.failed else ExitCode.OK)
 
 
 @app.command()
@@ -190,10 +190,11 @@ def worker(
     settings = settings_or_exit(models=models or None, device=device)
     if not settings.models:
         raise fail("no models: pass --model NAME=PATH (or set DOCQUEUE_MODELS)")
+    devices = _gpus(gpus) if gpus else []
     if not settings.redis():
         raise fail("set DOCQUEUE_REDIS_URL (e.g. redis://localhost:6379/0)")
-    if gpus:
-        raise typer.Exit(_per_gpu(gpus, settings, loglevel))
+    if devices:
+        raise typer.Exit(_per_gpu(devices, settings, loglevel))
     # The worker's intake and writer threads share the CPU with torch: idle OpenMP
     # threads must sleep, not spin (set before torch is imported).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -204,33 +205,33 @@ def worker(
     try:
         code = run_worker(settings, settings.redis(), loglevel=loglevel)  # type: ignore[arg-type]
     except ModelUnavailable as exc:
-        raise fail(str(exc), EXIT_SERVICE) from None
+        raise fail(str(exc), ExitCode.SERVICE) from None
     raise typer.Exit(code)
 
 
-def _per_gpu(gpus: str, settings: Settings, loglevel: str) -> int:
-    """One worker process per GPU, each pinned to its device; signals are forwarded."""
+def _gpus(gpus: str) -> list[str]:
+    """The devices ``--gpus all`` or ``--gpus 0,1`` names."""
+    from docqueue.launcher import cuda_devices
+
     if gpus == "all":
-        import torch
-
-        indices = list(range(torch.cuda.device_count()))
+        devices = cuda_devices()
     else:
-        indices = [int(g) for g in gpus.split(",") if g.strip()]
-    if not indices:
-        raise fail("no GPU visible", EXIT_SERVICE)
-    argv = [sys.executable, "-m", "docqueue", "worker", "--loglevel", loglevel]
-    for name, source in settings.models.items():
-        argv += ["--model", f"{name}={source}"]
-    children = [subprocess.Popen([*argv, "--device", f"cuda:{i}"]) for i in indices]
+        try:
+            devices = [f"cuda:{int(g)}" for g in gpus.split(",") if g.strip()]
+        except ValueError:
+            raise fail(f"--gpus {gpus!r}: expected all or a list like 0,1") from None
+    if not devices:
+        raise fail("no GPU visible", ExitCode.SERVICE)
+    return devices
 
-    def forward(signum: int, _frame: Any) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    return max(child.wait() for child in children)
+def _per_gpu(devices: list[str], settings: Settings, loglevel: str) -> int:
+    """One worker process per GPU, each pinned to its device; signals are forwarded."""
+    from docqueue.launcher import LocalWorkers
+
+    workers = LocalWorkers(settings, settings.models, devices, loglevel=loglevel)
+    workers.forward_signals()
+    return workers.wait()
 
 
 @app.command()
@@ -245,6 +246,7 @@ def enqueue(
 ) -> None:
     """Queue a file of documents as one job; prints the job id."""
     from docqueue.params import InvalidParams
+    from docqueue.producer.client import PublishFailed
     from docqueue.producer.readers import InputError, read_documents
 
     if not model:
@@ -263,15 +265,8 @@ def enqueue(
         )
     except (InvalidParams, InputError) as exc:
         raise fail(str(exc)) from None
-    except Exception as exc:
-        saved = client.job(job_id).progress().enqueued
-        if not saved:
-            raise
-        raise fail(
-            f"could not publish to Redis ({_one_line(exc)}); {saved} documents are saved in "
-            f"SQL as job {job_id}: run `docqueue resume {job_id}` once Redis is reachable",
-            EXIT_SERVICE,
-        ) from None
+    except PublishFailed as exc:
+        raise fail(str(exc), ExitCode.SERVICE) from None
     progress = job.progress()
     err.print(f"{progress.total} documents queued ({progress.failed} rejected at the door)")
     print(job.id)
@@ -280,17 +275,14 @@ def enqueue(
 @app.command()
 def status(job_id: Annotated[str, typer.Argument(help="Job id")]) -> None:
     """Progress of a job, and which workers serve its model."""
-    from docqueue.db.jobs import get_job, progress
-    from docqueue.db.workers import workers_serving
+    from docqueue.producer.client import UnknownJob
 
-    settings = settings_or_exit()
-    client = client_or_exit(settings)
-    with client.db.connect() as conn:
-        job = get_job(conn, job_id)
-        if job is None:
-            raise fail(f"no job {job_id}")
-        current = progress(conn, job_id)
-        workers = workers_serving(conn, job.model)
+    client = client_or_exit(settings_or_exit())
+    try:
+        state = client.job(job_id).status()
+    except UnknownJob as exc:
+        raise fail(str(exc)) from None
+    job, current = state.job, state.progress
     total = "still enqueuing" if current.total is None else str(current.total)
     print(f"job {job.id}: {job.task} with model {job.model} ({job.lane})")
     print(
@@ -298,17 +290,17 @@ def status(job_id: Annotated[str, typer.Argument(help="Job id")]) -> None:
         f"pending {current.pending}"
     )
     now = time.time()
-    alive = [w for w in workers if w.alive(now, settings.heartbeat_timeout)]
-    for w in alive:
+    for w in state.workers:
         print(
             f"  worker {w.id} on {w.device}: {w.documents} documents, "
             f"last heartbeat {now - w.last_seen:.0f}s ago"
         )
-    if not alive:
-        seen = f"last heartbeat {now - workers[0].last_seen:.0f}s ago" if workers else "never seen"
+    if not state.workers:
+        last = state.last_seen
+        seen = "never seen" if last is None else f"last heartbeat {now - last:.0f}s ago"
         print(f"  no live worker serves model {job.model} ({seen})")
     if current.finished:
-        raise typer.Exit(EXIT_SOME_FAILED if current.failed else EXIT_OK)
+        raise typer.Exit(ExitCode.SOME_FAILED if current.failed else ExitCode.OK)
 
 
 @app.command()
@@ -329,11 +321,13 @@ def export(
 @app.command()
 def resume(job_id: Annotated[str, typer.Argument(help="Job id")]) -> None:
     """Re-publish the documents SQL says are not done (after Redis lost its queue)."""
+    from docqueue.producer.client import UnknownJob
+
     client = client_or_exit(settings_or_exit())
     try:
         count = client.resume(job_id)
-    except KeyError:
-        raise fail(f"no job {job_id}") from None
+    except UnknownJob as exc:
+        raise fail(str(exc)) from None
     err.print(f"{count} documents re-published")
     print(count)
 
@@ -345,7 +339,10 @@ def bench(
     shape: Annotated[
         str | None, typer.Option("--shape", help="micro, tiny (CPU) or standard (GPU)")
     ] = None,
-    docs: Annotated[int, typer.Option("--docs", help="Documents for (c) and (d)")] = 20_000,
+    docs: Annotated[
+        int | None,
+        typer.Option("--docs", help="Documents for (c) and (d) [20,000]; with --soak [100,000]"),
+    ] = None,
     baseline_docs: Annotated[
         int | None, typer.Option("--baseline-docs", help="Documents for (b) and (c)")
     ] = None,
@@ -355,18 +352,32 @@ def bench(
     skip: Annotated[
         str, typer.Option("--skip", help="Comma list of a,b,sorted,c,d,latency,singles,mixed")
     ] = "",
+    soak: Annotated[
+        bool,
+        typer.Option(
+            "--soak",
+            help="Instead: short documents through CPU workers with the micro classifier; "
+            "prints docs/s, each worker's memory and the one-row-per-document check",
+        ),
+    ] = False,
+    workers: Annotated[int, typer.Option("--workers", help="Worker processes for --soak")] = 2,
 ) -> None:
     """Benchmark docqueue against hand-written pipeline() loops, side by side."""
     from docqueue.bench import Options
     from docqueue.bench import run as run_bench
 
     _logging("WARNING")
+    if soak:
+        from docqueue.bench import soak as soak_bench
+
+        held = soak_bench.run(settings_or_exit(), 100_000 if docs is None else docs, workers)
+        raise typer.Exit(ExitCode.OK if held else ExitCode.SOME_FAILED)
     run_bench(
         Options(
             task=task,
             device=device,
             shape=shape,
-            docs=docs,
+            docs=20_000 if docs is None else docs,
             baseline_docs=baseline_docs,
             corpus=corpus,
             latency_bulk=latency_bulk,
@@ -389,10 +400,10 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
-        sys.exit(130)
+        sys.exit(ExitCode.INTERRUPTED)
     except Exception as exc:  # the last resort: one line, not a traceback
         if os.environ.get("DOCQUEUE_DEBUG"):
             raise
         err.print(f"[bold red]error:[/] {type(exc).__name__}: {_one_line(exc)}", soft_wrap=True)
         err.print("(set DOCQUEUE_DEBUG=1 for the traceback)")
-        sys.exit(EXIT_SERVICE)
+        sys.exit(ExitCode.SERVICE)

@@ -8,6 +8,7 @@ Every field can be set with a ``DOCQUEUE_`` environment variable, e.g.
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -87,6 +88,20 @@ class Settings(BaseSettings):
 
     def database(self) -> str:
         return self.database_url.get_secret_value()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as DOCQUEUE_* variables, secrets in clear, for a child process
+    (fields that are None are left out: no variable reads back as None)."""
+    env = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            continue
+        secret = getattr(settings, name)
+        if isinstance(secret, SecretStr):
+            value = secret.get_secret_value()
+        env[f"DOCQUEUE_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+    return env
 
 
 def redact(url: str) -> str:

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from docqueue.protocol import TASKS
+from docqueue.tasks import task_list
 
 #: Hard ceiling whatever a worker allows; a worker's own cap is usually lower.
 MAX_NEW_TOKENS_LIMIT = 8192
@@ -102,10 +102,11 @@ def validate_params(
     task: str, params: dict[str, Any] | None, *, max_new_tokens_cap: int | None = None
 ) -> dict[str, Any]:
     """Validated, complete parameters for ``task`` (defaults filled in), as plain data."""
-    if task not in PARAMS:
-        raise InvalidParams(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    params_class = PARAMS.get(task)
+    if params_class is None:
+        raise InvalidParams(f"unknown task {task!r}; expected {task_list()}")
     try:
-        parsed = PARAMS[task].model_validate(params or {})
+        parsed = params_class.model_validate(params or {})
     except ValidationError as exc:
         raise InvalidParams(_describe(task, exc)) from None
     cap = max_new_tokens_cap

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-PROTOCOL_VERSION = 1
+from docqueue.tasks import CHAT_TASKS, Task
+
+PROTOCOL_VERSION: Final = 1
 TASK_NAME = "docqueue.batch"
 
-Task = Literal["classify", "summarize", "generate", "embed"]
-TASKS: tuple[str, ...] = ("classify", "summarize", "generate", "embed")
 Lane = Literal["bulk", "interactive"]
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -37,6 +37,12 @@ def bulk_queue(task: str, model: str) -> str:
 
 def interactive_queue(model: str) -> str:
     return f"docqueue.interactive.{model}"
+
+
+def queue_name(task: str, model: str, lane: str) -> str:
+    """The queue a job's messages go to: the model's interactive lane, or the bulk
+    queue of its task and model."""
+    return interactive_queue(model) if lane == "interactive" else bulk_queue(task, model)
 
 
 def done_channel(job_id: str) -> str:
@@ -71,15 +77,30 @@ class BatchMessage(BaseModel):
     enqueued_at: float
 
 
-def text_problem(text: str) -> str | None:
-    """Why a text document cannot be processed, or None; producer and worker share it."""
-    if not text:
-        return "empty document"
-    if not text.strip():
-        return "document is whitespace only"
-    if "\x00" in text:
+def document_problem(doc: Document, task: str) -> str | None:
+    """Why a document cannot run as ``task``, or None.  Producers and workers share
+    this one check; its size is checked apart (:func:`document_size`), since the
+    producer cuts long text where a worker refuses it."""
+    if isinstance(doc, str):
+        if not doc:
+            return "empty document"
+        if not doc.strip():
+            return "document is whitespace only"
+        if "\x00" in doc:
+            return "document contains NUL (\\x00) characters"
+        return None
+    if task not in CHAT_TASKS:
+        return f"{task} takes text, not chat messages"
+    if not doc:
+        return "no chat messages"
+    if any("\x00" in m.content for m in doc):
         return "document contains NUL (\\x00) characters"
     return None
+
+
+def document_size(doc: Document) -> int:
+    """Characters in a document (its messages' contents, for a chat)."""
+    return len(doc) if isinstance(doc, str) else sum(len(m.content) for m in doc)
 
 
 def params_key(params: dict[str, Any]) -> str:

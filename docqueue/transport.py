@@ -81,7 +81,12 @@ class Channel(kombu_redis.Channel):
     QoS = QoS
     #: Most messages one poll may take, whatever the prefetch allows.
     batch_pop_limit = 512
-    from_transport_options = kombu_redis.Channel.from_transport_options + ("batch_pop_limit",)
+    # kombu's attribute is inferred as a fixed-length tuple; any tuple of names is meant.
+    from_transport_options = kombu_redis.Channel.from_transport_options + (  # type: ignore[assignment]
+        "batch_pop_limit",
+    )
+    #: kombu declares it False, then keeps the connection polled (or None) there.
+    _in_poll: Any
 
     _sync_client: Any = None
     _pop_script: Any = None

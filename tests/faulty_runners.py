@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from docqueue.worker.runners.base import Features
 from docqueue.worker.runners.classify import ClassifyRunner
 
 #: Batches of more rows than this "run out of GPU memory".
@@ -20,7 +21,8 @@ class PoisonClassifier(ClassifyRunner):
     def preprocess(self, docs, params):
         features = super().preprocess(docs, params)
         for feature, doc in zip(features, docs, strict=True):
-            feature.extra["poison"] = "POISON" in doc
+            if isinstance(feature, Features):
+                feature.extra["poison"] = "POISON" in doc
         return features
 
     def collate(self, batch):

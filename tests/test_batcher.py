@@ -43,7 +43,7 @@ def test_nothing_buffered_waits_without_deadline():
 def test_small_group_waits_until_its_oldest_item_is_max_wait_old():
     groups = {"a": group([10, 10], arrived=1.0)}
     decision = plan(groups, now=1.005, max_wait=MAX_WAIT)
-    assert isinstance(decision, Wait)
+    assert isinstance(decision, Wait) and decision.until is not None
     assert abs(decision.until - 1.010) < 1e-9
     flushed = plan(groups, now=1.0101, max_wait=MAX_WAIT)
     assert flushed == Flush("a", [0, 1])
@@ -70,6 +70,7 @@ def test_batch_takes_items_of_similar_length_around_the_oldest():
     # oldest is 50 tokens; the budget (100) fits two rows of <= 50
     lengths = [50, 3, 48, 90, 4, 49]
     decision = plan({"a": group(lengths)}, now=1.0, max_wait=MAX_WAIT)
+    assert isinstance(decision, Flush)
     chosen = sorted(lengths[i] for i in decision.positions)
     assert chosen == [49, 50]
 
@@ -77,6 +78,7 @@ def test_batch_takes_items_of_similar_length_around_the_oldest():
 def test_short_oldest_item_is_batched_with_other_short_ones():
     lengths = [5, 60, 6, 70, 4, 5]
     decision = plan({"a": group(lengths)}, now=1.0, max_wait=MAX_WAIT)
+    assert isinstance(decision, Flush)
     chosen = sorted(lengths[i] for i in decision.positions)
     assert chosen == [4, 5, 5, 6]  # the next step, 60, would cost 5 x 60 > 100
 
@@ -103,7 +105,7 @@ def test_interactive_item_still_waits_max_wait_to_gather_company():
 def test_among_due_groups_the_oldest_goes_first():
     groups = {"young": group([10] * 3, arrived=0.9), "old": group([10] * 3, arrived=0.1)}
     decision = plan(groups, now=2.0, max_wait=MAX_WAIT)
-    assert decision.key == "old"
+    assert isinstance(decision, Flush) and decision.key == "old"
 
 
 def test_wait_until_the_earliest_deadline_of_all_groups():
@@ -117,7 +119,7 @@ def test_generation_cost_counts_new_tokens():
 
     shape = Shape(cost, budget=200, max_rows=64)
     decision = plan({"g": group([10] * 10, shape=shape)}, now=1.0, max_wait=MAX_WAIT)
-    assert len(decision.positions) == 4  # 4 x (10 + 40) = 200
+    assert isinstance(decision, Flush) and len(decision.positions) == 4  # 4 x (10 + 40) = 200
 
 
 def test_window_bounds_what_the_oldest_item_is_compared_with():
@@ -141,6 +143,7 @@ def test_nothing_starves_every_item_is_taken_in_bounded_rounds():
         if not items:
             break
         decision = plan({"a": Group(items, SHAPE)}, now=now, max_wait=MAX_WAIT)
+        assert isinstance(decision, Flush)
         chosen = set(decision.positions)
         taken += [items[i] for i in chosen]
         items = [item for i, item in enumerate(items) if i not in chosen]
@@ -151,23 +154,26 @@ def test_nothing_starves_every_item_is_taken_in_bounded_rounds():
 
 def test_buffer_hands_out_due_batches_and_flush_all_drains_everything():
     clock = [0.0]
-    buffer: Buffer[Item] = Buffer(max_wait=MAX_WAIT, clock=lambda: clock[0])
+    buffer: Buffer[str, Item] = Buffer(max_wait=MAX_WAIT, clock=lambda: clock[0])
     buffer.add("a", SHAPE, [Item(10, 0.0), Item(10, 0.0)], interactive=False)
     assert buffer.take(timeout=0) is None  # not due yet, and no waiting allowed
     clock[0] = 1.0
-    key, batch = buffer.take(timeout=0)
+    taken = buffer.take(timeout=0)
+    assert taken is not None
+    key, batch = taken
     assert key == "a" and len(batch) == 2 and len(buffer) == 0
     buffer.add("b", SHAPE, [Item(10, 1.0)], interactive=False)
     buffer.flush_all = True
-    assert buffer.take(timeout=0)[0] == "b"
+    taken = buffer.take(timeout=0)
+    assert taken is not None and taken[0] == "b"
 
 
 def test_buffer_wakes_a_waiting_taker_when_a_batch_fills():
-    buffer: Buffer[Item] = Buffer(max_wait=60.0)
+    buffer: Buffer[str, Item] = Buffer(max_wait=60.0)
     got = []
     taker = threading.Thread(target=lambda: got.append(buffer.take(timeout=30)))
     taker.start()
     now = time.monotonic()  # fresh items: only a full batch makes them due
     buffer.add("a", SHAPE, [Item(10, now) for _ in range(8)], interactive=False)
     taker.join(10)
-    assert got and len(got[0][1]) == 8
+    assert got and got[0] is not None and len(got[0][1]) == 8

@@ -9,7 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import ROOT, SAMPLE, settings_env, wait_until
+from conftest import ROOT, SAMPLE, wait_until
+
+from docqueue.config import settings_env
 
 TICKETS = ROOT / "examples" / "tickets.jsonl"
 

@@ -11,22 +11,26 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import make_settings, settings_env, wait_until
+from conftest import make_settings, wait_until
 from proxy import Proxy
 from sqlalchemy import func, select
 
-from docqueue.broker import EmbeddedRedis, redis_client
+from docqueue.broker import redis_client
+from docqueue.config import settings_env
 from docqueue.db.schema import Item, Result
+from docqueue.launcher import EmbeddedRedis
 from docqueue.producer.client import Client
 from docqueue.protocol import bulk_queue
 
 QUEUE = bulk_queue("classify", "tiny")
 
 
-def results(client: Client, job_id: str) -> list:
+def results(client: Client, job_id: str) -> Sequence[Any]:
     with client.db.connect() as conn:
         return conn.execute(
             select(Result.seq, Result.ok, Result.worker_id, Result.batch_size, Result.error)
@@ -35,7 +39,7 @@ def results(client: Client, job_id: str) -> list:
         ).all()
 
 
-def assert_exactly_one_row_each(client: Client, job_id: str, n: int) -> list:
+def assert_exactly_one_row_each(client: Client, job_id: str, n: int) -> Sequence[Any]:
     found = results(client, job_id)
     assert [r.seq for r in found] == list(range(n))
     with client.db.connect() as conn:

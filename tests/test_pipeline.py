@@ -8,6 +8,8 @@ import statistics
 import threading
 import time
 import uuid
+from collections.abc import Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -22,7 +24,7 @@ from docqueue.producer.client import Client
 from docqueue.protocol import bulk_queue
 
 
-def rows(client: Client, job_id: str) -> list:
+def rows(client: Client, job_id: str) -> Sequence[Any]:
     with client.db.connect() as conn:
         return conn.execute(
             select(Result.seq, Result.ok, Result.output, Result.worker_id)

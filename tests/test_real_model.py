@@ -9,7 +9,7 @@ from conftest import ROOT
 
 from docqueue.config import Settings
 from docqueue.worker.models import load_model
-from docqueue.worker.runners import Limits, runners_for
+from docqueue.worker.runners import Limits, runners_for, tokenized
 
 TICKETS = ROOT / "examples" / "tickets.jsonl"
 
@@ -27,7 +27,7 @@ def test_worker_answers_equal_an_in_process_reference(
         load_model("ref", minilm_classifier, Settings(device="cpu")),
         Limits(budget=1 << 20, max_rows=64, max_new_tokens=1),
     )["classify"]
-    features = reference.preprocess(docs, {})
+    features = tokenized(reference.preprocess(docs, {}))
     with torch.inference_mode():
         raw = reference.forward(reference.collate(features), {})
     expected = reference.postprocess(raw, features, {})

@@ -4,12 +4,14 @@ A document's output in a padded, length-sorted batch equals its output alone."""
 from __future__ import annotations
 
 import array
+from collections.abc import Sequence
 
 import pytest
 import torch
 
 from docqueue.config import Settings
 from docqueue.params import InvalidParams, validate_params
+from docqueue.protocol import Document
 from docqueue.worker.models import load_model, packaged_embedding_model
 from docqueue.worker.runners import Features, Limits, runners_for
 
@@ -29,7 +31,7 @@ def run_one(runner, doc: str) -> dict:
     return run(runner, [doc], {})[0].output
 
 
-def run(runner, docs: list[str], params: dict):
+def run(runner, docs: Sequence[Document], params: dict):
     features = runner.preprocess(docs, params)
     assert all(isinstance(f, Features) for f in features)
     with torch.inference_mode():  # as the worker's compute thread runs it
@@ -234,9 +236,10 @@ def test_engine_offline_gives_each_document_its_answer_alone(classifier, sample_
     assert offline.batches < len(docs) and offline.padded_tokens > 0
     assert [r.seq for r in rows] == list(range(len(docs)))
     assert all(r.ok for r in rows)
-    assert max(r.batch_size for r in rows) > 1
+    assert max(r.batch_size or 0 for r in rows) > 1
     for row, doc in zip(rows, docs, strict=True):
         alone = run_one(classifier, doc)
+        assert row.output is not None
         assert row.output["label"] == alone["label"]
         for name, score in alone["scores"].items():
             assert abs(row.output["scores"][name] - score) <= 1e-4

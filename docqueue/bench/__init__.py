@@ -10,8 +10,9 @@
 
 It prints docs/s, real and padded tokens/s (new tokens/s for generation), latency
 of single documents at a stated rate with and without a bulk job, peak memory,
-and the ratios d/b and d/c.  Never part of the test suite: run it on demand, on the
-machine whose numbers you want.
+and the ratios d/b and d/c.  Its numbers mean something at the default sizes, on
+the machine whose numbers you want; tests/test_bench.py runs it on a few documents
+only to check that every arm completes and reports.
 """
 
 from __future__ import annotations
@@ -32,11 +33,14 @@ from docqueue.bench import arms, endtoend, models
 from docqueue.bench.arms import Arm
 from docqueue.config import Settings
 from docqueue.producer.client import Client
+from docqueue.worker.budget import limits_for
+from docqueue.worker.memory import peak_host_bytes
 from docqueue.worker.models import load_model, pick_device
-from docqueue.worker.runners import runners_for
-from docqueue.worker.service import limits_for, peak_host_bytes
+from docqueue.worker.runners import runners_for, tokenized
 
-DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "examples" / "pydocs-sample.jsonl"
+# 300 Python documentation documents, shipped in the package (package data), cycled
+# when no --corpus is given.
+DEFAULT_CORPUS = Path(__file__).resolve().parent / "pydocs-sample.jsonl"
 NEW_TOKENS = {"summarize": 48, "generate": 64}
 MIXED_LENGTHS = (16, 32, 64, 128, 256)
 
@@ -163,8 +167,7 @@ def run(options: Options, say: Callable[[str], None] = print) -> None:
         endtoend.services(settings, Path(tmp)) as live,
     ):
         client = Client(live)
-        log = Path(tmp) / "worker.log"
-        worker = endtoend.Worker(live, model_dir, str(device), log)
+        worker = endtoend.start_worker(live, model_dir, str(device), Path(tmp), "worker")
         try:
             if "d" not in options.skip:
                 steady, wall = endtoend.bulk(
@@ -172,7 +175,7 @@ def run(options: Options, say: Callable[[str], None] = print) -> None:
                 )
                 record(steady, len(docs))
                 record(wall, len(docs))
-            state = worker.state(client) if worker.id else None
+            state = endtoend.worker_state(client, worker)
             say("")
             say(_ratios(results))
             say(
@@ -180,7 +183,7 @@ def run(options: Options, say: Callable[[str], None] = print) -> None:
                 f"{_mib(state.peak_host_bytes) if state else 'n/a'}"
             )
             if "latency" not in options.skip:
-                worker.wait_ready(client)
+                worker.wait_ready(600)
                 idle = endtoend.latency(
                     client, options.task, corpus, params, options.rate, options.latency_count
                 )
@@ -188,10 +191,10 @@ def run(options: Options, say: Callable[[str], None] = print) -> None:
                     f"latency, single documents, max_wait_ms={settings.max_wait_ms:g}, "
                     f"worker otherwise idle: {idle.describe()}"
                 )
-                worker.stop()  # the bulk job is queued first, for a fresh worker
+                worker.stop(60)  # the bulk job is queued first, for a fresh worker
                 busy, pending = endtoend.latency_during_bulk(
                     client,
-                    lambda: endtoend.Worker(live, model_dir, str(device), Path(tmp) / "w2.log"),
+                    lambda: endtoend.start_worker(live, model_dir, str(device), Path(tmp), "w2"),
                     options.task,
                     corpus,
                     options.latency_bulk,
@@ -204,7 +207,7 @@ def run(options: Options, say: Callable[[str], None] = print) -> None:
                     f"{busy.describe()}; {pending:,} bulk documents still pending at the end"
                 )
         finally:
-            worker.stop()
+            worker.stop(60)
         if options.task == "classify" and "singles" not in options.skip:
             _singles(
                 client, live, model_dir, device, options, corpus, params, results, say, Path(tmp)
@@ -212,7 +215,8 @@ def run(options: Options, say: Callable[[str], None] = print) -> None:
         if options.task == "generate" and "mixed" not in options.skip:
             _mixed(client, live, model_dir, device, corpus, options, say, Path(tmp))
         client.close()
-        shutil.copy(log, workdir / "last-worker.log")
+        if worker.log_path:
+            shutil.copy(worker.log_path, workdir / "last-worker.log")
 
 
 def _singles(
@@ -231,11 +235,17 @@ def _singles(
     first, then drained by one worker."""
     singles = cycle(corpus, options.singles)
     producer_us = endtoend.prequeue_singles(client, options.task, singles, params)
-    worker = endtoend.Worker(live, model_dir, str(device), tmp / "singles.log")
+    worker = endtoend.start_worker(live, model_dir, str(device), tmp, "singles")
     try:
         rate = endtoend.drain(client, worker, len(singles), timeout=3600)
     finally:
-        worker.stop()
+        worker.stop(60)
+    if rate != rate:  # NaN: drained before the first sample
+        say(
+            f"single-document messages ({len(singles):,} queued first): too few to measure "
+            f"a steady rate; ask for more with --singles"
+        )
+        return
     engine = next((a for a in results if a.key == "c"), None)
     plumbing = ""
     if engine:
@@ -278,13 +288,13 @@ def _mixed(
             chunk = prompts[start : start + 512]
             longest = max(wanted[start : start + 512])
             p = arms.validated("generate", {"max_new_tokens": longest, "min_new_tokens": longest})
-            runner.forward(runner.collate(runner.preprocess(chunk, p)), p).cpu()
+            runner.forward(runner.collate(tokenized(runner.preprocess(chunk, p))), p).cpu()
     static = time.perf_counter() - started
     del runner, loaded
     gc.collect()
-    worker = endtoend.Worker(live, model_dir, str(device), tmp / "mixed.log")
+    worker = endtoend.start_worker(live, model_dir, str(device), tmp, "mixed")
     try:
-        worker.wait_ready(client)
+        worker.wait_ready(600)
         started = time.perf_counter()
         jobs = []
         for length in MIXED_LENGTHS:
@@ -301,7 +311,7 @@ def _mixed(
             job.wait(timeout=7200)
         queued = time.perf_counter() - started
     finally:
-        worker.stop()
+        worker.stop(60)
     say(
         f"generation, output lengths mixed {MIXED_LENGTHS[0]}-{MIXED_LENGTHS[-1]} ({n:,} "
         f"prompts, {useful:,} useful new tokens): static batches of 512 in input order "

@@ -12,14 +12,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from docqueue.config import Settings
 from docqueue.params import validate_params
 from docqueue.worker.models import LoadedModel
 from docqueue.worker.offline import run_offline
-from docqueue.worker.runners import Runner
-from docqueue.worker.service import set_cpu_threads
+from docqueue.worker.runners import Features, Runner, tokenized
+from docqueue.worker.threads import set_cpu_threads
 
 BATCH = 128
 
@@ -44,7 +44,7 @@ class Arm:
 
 
 def lengths(runner: Runner, docs: Sequence[str], params: dict[str, Any]) -> list[int]:
-    return [f.length for f in runner.preprocess(docs, params)]  # type: ignore[union-attr]
+    return [f.length for f in tokenized(runner.preprocess(docs, params))]
 
 
 def padded_in_order(token_lengths: Sequence[int], batch: int) -> int:
@@ -87,7 +87,11 @@ def pipeline_arm(
     """(a) with ``batch=None``: one call per document; (b) ``batch_size=batch``."""
     from transformers import pipeline
 
-    kind = {"classify": "text-classification", "generate": "text-generation"}[task]
+    kinds: dict[str, Literal["text-classification", "text-generation"]] = {
+        "classify": "text-classification",
+        "generate": "text-generation",
+    }
+    kind = kinds[task]
     tokenizer = loaded.tokenizer
     if task == "generate":
         tokenizer.padding_side = "left"
@@ -130,12 +134,12 @@ def fixed_batches_arm(
     """The Auto model in fixed batches in input order (``batch``), one document at a
     time (``batch=1``), or -- with ``sort`` -- length-sorted batches cut by a token
     budget: the plain loop a careful user writes.  Tokenizing is part of the time."""
-    ran: list[list] = []
+    ran: list[list[Features]] = []
 
     def work() -> None:
-        features = runner.preprocess(docs, params)
+        features = tokenized(runner.preprocess(docs, params))
         if sort:
-            ordered = sorted(features, key=lambda f: f.length)  # type: ignore[union-attr]
+            ordered = sorted(features, key=lambda f: f.length)
             batches = _cut(runner, ordered, params, budget, max_rows)
         else:
             size = batch or 1
@@ -164,11 +168,15 @@ def fixed_batches_arm(
 
 
 def _cut(
-    runner: Runner, ordered: list, params: dict[str, Any], budget: int | None, max_rows: int
-) -> list[list]:
+    runner: Runner,
+    ordered: list[Features],
+    params: dict[str, Any],
+    budget: int | None,
+    max_rows: int,
+) -> list[list[Features]]:
     shape = runner.shape(params)
     limit = budget or shape.budget
-    batches: list[list] = [[]]
+    batches: list[list[Features]] = [[]]
     for features in ordered:
         trial = batches[-1] + [features]
         if batches[-1] and (

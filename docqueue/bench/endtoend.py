@@ -8,10 +8,9 @@ separately.
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -22,14 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
 from sqlalchemy import func, select
 
 from docqueue.bench.arms import Arm
-from docqueue.broker import EmbeddedRedis
 from docqueue.config import Settings
 from docqueue.db import jobs as ledger
 from docqueue.db.schema import Result
-from docqueue.db.workers import WorkerState, worker_state
+from docqueue.db.workers import WorkerState
+from docqueue.db.workers import worker_state as db_worker_state
+from docqueue.launcher import LocalWorkers, WorkerProcess, serve_redis
 from docqueue.producer.client import Client
 from docqueue.protocol import BatchMessage, Document
 
@@ -40,99 +41,40 @@ MODEL = "bench"
 def services(settings: Settings, directory: Path) -> Iterator[Settings]:
     """The settings with Redis and a database filled in: the given ones, else an
     embedded Redis and a SQLite file in ``directory``."""
-    updates: dict[str, Any] = {}
-    server = None
-    if not settings.redis():
-        server = EmbeddedRedis(str(directory / "redis"))
-        updates["redis_url"] = server.url
-    if settings.database() == Settings().database() and "DOCQUEUE_DATABASE_URL" not in os.environ:
-        updates["database_url"] = f"sqlite:///{directory / 'bench.db'}"
-    try:
-        yield Settings(**{**_plain(settings), **updates})
-    finally:
-        if server is not None:
-            server.shutdown()
+    with serve_redis(settings, directory) as redis_url:
+        updates: dict[str, Any] = {"redis_url": SecretStr(redis_url)}
+        default = Settings.model_fields["database_url"].default
+        if settings.database_url == default and "DOCQUEUE_DATABASE_URL" not in os.environ:
+            updates["database_url"] = SecretStr(f"sqlite:///{directory / 'bench.db'}")
+        yield settings.model_copy(update=updates)
 
 
-def _plain(settings: Settings) -> dict[str, Any]:
-    values = settings.model_dump()
-    values["redis_url"] = settings.redis()
-    values["database_url"] = settings.database()
-    return values
+def start_worker(
+    settings: Settings, model_dir: Path, device: str, log_dir: Path, name: str
+) -> WorkerProcess:
+    """A worker serving the bench model, not waited for (its start-up is measured);
+    its log is ``log_dir/{name}-0.log``."""
+    workers = LocalWorkers(settings, {MODEL: str(model_dir)}, [device], log_dir=log_dir, name=name)
+    return workers.processes[0]
 
 
-def worker_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCQUEUE_")}
-    for name, value in _plain(settings).items():
-        if value is None or name == "models":
-            continue
-        env[f"DOCQUEUE_{name.upper()}"] = str(value)
-    return env
+def worker_state(client: Client, worker: WorkerProcess) -> WorkerState | None:
+    if worker.worker_id is None:
+        return None
+    with client.db.connect() as conn:
+        return db_worker_state(conn, worker.worker_id)
 
 
-class Worker:
-    def __init__(self, settings: Settings, model_dir: Path, device: str, log: Path) -> None:
-        self.settings = settings
-        self.started = time.perf_counter()
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "docqueue",
-                    "worker",
-                    "--model",
-                    f"{MODEL}={model_dir}",
-                    "--device",
-                    device,
-                    "--loglevel",
-                    "WARNING",
-                ],
-                env=worker_env(settings),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        self.log = log
-        self.id: str | None = None
-
-    def wait_ready(self, client: Client, timeout: float = 600) -> None:
-        from docqueue.db.schema import WorkerBeat
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited; see {self.log}")
-            with client.db.connect() as conn:
-                found = conn.execute(
-                    select(WorkerBeat.id).where(WorkerBeat.pid == self.proc.pid)
-                ).first()
-            if found:
-                self.id = found[0]
-                time.sleep(0.5)  # consumer connecting after the first heartbeat
-                return
-            time.sleep(0.1)
-        raise TimeoutError("worker not ready")
-
-    def state(self, client: Client) -> WorkerState | None:
-        with client.db.connect() as conn:
-            return worker_state(conn, self.id) if self.id else None
-
-    def final_state(self, client: Client, documents: int, timeout: float = 30) -> WorkerState:
-        """The worker's heartbeat once it counts ``documents`` (beats lag a little)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            state = self.state(client)
-            if state is not None and (state.documents >= documents or time.monotonic() > deadline):
-                return state
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+def final_state(
+    client: Client, worker: WorkerProcess, documents: int, timeout: float = 30
+) -> WorkerState:
+    """The worker's heartbeat once it counts ``documents`` (beats lag a little)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = worker_state(client, worker)
+        if state is not None and (state.documents >= documents or time.monotonic() > deadline):
+            return state
+        time.sleep(0.2)
 
 
 @dataclass
@@ -142,10 +84,17 @@ class Progress:
     samples: list[tuple[float, int]]
 
     def steady_rate(self, total: int) -> float:
-        """Documents per second between 10% and 90% of ``total``."""
-        low = next(s for s in self.samples if s[1] >= total * 0.1)
-        high = next(s for s in self.samples if s[1] >= total * 0.9)
-        return (high[1] - low[1]) / max(high[0] - low[0], 1e-9)
+        """Documents per second between 10% and 90% of ``total``.  Where one sample
+        saw both, the rate over that sample and the one before it; NaN where the very
+        first sample did (a job too small to measure: it ran before the sampling)."""
+        low = next(i for i, s in enumerate(self.samples) if s[1] >= total * 0.1)
+        high = next(i for i, s in enumerate(self.samples) if s[1] >= total * 0.9)
+        if low == high:
+            low -= 1
+        if low < 0:
+            return math.nan
+        (t0, n0), (t1, n1) = self.samples[low], self.samples[high]
+        return (n1 - n0) / max(t1 - t0, 1e-9)
 
 
 def _count_results(client: Client) -> int:
@@ -168,7 +117,7 @@ def _follow(client: Client, until: int, baseline: int, timeout: float) -> Progre
 
 def bulk(
     client: Client,
-    worker: Worker,
+    worker: WorkerProcess,
     task: str,
     docs: Sequence[Document],
     params: dict[str, Any],
@@ -181,12 +130,12 @@ def bulk(
         target=lambda: client.submit_many(docs, task=task, model=MODEL, params=params),
         daemon=True,
     )
-    worker.wait_ready(client)
+    worker.wait_ready(600)
     producer.start()
     progress = _follow(client, len(docs), baseline, timeout)
     wall = time.perf_counter() - worker.started
     producer.join()
-    state = worker.final_state(client, len(docs))
+    state = final_state(client, worker, len(docs))
     steady = Arm(
         key="d",
         name="(d) docqueue end to end, steady state",
@@ -229,7 +178,7 @@ def prequeue_singles(
                 job=job,
                 task=task,
                 model=MODEL,
-                params=params,  # type: ignore[arg-type]
+                params=params,
                 lane="interactive",
                 items=[(0, doc)],
                 enqueued_at=time.time(),
@@ -238,10 +187,10 @@ def prequeue_singles(
     return (time.perf_counter() - started) / len(docs) * 1e6
 
 
-def drain(client: Client, worker: Worker, expected: int, timeout: float) -> float:
+def drain(client: Client, worker: WorkerProcess, expected: int, timeout: float) -> float:
     """Steady docs/s of a worker emptying what was queued before it started."""
     baseline = _count_results(client)
-    worker.wait_ready(client)
+    worker.wait_ready(600)
     return _follow(client, expected, baseline, timeout).steady_rate(expected)
 
 
@@ -303,7 +252,7 @@ def latency_during_bulk(
     job = client.submit_many(bulk_list, task=task, model=MODEL, params=params)
     worker = worker_factory()
     try:
-        worker.wait_ready(client)
+        worker.wait_ready(600)
         deadline = time.monotonic() + 120
         while job.progress().done == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -311,5 +260,5 @@ def latency_during_bulk(
         pending = job.progress().pending
         job.wait(timeout=3600)
     finally:
-        worker.stop()
+        worker.stop(60)
     return measured, pending

@@ -1,7 +1,7 @@
 """The models a benchmark run uses, built locally (no hub).
 
 * ``micro``: a BERT classifier of hidden size 32, one layer, 32-token inputs: the
-  model is nearly free, so the plumbing shows (the CPU table in DESIGN.md).
+  model is nearly free, so the plumbing shows (the classify table in BENCHMARKS.md).
 * ``tiny``: tiny BERT / BART / GPT-2 for CPU runs of every task.
 * ``standard``: random-initialised models of the standard shapes for GPU runs:
   DistilBERT-base (classify), distilbart-cnn-12-6 (summarize), GPT-2 small
@@ -15,8 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from docqueue.worker.models import packaged_embedding_model
-from docqueue.worker.tiny import (
+from docqueue.testing import (
     bpe_tokenizer,
     build_causal_lm,
     build_classifier,
@@ -24,6 +23,7 @@ from docqueue.worker.tiny import (
     save_model,
     seed_weights,
 )
+from docqueue.worker.models import packaged_embedding_model
 
 SHAPES = ("micro", "tiny", "standard")
 
@@ -78,7 +78,9 @@ def _standard(task: str, path: Path, corpus: list[str]) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(source)
         tokenizer.model_max_length = 512
         model = AutoModelForSequenceClassification.from_config(
-            DistilBertConfig(
+            # Configs take PreTrainedConfig's extra keywords (num_labels) at run time; the
+            # dataclass_transform signature transformers declares lists the fields only.
+            DistilBertConfig(  # type: ignore[call-arg]
                 vocab_size=len(tokenizer), num_labels=2, pad_token_id=tokenizer.pad_token_id
             )
         )

@@ -1,6 +1,6 @@
 """Soak: 100,000 short documents through two CPU workers with a tiny model.
 
-    python -m docqueue.bench.soak [--docs 100000] [--workers 2]
+    docqueue bench --soak [--docs 100000] [--workers 2]
 
 Prints docs/s, each worker's resident memory at start, peak and end, and the count
 check: one result row per document, none doubled.  Not a CI test: run it on
@@ -14,7 +14,6 @@ buffers is bounded by its prefetch and nothing accumulates per document.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import threading
 import time
@@ -23,9 +22,10 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from docqueue.bench import DEFAULT_CORPUS, load_corpus, models
-from docqueue.bench.endtoend import MODEL, Worker, services
+from docqueue.bench.endtoend import MODEL, services
 from docqueue.config import Settings
 from docqueue.db.schema import Item, Result
+from docqueue.launcher import LocalWorkers
 from docqueue.producer.client import Client
 
 BOUND_MIB = 64
@@ -38,28 +38,24 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--docs", type=int, default=100_000)
-    parser.add_argument("--workers", type=int, default=2)
-    args = parser.parse_args()
-
+def run(settings: Settings, count: int = 100_000, workers: int = 2) -> bool:
+    """Prints what it measured; True when both bounds hold."""
     corpus = load_corpus(DEFAULT_CORPUS)
-    docs = [corpus[i % len(corpus)][:200] for i in range(args.docs)]  # short documents
+    docs = [corpus[i % len(corpus)][:200] for i in range(count)]  # short documents
     workdir = Path(tempfile.gettempdir()) / "docqueue-bench"
     workdir.mkdir(exist_ok=True)
     model_dir = models.build("micro", "classify", workdir, corpus)
 
-    with tempfile.TemporaryDirectory() as tmp, services(Settings(), Path(tmp)) as live:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        services(settings, Path(tmp)) as live,
+        LocalWorkers(live, {MODEL: str(model_dir)}, ["cpu"] * workers, log_dir=Path(tmp)) as local,
+    ):
         client = Client(live)
-        workers = [
-            Worker(live, model_dir, "cpu", Path(tmp) / f"w{i}.log") for i in range(args.workers)
-        ]
-        for worker in workers:
-            worker.wait_ready(client)
+        local.wait_ready(600)
         job = client.job(client.submit_many(docs[:64], task="classify", model=MODEL).id)
         job.wait(timeout=60)  # a first batch: models warm, buffers allocated
-        start = {w.proc.pid: rss_mib(w.proc.pid) for w in workers}
+        start = {w.pid: rss_mib(w.pid) for w in local.processes}
         peak = dict(start)
         done = threading.Event()
 
@@ -74,7 +70,7 @@ def main() -> None:
         progress = big.wait(timeout=3600, poll=0.5)
         seconds = time.perf_counter() - began
         done.set()
-        end = {w.proc.pid: rss_mib(w.proc.pid) for w in workers}
+        end = {w.pid: rss_mib(w.pid) for w in local.processes}
         with client.db.connect() as conn:
             rows = conn.execute(
                 select(func.count()).select_from(Result).where(Result.job_id == big.id)
@@ -98,15 +94,13 @@ def main() -> None:
                     .group_by(Result.worker_id)
                 ).all()
             )
-        for worker in workers:
-            worker.stop()
         client.close()
 
     print(
-        f"soak: {args.docs:,} documents of at most 200 characters, {args.workers} CPU workers, "
+        f"soak: {count:,} documents of at most 200 characters, {workers} CPU workers, "
         f"micro classifier"
     )
-    print(f"throughput: {args.docs / seconds:,.0f} docs/s ({seconds:.1f} s, enqueue included)")
+    print(f"throughput: {count / seconds:,.0f} docs/s ({seconds:.1f} s, enqueue included)")
     for i, pid in enumerate(start):
         growth = end[pid] - start[pid]
         print(
@@ -116,17 +110,13 @@ def main() -> None:
     print(f"documents per worker: {sorted(shares.values())}")
     duplicates = rows - distinct
     print(
-        f"count check: {rows:,} result rows for {args.docs:,} documents, {duplicates} "
+        f"count check: {rows:,} result rows for {count:,} documents, {duplicates} "
         f"duplicates, item statuses {statuses}, job {progress}"
     )
     ok_memory = all(end[p] - start[p] <= BOUND_MIB for p in start)
-    ok_count = rows == distinct == args.docs and statuses == {"done": args.docs}
+    ok_count = rows == distinct == count and statuses == {"done": count}
     print(
         f"bound: end within {BOUND_MIB} MiB of serving memory: {'holds' if ok_memory else 'BROKEN'}"
         f"; exactly one row per document: {'holds' if ok_count else 'BROKEN'}"
     )
-    raise SystemExit(0 if ok_memory and ok_count else 1)
-
-
-if __name__ == "__main__":
-    main()
+    return ok_memory and ok_count

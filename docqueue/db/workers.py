@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from docqueue.db.schema import WorkerBeat
@@ -43,7 +43,7 @@ def beat(
     try:
         with conn.begin_nested():
             conn.execute(
-                WorkerBeat.__table__.insert().values(
+                insert(WorkerBeat).values(
                     id=worker_id,
                     hostname=hostname,
                     pid=pid,

@@ -1,7 +1,25 @@
 """The producer side: the Client, document readers and result export.  Imports
 neither torch nor transformers."""
 
-from docqueue.producer.client import Client, DocumentFailed, JobHandle, ResultHandle
+from docqueue.producer.client import (
+    Client,
+    DocumentFailed,
+    JobHandle,
+    JobStatus,
+    PublishFailed,
+    ResultHandle,
+    UnknownJob,
+)
 from docqueue.producer.documents import InvalidDocument, Record
 
-__all__ = ["Client", "DocumentFailed", "InvalidDocument", "JobHandle", "Record", "ResultHandle"]
+__all__ = [
+    "Client",
+    "DocumentFailed",
+    "InvalidDocument",
+    "JobHandle",
+    "JobStatus",
+    "PublishFailed",
+    "Record",
+    "ResultHandle",
+    "UnknownJob",
+]

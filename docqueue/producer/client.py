@@ -19,22 +19,26 @@ import itertools
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from docqueue.broker import make_celery, redis_client
 from docqueue.config import Settings
 from docqueue.db import jobs as ledger
 from docqueue.db import make_engine, migrate
+from docqueue.db.jobs import JobInfo, Progress
+from docqueue.db.workers import WorkerState, workers_serving
+from docqueue.errors import one_line
 from docqueue.params import InvalidParams, validate_params
 from docqueue.producer.documents import Checked, InvalidDocument, as_record, check
 from docqueue.producer.results import export_row
 from docqueue.protocol import (
     TASK_NAME,
     BatchMessage,
-    bulk_queue,
+    Document,
     done_channel,
-    interactive_queue,
     is_model_name,
+    queue_name,
 )
 
 
@@ -44,6 +48,43 @@ class DocumentFailed(RuntimeError):
     def __init__(self, job_id: str, seq: int, error: str) -> None:
         super().__init__(f"document {seq} of job {job_id} failed: {error}")
         self.job_id, self.seq, self.error = job_id, seq, error
+
+
+class UnknownJob(KeyError):
+    """No job with this id in the database."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+    def __str__(self) -> str:
+        return f"no job {self.job_id}"
+
+
+class PublishFailed(RuntimeError):
+    """Redis refused a message after its documents were saved in SQL: the job can be
+    completed with :meth:`Client.resume` (``docqueue resume JOB``) once Redis is back."""
+
+    def __init__(self, job_id: str, saved: int, cause: BaseException) -> None:
+        super().__init__(
+            f"could not publish to Redis ({one_line(cause)}); {saved} documents are saved in "
+            f"SQL as job {job_id}: run `docqueue resume {job_id}` (or Client.resume) once "
+            "Redis is reachable"
+        )
+        self.job_id, self.saved = job_id, saved
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """What ``docqueue status`` shows: the job, its progress, and the live workers
+    that serve its model."""
+
+    job: JobInfo
+    progress: Progress
+    #: Live workers serving the job's model, newest heartbeat first.
+    workers: list[WorkerState]
+    #: When any worker that ever served the model was last heard of (None: never).
+    last_seen: float | None
 
 
 class Client:
@@ -101,17 +142,8 @@ class Client:
                 conn, job_id, task=task, model=model, params=params, lane="interactive", total=1
             )
             ledger.add_items(conn, job_id, [_item_row(0, checked)])
-        self.publish(
-            BatchMessage(
-                job=job_id,
-                task=task,
-                model=model,
-                params=params,
-                lane="interactive",
-                items=[(0, checked.doc)],
-                enqueued_at=time.time(),
-            ),
-        )
+        assert checked.doc is not None  # checked.error is None
+        self._publish(job_id, task, model, params, "interactive", [(0, checked.doc)])
         return ResultHandle(self, job_id, 0)
 
     def submit_many(
@@ -139,7 +171,7 @@ class Client:
                 conn, job_id, task=task, model=model, params=params, lane="bulk", source=source
             )
         size = chunk_size or self.settings.chunk_size
-        queue = bulk_queue(task, model)
+        queue = queue_name(task, model, "bulk")
         seq = 0
         stream = iter(documents)
         while chunk := list(itertools.islice(stream, size)):
@@ -150,19 +182,13 @@ class Client:
             rows = [_item_row(seq + i, c) for i, c in enumerate(checked)]
             with self.db.begin() as conn:
                 ledger.add_items(conn, job_id, rows)
-            wire = [(seq + i, c.doc) for i, c in enumerate(checked) if c.error is None]
+            wire = [(seq + i, c.doc) for i, c in enumerate(checked) if c.doc is not None]
             if wire:
                 self._wait_for_room(queue)
-                self.publish(
-                    BatchMessage(
-                        job=job_id,
-                        task=task,
-                        model=model,
-                        params=params,
-                        items=wire,
-                        enqueued_at=time.time(),
-                    ),
-                )
+                try:
+                    self._publish(job_id, task, model, params, "bulk", wire)
+                except Exception as exc:
+                    raise PublishFailed(job_id, seq + len(chunk), exc) from exc
             seq += len(chunk)
         with self.db.begin() as conn:
             ledger.close_job(conn, job_id, seq)
@@ -175,16 +201,9 @@ class Client:
         twice still has one result row."""
         from docqueue.producer.documents import stored_document
 
-        with self.db.connect() as conn:
-            job = ledger.get_job(conn, job_id)
-        if job is None:
-            raise KeyError(f"no job {job_id}")
+        job = self.job(job_id).info()
         size = chunk_size or self.settings.chunk_size
-        queue = (
-            interactive_queue(job.model)
-            if job.lane == "interactive"
-            else bulk_queue(job.task, job.model)
-        )
+        queue = queue_name(job.task, job.model, job.lane)
         published, last = 0, -1
         while True:
             with self.db.connect() as conn:
@@ -192,17 +211,8 @@ class Client:
             if not items:
                 return published
             self._wait_for_room(queue)
-            self.publish(
-                BatchMessage(
-                    job=job_id,
-                    task=job.task,
-                    model=job.model,
-                    params=job.params,
-                    lane=job.lane,
-                    items=[(seq, stored_document(text, chat)) for seq, text, chat in items],
-                    enqueued_at=time.time(),
-                ),
-            )
+            documents = [(seq, stored_document(text, chat)) for seq, text, chat in items]
+            self._publish(job_id, job.task, job.model, job.params, job.lane, documents)
             published += len(items)
             last = items[-1][0]
 
@@ -219,10 +229,38 @@ class Client:
             )
         return validate_params(task, params, max_new_tokens_cap=self.settings.max_new_tokens_cap)
 
+    def workers(self, model: str) -> list[WorkerState]:
+        """Every worker that ever served ``model``, newest heartbeat first."""
+        with self.db.connect() as conn:
+            return workers_serving(conn, model)
+
+    def _publish(
+        self,
+        job_id: str,
+        task: str,
+        model: str,
+        params: dict[str, Any],
+        lane: str,
+        items: list[tuple[int, Document]],
+    ) -> None:
+        self.publish(
+            BatchMessage.model_validate(
+                {
+                    "job": job_id,
+                    "task": task,
+                    "model": model,
+                    "params": params,
+                    "lane": lane,
+                    "items": items,
+                    "enqueued_at": time.time(),
+                }
+            )
+        )
+
     def publish(self, message: BatchMessage) -> None:
         """Send one message to the queue of its lane, task and model (the documents
         must already be in SQL)."""
-        queue = queue_of(message)
+        queue = queue_name(message.task, message.model, message.lane)
         self.celery.send_task(
             TASK_NAME,
             args=[message.model_dump(mode="json")],
@@ -240,12 +278,6 @@ class Client:
         while self.redis.llen(queue) >= self.settings.max_queued_messages:
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
-
-
-def queue_of(message: BatchMessage) -> str:
-    if message.lane == "interactive":
-        return interactive_queue(message.model)
-    return bulk_queue(message.task, message.model)
 
 
 def _item_row(seq: int, checked: Checked) -> dict[str, Any]:
@@ -315,16 +347,35 @@ class JobHandle:
     def __repr__(self) -> str:
         return f"JobHandle(id={self.id!r})"
 
-    def progress(self) -> ledger.Progress:
+    def info(self) -> JobInfo:
+        """The job's task, model, parameters and lane; raises :class:`UnknownJob`."""
+        with self.client.db.connect() as conn:
+            job = ledger.get_job(conn, self.id)
+        if job is None:
+            raise UnknownJob(self.id)
+        return job
+
+    def progress(self) -> Progress:
         with self.client.db.connect() as conn:
             return ledger.progress(conn, self.id)
+
+    def status(self) -> JobStatus:
+        """The job, its progress and the live workers serving its model; raises
+        :class:`UnknownJob`."""
+        job = self.info()
+        progress = self.progress()
+        workers = self.client.workers(job.model)
+        now = time.time()
+        timeout = self.client.settings.heartbeat_timeout
+        alive = [w for w in workers if w.alive(now, timeout)]
+        return JobStatus(job, progress, alive, workers[0].last_seen if workers else None)
 
     def wait(
         self,
         timeout: float | None = None,
         poll: float = 0.5,
-        on_progress: Callable[[ledger.Progress], None] | None = None,
-    ) -> ledger.Progress:
+        on_progress: Callable[[Progress], None] | None = None,
+    ) -> Progress:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             current = self.progress()

@@ -13,7 +13,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from docqueue.protocol import ChatMessage, Document, text_problem
+from docqueue.protocol import ChatMessage, Document, document_problem, document_size
+from docqueue.tasks import CHAT_TASKS
 
 
 class InvalidDocument(ValueError):
@@ -71,7 +72,7 @@ def check(record: Record, *, task: str, max_chars: int) -> Checked:
         return _check_chat(record, task, max_chars)
     if not isinstance(text, str):
         return _rejected(record, f"text is {type(text).__name__}, not a string")
-    problem = text_problem(text)
+    problem = document_problem(text, task)
     if problem:
         return _rejected(record, problem)
     truncated = len(text) > max_chars
@@ -81,19 +82,18 @@ def check(record: Record, *, task: str, max_chars: int) -> Checked:
 
 
 def _check_chat(record: Record, task: str, max_chars: int) -> Checked:
-    if task != "generate":
+    if task not in CHAT_TASKS:
         return _rejected(record, f"{task} takes text, not chat messages")
     try:
         messages = [ChatMessage.model_validate(m) for m in record.text]
     except ValidationError as exc:
         return _rejected(record, f"invalid chat messages: {exc.errors()[0]['msg']}")
-    if not messages:
-        return _rejected(record, "no chat messages")
-    size = sum(len(m.content) for m in messages)
+    problem = document_problem(messages, task)
+    if problem:
+        return _rejected(record, problem)
+    size = document_size(messages)
     if size > max_chars:
         return _rejected(record, f"chat has {size} characters, more than {max_chars}")
-    if any("\x00" in m.content for m in messages):
-        return _rejected(record, "document contains NUL (\\x00) characters")
     stored = json.dumps([m.model_dump() for m in messages], ensure_ascii=False)
     return Checked(record.id, messages, stored, True, False, None)
 

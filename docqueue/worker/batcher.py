@@ -57,9 +57,13 @@ class Group:
     interactive: bool = False
 
 
+#: A group's key (the engine's is (lane, model, task, parameters)).
+K = TypeVar("K", bound=Hashable)
+
+
 @dataclass(frozen=True)
-class Flush:
-    key: Hashable
+class Flush(Generic[K]):
+    key: K
     #: Positions in the group's item sequence, sorted.
     positions: list[int]
 
@@ -77,9 +81,9 @@ class Wait:
 WINDOW_BATCHES = 16
 
 
-def plan(groups: Mapping[Hashable, Group], now: float, max_wait: float) -> Flush | Wait:
+def plan(groups: Mapping[K, Group], now: float, max_wait: float) -> Flush[K] | Wait:
     """The next batch to run, or how long to wait for one."""
-    due: list[tuple[bool, float, Hashable]] = []
+    due: list[tuple[bool, float, K]] = []
     next_deadline: float | None = None
     for key, group in groups.items():
         if not group.items:
@@ -156,15 +160,15 @@ def rows_fitting(shape: Shape, length: int) -> int:
 T = TypeVar("T", bound=Pending)
 
 
-class Buffer(Generic[T]):
+class Buffer(Generic[K, T]):
     """Buffered items by group; the compute thread takes batches as :func:`plan` says."""
 
     def __init__(self, max_wait: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_wait = max_wait
         self._clock = clock
-        self._groups: dict[Hashable, list[T]] = {}
-        self._shapes: dict[Hashable, Shape] = {}
-        self._interactive: dict[Hashable, bool] = {}
+        self._groups: dict[K, list[T]] = {}
+        self._shapes: dict[K, Shape] = {}
+        self._interactive: dict[K, bool] = {}
         self._cond = threading.Condition()
         self._size = 0
         #: When set, every group is due now (shutdown: flush what is left).
@@ -173,7 +177,7 @@ class Buffer(Generic[T]):
     def __len__(self) -> int:
         return self._size
 
-    def add(self, key: Hashable, shape: Shape, items: Iterable[T], interactive: bool) -> None:
+    def add(self, key: K, shape: Shape, items: Iterable[T], interactive: bool) -> None:
         with self._cond:
             group = self._groups.setdefault(key, [])
             before = len(group)
@@ -183,14 +187,12 @@ class Buffer(Generic[T]):
             self._interactive[key] = interactive
             self._cond.notify()
 
-    def reshape(self, key: Hashable, shape: Shape) -> None:
+    def reshape(self, key: K, shape: Shape) -> None:
         with self._cond:
             if key in self._shapes:
                 self._shapes[key] = shape
 
-    def take(
-        self, timeout: float, interactive_only: bool = False
-    ) -> tuple[Hashable, list[T]] | None:
+    def take(self, timeout: float, interactive_only: bool = False) -> tuple[K, list[T]] | None:
         """Block until a batch is due (or ``timeout`` passes); remove and return it."""
         deadline = self._clock() + timeout
         with self._cond:
@@ -212,14 +214,14 @@ class Buffer(Generic[T]):
         with self._cond:
             self._cond.notify_all()
 
-    def _view(self, interactive_only: bool = False) -> dict[Hashable, Group]:
+    def _view(self, interactive_only: bool = False) -> dict[K, Group]:
         return {
             key: Group(items, self._shapes[key], self._interactive[key])
             for key, items in self._groups.items()
             if items and (self._interactive[key] or not interactive_only)
         }
 
-    def _remove(self, decision: Flush) -> list[T]:
+    def _remove(self, decision: Flush[K]) -> list[T]:
         group = self._groups[decision.key]
         chosen = set(decision.positions)
         batch = [group[i] for i in decision.positions]

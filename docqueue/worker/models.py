@@ -22,16 +22,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from docqueue.config import Settings
+from docqueue.errors import one_line
+from docqueue.tasks import CAUSAL_LM, CLASSIFIER, ENCODER, SEQ2SEQ, TASKS_BY_FAMILY, Family, Task
 
 log = logging.getLogger(__name__)
 
-CLASSIFIER, ENCODER, SEQ2SEQ, CAUSAL_LM = "classifier", "encoder", "seq2seq", "causal-lm"
-TASKS_BY_FAMILY = {
-    CLASSIFIER: ("classify",),
-    ENCODER: ("embed", "classify"),
-    SEQ2SEQ: ("summarize",),
-    CAUSAL_LM: ("generate",),
-}
 
 EMBEDDING_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 #: Hub defaults for ``docqueue annotate`` when no --model is given.
@@ -69,7 +64,7 @@ def default_model(task: str, labels: bool = False) -> str:
 class LoadedModel:
     name: str
     source: str
-    family: str
+    family: Family
     model: Any
     tokenizer: Any
     device: Any
@@ -77,11 +72,11 @@ class LoadedModel:
     max_length: int
 
     @property
-    def tasks(self) -> tuple[str, ...]:
+    def tasks(self) -> tuple[Task, ...]:
         return TASKS_BY_FAMILY[self.family]
 
 
-def family_of(config: Any) -> str:
+def family_of(config: Any) -> Family:
     architectures = config.architectures or []
     if any(a.endswith("ForSequenceClassification") for a in architectures):
         return CLASSIFIER
@@ -225,10 +220,5 @@ def _unavailable(name: str, source: str, exc: Exception) -> str:
             "the operator allows it (DOCQUEUE_TRUST_REMOTE_CODE=true)"
         )
     if os.path.isdir(source):
-        return f"model {name}: {source} is not a usable model directory ({_first_line(exc)})"
-    return f"model {name}: could not load {source!r} from the hub ({_first_line(exc)})"
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        return f"model {name}: {source} is not a usable model directory ({one_line(exc)})"
+    return f"model {name}: could not load {source!r} from the hub ({one_line(exc)})"

@@ -51,7 +51,7 @@ def run_offline(
                     job=job,
                     task=task,
                     model=model,
-                    params=params,  # type: ignore[arg-type]
+                    params=params,
                     items=[(start + i, doc) for i, doc in enumerate(docs[start : start + CHUNK])],
                     enqueued_at=time.time(),
                 )

@@ -14,6 +14,7 @@ from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from docqueue.db.results import ResultRow, record_results
 from docqueue.db.schema import Item
+from docqueue.errors import one_line
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class SqlStore:
             except (IntegrityError, DataError) as exc:
                 rows = self._salvage(rows, exc)
             except SQLAlchemyError as exc:
-                raise StoreUnavailable(_one_line(exc)) from exc
+                raise StoreUnavailable(one_line(exc)) from exc
         log.error("dropping %d results the database keeps refusing", len(rows))
 
     def _salvage(self, rows: list[ResultRow], exc: Exception) -> list[ResultRow]:
@@ -56,7 +57,7 @@ class SqlStore:
                     ).all()
                 )
         except SQLAlchemyError as lookup:
-            raise StoreUnavailable(_one_line(lookup)) from lookup
+            raise StoreUnavailable(one_line(lookup)) from lookup
         kept = [r for r in rows if (r.job_id, r.seq) in known]
         if len(kept) < len(rows):
             log.error(
@@ -65,7 +66,7 @@ class SqlStore:
                 next(r.job_id for r in rows if (r.job_id, r.seq) not in known),
             )
             return kept
-        log.error("database refused results (%s); finding the rows it refuses", _one_line(exc))
+        log.error("database refused results (%s); finding the rows it refuses", one_line(exc))
         return self._one_by_one(rows)
 
     def _one_by_one(self, rows: list[ResultRow]) -> list[ResultRow]:
@@ -82,12 +83,12 @@ class SqlStore:
                         ok=False,
                         output=None,
                         embedding=None,
-                        error=f"result could not be stored: {_one_line(exc)}",
+                        error=f"result could not be stored: {one_line(exc)}",
                         attempts=1,
                     )
                 )
             except SQLAlchemyError as exc:
-                raise StoreUnavailable(_one_line(exc)) from exc
+                raise StoreUnavailable(one_line(exc)) from exc
         return refused
 
 
@@ -104,8 +105,3 @@ class MemoryStore:
 
     def __len__(self) -> int:
         return len(self.rows)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from docqueue.worker.models import CAUSAL_LM, CLASSIFIER, ENCODER, SEQ2SEQ, LoadedModel
-from docqueue.worker.runners.base import Features, Limits, Output, Runner
+from docqueue.tasks import CAUSAL_LM, CLASSIFIER, ENCODER, SEQ2SEQ
+from docqueue.worker.models import LoadedModel
+from docqueue.worker.runners.base import Features, Limits, Output, Runner, tokenized
 from docqueue.worker.runners.classify import ClassifyRunner
 from docqueue.worker.runners.embed import EmbedRunner, ZeroShotRunner
 
@@ -23,4 +24,4 @@ def runners_for(loaded: LoadedModel, limits: Limits) -> dict[str, Runner]:
     raise ValueError(f"unknown model family {loaded.family}")
 
 
-__all__ = ["Features", "Limits", "Output", "Runner", "runners_for"]
+__all__ = ["Features", "Limits", "Output", "Runner", "runners_for", "tokenized"]

@@ -149,6 +149,17 @@ class Runner(ABC):
         """One output per document of the batch, in batch order."""
 
 
+def tokenized(features: Sequence[Features | str]) -> list[Features]:
+    """``features`` with every document tokenized, for callers that hand over only
+    documents that can run (benchmarks, tests); a document's error is raised."""
+    batch = []
+    for f in features:
+        if isinstance(f, str):
+            raise ValueError(f)
+        batch.append(f)
+    return batch
+
+
 def generation_config(model: Any, **settings: Any) -> Any:
     """The model's generation config with docqueue's settings on top, and the length
     and sampling knobs a checkpoint may carry (max_length, min_length, num_beams,

@@ -1,8 +1,28 @@
-"""Tiny random models, built from configs with a tokenizer trained on the spot, for
-tests and benchmarks on machines that cannot reach the model hub.
+"""Hub-free models for tests, benchmarks and custom runners.
 
-Each builder writes a directory that loads through the ordinary ``from_pretrained``
-path.  Weights are seeded, so the same call always writes the same model.
+Each builder writes a small random model, with a tokenizer trained on the spot from
+the texts you pass, to a directory that loads through the ordinary
+``from_pretrained`` path, so a worker can serve it like any other model: no
+download, no hub connection.  Weights are seeded, so the same call always writes the
+same model.  The outputs are meaningless; the shapes, tokenizers, padding,
+generation and special tokens are real, which is what tests of batching, storage
+and runners need.
+
+* ``build_classifier``: a BERT sequence classifier (``classify``);
+* ``build_seq2seq``: a BART or T5 encoder-decoder (``summarize``);
+* ``build_causal_lm``: a GPT-2 or Llama decoder, the Llama one with a chat template
+  (``generate``);
+* ``build_head_on``: an existing checkpoint with a new, seeded classification head.
+
+Needs the ``worker`` extra (torch, transformers, tokenizers).  The runtime (client,
+worker, CLI) never imports this module. ::
+
+    from docqueue.testing import build_classifier
+
+    texts = ["the invoice was wrong", "the site is down", "great service"] * 20
+    path = build_classifier("/tmp/tiny-classifier", texts, labels=("billing", "outage"))
+    # docqueue worker --model tiny=/tmp/tiny-classifier
+    # or AutoModelForSequenceClassification.from_pretrained(path)
 """
 
 from __future__ import annotations
@@ -10,6 +30,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+__all__ = [
+    "CHAT_TEMPLATE",
+    "SPECIAL_BERT",
+    "bpe_tokenizer",
+    "build_causal_lm",
+    "build_classifier",
+    "build_head_on",
+    "build_seq2seq",
+    "save_model",
+    "seed_weights",
+    "wordpiece_tokenizer",
+]
 
 SPECIAL_BERT = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -99,6 +132,7 @@ def bpe_tokenizer(
 
 
 def seed_weights(seed: int) -> None:
+    """Seed torch's generator, so the weights a builder draws next are reproducible."""
     import torch
 
     torch.manual_seed(seed)
@@ -119,7 +153,9 @@ def build_classifier(
     from transformers import AutoModelForSequenceClassification, BertConfig
 
     tokenizer = wordpiece_tokenizer(corpus, vocab_size, max_length)
-    config = BertConfig(
+    # Configs take PretrainedConfig's extra keywords (num_labels, token ids) at run time;
+    # the signature transformers declares for type checkers lists the fields only.
+    config = BertConfig(  # type: ignore[call-arg]
         vocab_size=len(tokenizer),
         hidden_size=hidden,
         num_hidden_layers=layers,
@@ -137,6 +173,7 @@ def build_classifier(
 
 
 def save_model(path: str | Path, model: Any, tokenizer: Any) -> Path:
+    """Write ``model`` and ``tokenizer`` with ``save_pretrained`` to ``path``; return it."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
@@ -181,7 +218,7 @@ def build_seq2seq(
 
     if kind == "bart":
         tokenizer = bpe_tokenizer(corpus, vocab_size, max_length, add_bos=True, add_eos=True)
-        config: Any = BartConfig(
+        config: Any = BartConfig(  # type: ignore[call-arg]
             vocab_size=len(tokenizer),
             d_model=hidden,
             encoder_layers=layers,
@@ -200,7 +237,7 @@ def build_seq2seq(
         )
     elif kind == "t5":
         tokenizer = bpe_tokenizer(corpus, vocab_size, max_length, bos=None, add_eos=True)
-        config = T5Config(
+        config = T5Config(  # type: ignore[call-arg]
             vocab_size=len(tokenizer),
             d_model=hidden,
             d_kv=max(8, hidden // 4),

@@ -1,0 +1,35 @@
+"""How failures are reported: one line per exception, and the exit codes of every
+command.
+
+Errors reach people as one line (a log line, an error row, a CLI message), never a
+traceback; the exit code tells a script what happened.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+#: Longest error line kept (an error row, a log line).
+MAX_LINE = 300
+
+
+class ExitCode(IntEnum):
+    """What a ``docqueue`` command's exit status means (README, "Exit codes")."""
+
+    #: Every document succeeded (or the command did what it was asked).
+    OK = 0
+    #: Some documents failed; their error rows say why.
+    SOME_FAILED = 1
+    #: Bad usage or input: nothing was done.
+    USAGE = 2
+    #: A worker or a service (Redis, the database, a model) failed.
+    SERVICE = 3
+    #: Interrupted (Ctrl-C).
+    INTERRUPTED = 130
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none),
+    at most :data:`MAX_LINE` characters."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:MAX_LINE] if lines else type(exc).__name__

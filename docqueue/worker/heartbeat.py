@@ -1,0 +1,73 @@
+"""The worker's heartbeat: a row in SQL saying it is alive, what it serves and how
+much it has done, refreshed every ``heartbeat_interval`` seconds.
+
+``docqueue status`` and the Client read it to tell whether a live worker serves a
+model.  A database outage only pauses it; the worker keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from sqlalchemy import Engine as Database
+
+from docqueue.config import Settings
+from docqueue.db.workers import beat
+from docqueue.errors import one_line
+from docqueue.worker.engine import Engine
+from docqueue.worker.memory import peak_gpu_bytes, peak_host_bytes
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat(threading.Thread):
+    def __init__(
+        self, engine: Engine, db: Database, settings: Settings, info: dict[str, Any]
+    ) -> None:
+        super().__init__(name="docqueue-heartbeat", daemon=True)
+        self.engine = engine
+        self.db = db
+        self.interval = settings.heartbeat_interval
+        #: What the row says about the worker (id, host, pid, device, models, start).
+        self.info = info
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        failing = False
+        while True:
+            stopping = self.stopping.is_set()
+            try:
+                self.beat(stopping)
+                failing = False
+            except Exception as exc:  # the database may be away; keep serving
+                if not failing:
+                    log.warning("heartbeat failed: %s", one_line(exc))
+                failing = True
+            if stopping:
+                return
+            self.stopping.wait(self.interval)
+
+    def beat(self, stopped: bool = False) -> None:
+        with self.db.begin() as conn:
+            beat(
+                conn,
+                documents=self.engine.documents_done,
+                stopped=stopped,
+                stats=self.stats(),
+                **self.info,
+            )
+
+    def stats(self) -> dict[str, int | None]:
+        return {
+            "batches": self.engine.batches_run,
+            "padded_tokens": self.engine.padded_tokens,
+            "peak_host_bytes": peak_host_bytes(),
+            "peak_gpu_bytes": peak_gpu_bytes(),
+        }
+
+    def stop(self) -> None:
+        """Write a last beat saying the worker stopped, and end."""
+        self.stopping.set()
+        self.join(timeout=5)

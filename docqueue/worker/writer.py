@@ -1,0 +1,191 @@
+"""The writer: batches' outputs into result rows, rows into the store, then acks.
+
+A delivery is acked only after all its documents' rows are committed.  While the
+store is away the writer retries with backoff and holds on to its rows; its queue
+fills, the compute thread stops taking bulk batches, and the worker stops taking
+messages.  After each commit, waiting clients are woken (``notify``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from docqueue.db.results import ResultRow
+from docqueue.errors import one_line
+from docqueue.worker.delivery import Delivery, ack
+from docqueue.worker.groups import Groups
+from docqueue.worker.runners import Runner
+from docqueue.worker.store import ResultStore, StoreUnavailable
+from docqueue.worker.work import Computed, Envelope, Rejected, error_row
+
+log = logging.getLogger(__name__)
+
+Entry = Computed | Rejected
+
+
+class LaneQueue:
+    """The writer's queue: interactive entries first; bulk entries block the producer
+    once ``maxsize`` are waiting (that back-pressure is what stops the worker taking
+    messages while the database is away), interactive ones never do."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._urgent: list[Entry] = []
+        self._bulk: list[Entry] = []
+        self._cond = threading.Condition()
+
+    def put(self, entry: Entry, urgent: bool) -> None:
+        with self._cond:
+            if not urgent:
+                while len(self._bulk) >= self.maxsize:
+                    self._cond.wait()
+            (self._urgent if urgent else self._bulk).append(entry)
+            self._cond.notify_all()
+
+    def has_room(self) -> bool:
+        """Whether a bulk entry can be put without waiting."""
+        with self._cond:
+            return len(self._bulk) < self.maxsize
+
+    def take(self, timeout: float) -> list[Entry]:
+        """Entries of one lane: every waiting urgent one (committed together), else one
+        bulk entry -- a batch is a fair transaction, and an urgent entry never waits
+        behind more than one.  [] after ``timeout`` with none."""
+        with self._cond:
+            if not (self._urgent or self._bulk):
+                self._cond.wait(timeout)
+            if self._urgent:
+                taken, self._urgent = self._urgent, []
+            else:
+                taken = self._bulk[:1]
+                del self._bulk[:1]
+            self._cond.notify_all()
+            return taken
+
+
+class Writer:
+    def __init__(
+        self,
+        runners: dict[str, dict[str, Runner]],
+        groups: Groups,
+        store: ResultStore,
+        worker_id: str,
+        stopping: threading.Event,
+        notify: Callable[[set[str]], Any] | None = None,
+    ) -> None:
+        self.runners = runners
+        self.groups = groups
+        self.store = store
+        self.worker_id = worker_id
+        self.stopping = stopping
+        #: Called with the ids of jobs that just had rows committed (wakes waiters).
+        self.notify = notify
+        self.documents_done = 0
+
+    def write(self, entries: Sequence[Entry]) -> int:
+        """Store the entries' rows, settle their groups, ack the deliveries they
+        complete.  Returns the number of rows committed (0 when stopping first)."""
+        rows: list[tuple[ResultRow, Envelope]] = []
+        for entry in entries:
+            rows.extend(entry.rows if isinstance(entry, Rejected) else self._rows(entry))
+        if not self._commit([row for row, _ in rows]):
+            return 0
+        for entry in entries:
+            if isinstance(entry, Computed):
+                self.groups.settle(entry.key, len(entry.items))
+        finished: list[Delivery] = []
+        for _, envelope in rows:
+            envelope.remaining -= 1
+            if envelope.remaining == 0:
+                finished.append(envelope.delivery)
+        try:
+            ack(finished)
+        except Exception as exc:  # broker away: the messages come back, SQL keeps one row
+            log.warning("could not ack %d messages: %s", len(finished), one_line(exc))
+        self.documents_done += len(rows)
+        self._notify({row.job_id for row, _ in rows})
+        return len(rows)
+
+    def _rows(self, computed: Computed) -> list[tuple[ResultRow, Envelope]]:
+        items = computed.items
+        if computed.error is not None:
+            return [
+                (
+                    error_row(
+                        i.envelope,
+                        i.seq,
+                        computed.error,
+                        self.worker_id,
+                        attempts=max(1, i.failures),
+                        truncated=i.features.truncated,
+                    ),
+                    i.envelope,
+                )
+                for i in items
+            ]
+        _, model, task, _ = computed.key
+        runner = self.runners[model][task]
+        try:
+            if computed.ready is not None:
+                computed.ready.synchronize()
+            outputs = runner.postprocess(
+                computed.raw, [i.features for i in items], self.groups.params(computed.key)
+            )
+        except Exception as exc:
+            log.exception("postprocess failed for a batch of %d", len(items))
+            error = f"postprocess failed: {one_line(exc)}"
+            return [
+                (error_row(i.envelope, i.seq, error, self.worker_id), i.envelope) for i in items
+            ]
+        return [
+            (
+                ResultRow(
+                    job_id=i.job,
+                    seq=i.seq,
+                    ok=True,
+                    output=out.output,
+                    embedding=out.embedding,
+                    truncated=i.features.truncated,
+                    worker_id=self.worker_id,
+                    batch_size=len(items),
+                    enqueued_at=i.envelope.enqueued_at,
+                    started_at=computed.started_at,
+                    finished_at=computed.finished_at,
+                ),
+                i.envelope,
+            )
+            for i, out in zip(items, outputs, strict=True)
+        ]
+
+    def _commit(self, rows: list[ResultRow]) -> bool:
+        """Store the rows, retrying while the database is unreachable.  False only
+        when stopping before it came back (the messages then stay unacked)."""
+        delay = 0.2
+        outage_logged = False
+        while True:
+            try:
+                self.store.commit(rows)
+            except StoreUnavailable as exc:
+                if not outage_logged:
+                    log.warning(
+                        "database unavailable (%s); holding %d results, retrying", exc, len(rows)
+                    )
+                    outage_logged = True
+                if self.stopping.wait(delay):
+                    return False
+                delay = min(delay * 2, 5.0)
+                continue
+            if outage_logged:
+                log.warning("database reachable again; %d results committed", len(rows))
+            return True
+
+    def _notify(self, jobs: set[str]) -> None:
+        if self.notify is None:
+            return
+        try:
+            self.notify(jobs)
+        except Exception as exc:  # waiting clients fall back to polling SQL
+            log.debug("could not publish completions: %s", exc)

@@ -1,0 +1,125 @@
+"""``docqueue bench`` end to end on a few documents: the real command in a subprocess,
+with its own embedded Redis and SQLite file, checked for every arm and ratio it
+prints.  The numbers at these sizes mean nothing; the point is that every arm runs,
+no document fails and the report is complete."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+
+NUMBER = r"-?[\d,]+(?:\.\d+)?"
+
+
+def run(tmp_path: Path, *args: str, timeout: float = 180) -> str:
+    """Run ``python ARGS``; its output.  No DOCQUEUE_* variable reaches it, so the
+    bench starts its own Redis and SQLite file; TMPDIR keeps the models it builds
+    under ``tmp_path``; one torch thread, as the numbers do not matter here and two
+    spinning threads crawl on 2 busy cores."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCQUEUE_")}
+    env.update(TMPDIR=str(tmp_path), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def arms(report: str) -> dict[str, list[str]]:
+    """Table rows by arm name: the cells after the name."""
+    rows = {}
+    for line in report.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| (") or line.startswith("| sorted"):
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def positive(cell: str) -> float:
+    assert re.fullmatch(NUMBER, cell), cell
+    value = float(cell.replace(",", ""))
+    assert value > 0, cell
+    return value
+
+
+def ratios(report: str) -> dict[str, float]:
+    (line,) = [x for x in report.splitlines() if x.startswith("ratios (docs/s, same run): ")]
+    found = dict(re.findall(rf"(\w+/\w+) = ({NUMBER})", line))
+    return {k: positive(v) for k, v in found.items()}
+
+
+def test_bench_classify_every_arm_end_to_end(tmp_path: Path) -> None:
+    """Arms (a) to (d) through the real command.  Left out: the latency runs, the
+    single-document drain and the mixed lengths; each starts one more worker (8 to
+    13 s here) and the latency runs last 10 s each at their fixed rate and count."""
+    argv = ["-m", "docqueue", "bench", "--docs", "600", "--baseline-docs", "64"]
+    report = run(tmp_path, *argv, "--skip", "latency,singles")
+    assert "docqueue bench: classify, micro BERT classifier" in report
+    assert "from pydocs-sample.jsonl (300 distinct, cycled)" in report  # the packaged corpus
+    rows = arms(report)
+    assert set(rows) == {
+        "(a) pipeline(), one document per call",
+        "(b) pipeline(batch_size=128)",
+        "sorted batches, token budget (hand-written loop)",
+        "(c) docqueue engine offline",
+        "(d) docqueue end to end, steady state",
+        "(d) end to end, wall time incl. worker start-up",
+    }, report
+    for name, cells in rows.items():
+        docs, seconds, per_second, real_tokens = cells[:4]
+        assert docs == ("600" if name.startswith("(d)") else "64"), name
+        for cell in (seconds, per_second, real_tokens):
+            positive(cell)
+        assert len(cells) == 6, (name, cells)  # a seventh cell is a note of failures
+    assert set(ratios(report)) == {"d/b", "d/c", "c/sorted", "b/a"}, report
+    assert re.search(
+        rf"peak host memory: bench process \(arms a-c\) {NUMBER}; worker {NUMBER}", report
+    ), report
+
+
+GENERATIVE = """
+from docqueue.bench import Options, run
+for task in ("summarize", "generate"):
+    run(Options(task=task, docs=8, baseline_docs=8, skip={"d", "latency", "mixed"}))
+"""
+
+
+def test_bench_generative_arms(tmp_path: Path) -> None:
+    """The tiny BART and GPT-2 through the in-process arms, both in one process (each
+    Python start with torch costs seconds on 2 cores; the end-to-end arm is the same
+    code as for classify)."""
+    report = run(tmp_path, "-c", GENERATIVE)
+    summarize, generate = report.split("docqueue bench: ")[1:]
+    for task, part in (("summarize", summarize), ("generate", generate)):
+        assert part.startswith(f"{task}, tiny "), part
+        rows = arms(part)
+        a, b = (
+            (
+                "(a) Auto model, one document at a time",
+                "(b) Auto model, batches of 128 in input order",
+            )
+            if task == "summarize"
+            else ("(a) pipeline(), one document per call", "(b) pipeline(batch_size=128)")
+        )
+        assert set(rows) == {
+            a,
+            b,
+            "sorted batches, token budget (hand-written loop)",
+            "(c) docqueue engine offline",
+        }, part
+        for name, cells in rows.items():
+            assert cells[0] == "8", name
+            positive(cells[2])  # docs/s
+            positive(cells[4])  # new tokens/s
+            assert len(cells) == 6, (name, cells)  # a seventh cell is a note of failures
+        assert set(ratios(part)) == {"c/sorted", "b/a"}, part
