@@ -11,7 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow
 
 NUMBER = r"-?[\d,]+(?:\.\d+)?"
 
