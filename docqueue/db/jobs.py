@@ -121,6 +121,9 @@ class JobInfo:
     source: str | None
     total: int | None
     created_at: float
+    name: str | None = None
+    input_digest: str | None = None
+    cancelled_at: float | None = None
 
 
 def get_job(conn: Connection, job_id: str) -> JobInfo | None:

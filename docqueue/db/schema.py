@@ -26,6 +26,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 PENDING, DONE, FAILED = "pending", "done", "failed"
+#: A document of a cancelled job that was not computed: never an error, never recomputed.
+CANCELLED = "cancelled"
 
 
 class Base(DeclarativeBase):
@@ -44,6 +46,13 @@ class Job(Base):
     #: Number of documents; None while they are still being enqueued.
     total: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[float] = mapped_column(Float)
+    #: The caller's name for the job (several jobs may share one; the newest wins).
+    name: Mapped[str | None] = mapped_column(String(200), index=True)
+    #: A digest of the input (file and options) that created it, so that a rerun of
+    #: the same named input can resume the job instead of starting over.
+    input_digest: Mapped[str | None] = mapped_column(String(64))
+    #: When the job was cancelled (its pending documents became ``cancelled``).
+    cancelled_at: Mapped[float | None] = mapped_column(Float)
 
 
 class Item(Base):
@@ -60,7 +69,7 @@ class Item(Base):
     #: The document (JSON-encoded messages when ``chat``).
     text: Mapped[str] = mapped_column(Text)
     chat: Mapped[bool] = mapped_column(Boolean, default=False)
-    status: Mapped[str] = mapped_column(String(8), default=PENDING)
+    status: Mapped[str] = mapped_column(String(16), default=PENDING)
     #: Times the model failed on this document.
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
@@ -123,3 +132,13 @@ class WorkerBeat(Base):
     padded_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     peak_host_bytes: Mapped[int | None] = mapped_column(BigInteger)
     peak_gpu_bytes: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class Tombstone(Base):
+    """A deleted job: workers ack and drop its late messages instead of returning
+    them to the queue as the messages of a job they have not heard of yet."""
+
+    __tablename__ = "dq_tombstones"
+
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    deleted_at: Mapped[float] = mapped_column(Float)
