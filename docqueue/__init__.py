@@ -8,27 +8,35 @@ from docqueue.config import Settings
 from docqueue.params import InvalidParams
 from docqueue.producer import (
     Client,
+    DocumentCancelled,
     DocumentFailed,
     InvalidDocument,
     JobHandle,
     JobStatus,
+    JobSummary,
+    NoRedis,
     PublishFailed,
     Record,
     ResultHandle,
     UnknownJob,
+    UnsupportedTask,
 )
 
 __version__ = "0.1.0"
 __all__ = [
     "Client",
+    "DocumentCancelled",
     "DocumentFailed",
     "InvalidDocument",
     "InvalidParams",
     "JobHandle",
     "JobStatus",
+    "JobSummary",
+    "NoRedis",
     "PublishFailed",
     "Record",
     "ResultHandle",
     "Settings",
     "UnknownJob",
+    "UnsupportedTask",
 ]

@@ -9,29 +9,33 @@ everything again.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from docqueue.config import Settings
-from docqueue.errors import ExitCode
-from docqueue.launcher import LocalWorkers, pick_devices, serve_redis
-from docqueue.producer.client import Client
+from docqueue.config import Settings, redact
+from docqueue.errors import ExitCode, one_line
+from docqueue.launcher import LocalWorkers, device_problem, pick_devices, serve_redis
+from docqueue.producer.client import Client, JobHandle, UnknownJob
 from docqueue.producer.client import Progress as JobProgress
 from docqueue.producer.readers import read_documents
-from docqueue.producer.results import write_rows
-from docqueue.worker.models import ModelUnavailable, locate
+from docqueue.producer.results import OutputError, check_output
+from docqueue.tasks import TASKS_BY_FAMILY, cannot_do
+from docqueue.worker.models import ModelUnavailable, family_of, locate
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True)
@@ -73,93 +77,244 @@ def annotate(
     text_field: str = "text",
     id_field: str | None = "id",
     device: str | None = None,
+    job_name: str | None = None,
 ) -> Summary:
+    """``job_name``: a rerun with the same name and the same input (file content,
+    fields, task, model, parameters) resumes the earlier job instead of starting
+    over; the same name with another input starts a new job."""
     started = time.monotonic()
+    # Everything that can be checked here is checked before anything starts.
     documents = read_documents(path, text_field=text_field, id_field=id_field)
+    try:
+        check_output(out)
+    except OutputError as exc:
+        raise AnnotateError(str(exc), ExitCode.USAGE) from None
+    device = device or settings.device
+    if device and (problem := device_problem(device)):
+        raise AnnotateError(problem, ExitCode.USAGE)
     name = model_name_for(source)
     try:
-        locate(name, source, usage="--model /path/to/model")  # fail now, not in a worker
+        local = locate(name, source, usage="--model /path/to/model")  # fail now, not in a worker
     except ModelUnavailable as exc:
         raise AnnotateError(str(exc)) from None
+    check_task(source, task, settings, local_only=local)
     with (
         tempfile.TemporaryDirectory(prefix="docqueue-annotate-") as tmp,
+        Board("connecting to Redis" if settings.redis() else "starting Redis") as board,
         serve_redis(settings, Path(tmp)) as redis_url,
     ):
         client = Client(settings, redis_url=redis_url)
+        if client.db.url.get_backend_name() == "sqlite":
+            client.prune()  # the embedded ledger keeps retention_days, not everything
+        digest = None
+        if job_name:
+            digest = input_digest(path, task, name, params, text_field, id_field)
+        job_id = _earlier_job(client, job_name, digest)
+        start: Callable[[], object]
+        if job_id is not None:
+            start = partial(client.resume, job_id, documents=documents)
+        else:
+            job_id = uuid.uuid4().hex
+            start = partial(
+                client.submit_many,
+                documents,
+                task=task,
+                model=name,
+                params=params,
+                source=str(path),
+                job_id=job_id,
+                name=job_name,
+                input_digest=digest,
+            )
+        devices = pick_devices(device)
+        board.phase(f"loading model {source} on {', '.join(devices)}")
         workers = LocalWorkers(
             settings.model_copy(update={"redis_url": SecretStr(redis_url)}),
             {name: source},
-            pick_devices(device or settings.device),
+            devices,
             log_dir=Path(tmp),
         )
         try:
-            job_id, final = _run(
-                client, workers, documents, task=task, name=name, params=params, source=str(path)
+            final = _run(
+                workers,
+                JobHandle(client, job_id),
+                start,
+                board,
+                ready=lambda: bool(client.coverage(name, task).doing),
             )
         finally:
             workers.stop(settings.shutdown_grace)
         job = client.job(job_id)
+        if final.total and final.failed == final.total and job.status().computed == 0:
+            first = next(job.results())
+            raise AnnotateError(
+                f"{path}: all {final.total} documents were refused ({first['error']})",
+                ExitCode.USAGE,
+            )
         errors: list[dict[str, Any]] = []
 
-        def rows() -> Iterator[dict[str, Any]]:
-            for row in job.results():
-                if row["status"] == "failed" and len(errors) < 5:
-                    errors.append(row)
-                yield row
+        def keep(row: dict[str, Any]) -> None:
+            if row["status"] == "failed" and len(errors) < 5:
+                errors.append(row)
 
-        written = write_rows(rows(), out)
-        client.close()
+        board.phase(f"writing {out}")
+        try:
+            written = job.export(out, on_row=keep)
+        except (OSError, OutputError) as exc:
+            raise AnnotateError(
+                f"could not write {out} ({one_line(exc)}); the results are kept as job "
+                f"{job_id} in {redact(settings.database())}: run "
+                f"`docqueue export {job_id} --out {out}`"
+            ) from None
+        finally:
+            client.close()
     return Summary(job_id, final, time.monotonic() - started, written, errors)
 
 
-def _run(
-    client: Client,
-    workers: LocalWorkers,
-    documents: Any,
-    *,
+def check_task(source: str, task: str, settings: Settings, *, local_only: bool) -> None:
+    """Refuse a task the model's family cannot do (a GPT-2 asked to summarize),
+    naming the tasks it can do, before anything is started."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(
+            source, trust_remote_code=settings.trust_remote_code, local_files_only=local_only
+        )
+    except (OSError, ValueError) as exc:
+        raise AnnotateError(f"model {source}: cannot read its config ({one_line(exc)})") from None
+    tasks = TASKS_BY_FAMILY[family_of(config)]
+    if task not in tasks:
+        raise AnnotateError(cannot_do(source, task, tasks), ExitCode.USAGE)
+
+
+class Board:
+    """The progress bar; its description says what the run is waiting for (starting
+    Redis, loading the model, annotating).  Each phase is also printed as a line
+    when stderr is not a terminal, where no bar is drawn."""
+
+    def __init__(self, first: str) -> None:
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self.task = self.bar.add_task("", total=None, rate="")
+        self.first = first
+
+    def phase(self, text: str) -> None:
+        self.bar.update(self.task, description=escape(text))
+        if not console.is_terminal:
+            console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def __enter__(self) -> Board:
+        self.bar.start()
+        self.phase(self.first)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+
+def input_digest(
+    path: Path,
     task: str,
-    name: str,
+    model: str,
     params: dict[str, Any],
-    source: str,
-) -> tuple[str, JobProgress]:
-    job = client.job(uuid.uuid4().hex)
+    text_field: str,
+    id_field: str | None,
+) -> str:
+    """What makes two annotate runs the same input: the file's content, the fields
+    read from it, the task, the model and the parameters."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    options = [task, model, params, text_field, id_field]
+    digest.update(json.dumps(options, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def _earlier_job(client: Client, job_name: str | None, digest: str | None) -> str | None:
+    """The id of the job named ``job_name`` to resume, or None to start a new one
+    (saying why when a job of that name exists)."""
+    if not job_name:
+        return None
+    found = client.jobs(name=job_name, limit=1)
+    if not found:
+        return None
+    job, progress = found[0].job, found[0].progress
+    if job.input_digest != digest:
+        why = "has another input (file, fields, task, model or parameters)"
+    elif progress.state == "cancelled":
+        why = "was cancelled"
+    else:
+        done = f"{progress.done + progress.failed} of {progress.total or progress.enqueued}"
+        console.print(
+            f"resuming job {job.id} ({job_name}): {done} documents already done",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        return job.id
+    console.print(
+        f"job {job.id} named {job_name} {why}: starting a new job",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    return None
+
+
+def _run(
+    workers: LocalWorkers,
+    job: JobHandle,
+    start: Callable[[], object],
+    board: Board,
+    ready: Callable[[], bool],
+) -> JobProgress:
+    """Enqueue on a thread (``start``) and show progress until the job finishes.
+    ``ready`` says whether a worker is up (the board then says "annotating")."""
     failed: list[BaseException] = []
 
     def enqueue() -> None:
         try:
-            client.submit_many(
-                documents, task=task, model=name, params=params, source=source, job_id=job.id
-            )
+            start()
         except BaseException as exc:  # reported by the main thread
             failed.append(exc)
 
-    threading.Thread(target=enqueue, name="docqueue-enqueue", daemon=True).start()
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as bar:
-        shown = bar.add_task("annotating", total=None, rate="")
-        # The rate counts from the first poll that saw results, over at least a second.
-        first_seen: tuple[float, int] | None = None
-        while True:
-            if failed:
-                raise failed[0]
+    producer = threading.Thread(target=enqueue, name="docqueue-enqueue", daemon=True)
+    producer.start()
+    bar, shown = board.bar, board.task
+    annotating = False
+    # The rate counts from the first poll that saw results, over at least a second.
+    first_seen: tuple[float, int] | None = None
+    while True:
+        if failed:
+            raise failed[0]
+        try:
             current = job.progress()
-            handled = current.done + current.failed
-            total = current.total if current.total is not None else current.enqueued
-            if handled and first_seen is None:
-                first_seen = (time.monotonic(), handled)
-            rate = ""
-            if first_seen is not None and time.monotonic() - first_seen[0] >= 1.0:
-                since, baseline = first_seen
-                rate = f"{(handled - baseline) / (time.monotonic() - since):,.0f} docs/s"
-            bar.update(shown, completed=handled, total=total or None, rate=rate)
-            if current.finished:
-                return job.id, current
-            if workers.all_exited():
-                raise AnnotateError(f"worker stopped: {workers.failure()}")
-            time.sleep(0.25)
+        except UnknownJob:
+            if not producer.is_alive():
+                raise AnnotateError(f"job {job.id} was deleted while it ran") from None
+            time.sleep(0.05)  # the producer has not created it yet
+            continue
+        handled = current.done + current.failed
+        total = current.total if current.total is not None else current.enqueued
+        if not annotating and (handled or ready()):
+            board.phase("annotating")
+            annotating = True
+        if handled and first_seen is None:
+            first_seen = (time.monotonic(), handled)
+        rate = ""
+        if first_seen is not None and time.monotonic() - first_seen[0] >= 1.0:
+            since, baseline = first_seen
+            rate = f"{(handled - baseline) / (time.monotonic() - since):,.0f} docs/s"
+        bar.update(shown, completed=handled, total=total or None, rate=rate)
+        if current.finished:
+            return current
+        if workers.all_exited():
+            raise AnnotateError(f"worker stopped: {workers.failure()}")
+        time.sleep(0.25)

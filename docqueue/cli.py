@@ -6,6 +6,8 @@
     docqueue status JOB
     docqueue export JOB --out results.jsonl
     docqueue resume JOB
+    docqueue jobs [--state running|finished|cancelled] [--model M] [--name N]
+    docqueue cancel JOB | docqueue delete JOB | docqueue prune [--older-than DAYS]
 
 Errors are reported as one line on stderr and an exit code, never a traceback; the
 exit codes are :class:`docqueue.errors.ExitCode`.
@@ -20,14 +22,20 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from docqueue.config import Settings, redact
 from docqueue.errors import ExitCode, one_line
 from docqueue.tasks import task_list
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from docqueue.db.jobs import JobSummary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 err = Console(stderr=True, highlight=False)
@@ -42,20 +50,70 @@ LabelsOpt = Annotated[
     str | None,
     typer.Option(
         "--labels",
-        help='Zero-shot labels for classify: "billing,outage,praise" or "billing=invoices and '
-        'refunds,outage=the service is down"',
+        help='Zero-shot labels for classify, plain names: "billing,outage,praise" '
+        "(for descriptions use --label)",
+    ),
+]
+LabelOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--label",
+        help="A zero-shot label for classify, NAME or NAME=DESCRIPTION (the description may "
+        "contain commas); repeat once per label",
+    ),
+]
+LabelsFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--labels-file",
+        help="Zero-shot labels from a file: one NAME[=DESCRIPTION] per line, or JSON "
+        '(["billing", ...] or {"billing": "description", ...})',
     ),
 ]
 TextFieldOpt = Annotated[str, typer.Option("--text-field", help="Field holding the text")]
+JobNameOpt = Annotated[
+    str | None,
+    typer.Option("--name", help="A name for the job (docqueue jobs --name NAME finds it)"),
+]
 IdFieldOpt = Annotated[str, typer.Option("--id-field", help="Field holding your document id")]
 
 
 def fail(message: str, code: int = ExitCode.USAGE) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    """Print ``message`` (never read as markup: it holds paths, ids and user text)."""
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
 
 
-def parse_params(pairs: list[str] | None, labels: str | None) -> dict[str, Any]:
+def warn(message: str) -> None:
+    err.print(f"[bold yellow]warning:[/] {escape(message)}", soft_wrap=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from docqueue import __version__
+
+        print(f"docqueue {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version"),
+    ] = False,
+) -> None:
+    """Run Hugging Face models over streams of documents."""
+
+
+def parse_params(
+    pairs: list[str] | None,
+    labels: str | None,
+    label: list[str] | None = None,
+    labels_file: Path | None = None,
+) -> dict[str, Any]:
+    from docqueue.labels import LabelsError, parse_labels
+
     params: dict[str, Any] = {}
     for pair in pairs or []:
         name, sep, value = pair.partition("=")
@@ -65,15 +123,14 @@ def parse_params(pairs: list[str] | None, labels: str | None) -> dict[str, Any]:
             params[name] = json.loads(value)
         except json.JSONDecodeError:
             params[name] = value
-    if labels:
-        entries = [e.strip() for e in labels.split(",") if e.strip()]
-        if any("=" in e for e in entries):
-            params["labels"] = {
-                name.strip(): (text.strip() or name.strip())
-                for name, _, text in (e.partition("=") for e in entries)
-            }
-        else:
-            params["labels"] = entries
+    try:
+        chosen = parse_labels(labels, label, labels_file)
+    except LabelsError as exc:
+        raise fail(str(exc)) from None
+    if chosen is not None:
+        if "labels" in params:
+            raise fail("labels given twice: with --param labels and with a labels option")
+        params["labels"] = chosen
     return params
 
 
@@ -110,16 +167,27 @@ def annotate(
     path: Annotated[Path, typer.Argument(help="JSONL or CSV file of documents")],
     task: TaskOpt = "classify",
     model: Annotated[
-        str | None, typer.Option("--model", help="Local model directory or hub id")
+        str | None,
+        typer.Option("--model", help="Local model directory, hub id, or minilm (bundled)"),
     ] = None,
     out: Annotated[
         Path, typer.Option("--out", help="Where to write results (.jsonl or .csv)")
     ] = Path("results.jsonl"),
     labels: LabelsOpt = None,
+    label: LabelOpt = None,
+    labels_file: LabelsFileOpt = None,
     param: ParamOpt = None,
     text_field: TextFieldOpt = "text",
     id_field: IdFieldOpt = "id",
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda:0, ...")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="A name for the job: rerun with the same name and input to resume it "
+            "instead of starting over",
+        ),
+    ] = None,
 ) -> None:
     """Annotate a file end to end: starts Redis, the SQLite ledger and workers itself."""
     from docqueue.annotate import AnnotateError
@@ -129,12 +197,22 @@ def annotate(
 
     _logging("WARNING")
     settings = settings_or_exit()
-    params = parse_params(param, labels)
+    params = parse_params(param, labels, label, labels_file)
     try:
         validate_params(task, params, max_new_tokens_cap=settings.max_new_tokens_cap)
-        from docqueue.worker.models import default_model
+        from docqueue.worker.models import ModelUnavailable, default_model, resolve_source
 
-        source = model or default_model(task, labels=bool(params.get("labels")))
+        if task == "classify" and not model and not params.get("labels"):
+            raise fail(
+                "classify needs labels or a model: --label NAME once per label (or --labels "
+                "a,b,c) for zero-shot labels with the bundled MiniLM, or --model DIR for a "
+                "classifier of your own"
+            )
+        try:  # a bundled name (--model minilm) becomes its directory
+            labelled = bool(params.get("labels"))
+            source = resolve_source(model) if model else default_model(task, labels=labelled)
+        except ModelUnavailable as exc:
+            raise fail(str(exc), ExitCode.SERVICE) from None
         summary = run(
             path,
             task=task,
@@ -145,6 +223,7 @@ def annotate(
             text_field=text_field,
             id_field=id_field,
             device=device,
+            job_name=name,
         )
     except (InvalidParams, InputError) as exc:
         raise fail(str(exc)) from None
@@ -159,18 +238,26 @@ def annotate(
         f"{summary.seconds:.1f}s ({rate:,.0f} docs/s including start-up) -> {out}  "
         f"[job {summary.job_id}]",
         soft_wrap=True,
+        markup=False,
     )
     for row in summary.errors:
         who = f"id {row['id']}" if row.get("id") is not None else f"document {row['seq']}"
-        err.print(f"  {who}: {row['error']}", soft_wrap=True)
-    raise typer.Exit(ExitCode.SOME_FAILED if progress.failed else ExitCode.OK)
+        err.print(f"  {who}: {row['error']}", soft_wrap=True, markup=False)
+    if progress.cancelled:
+        err.print(f"  {progress.cancelled} documents cancelled", soft_wrap=True)
+    incomplete = progress.failed or progress.cancelled
+    raise typer.Exit(ExitCode.SOME_FAILED if incomplete else ExitCode.OK)
 
 
 @app.command()
 def worker(
     model: Annotated[
         list[str] | None,
-        typer.Option("--model", help="NAME=PATH_OR_HUB_ID; repeat for several models"),
+        typer.Option(
+            "--model",
+            help="NAME=PATH_OR_HUB_ID, or minilm for the bundled all-MiniLM-L6-v2 (served as "
+            "minilm); repeat for several models",
+        ),
     ] = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda:0, ...")] = None,
     gpus: Annotated[
@@ -180,24 +267,38 @@ def worker(
 ) -> None:
     """Serve models from the queue (needs DOCQUEUE_REDIS_URL and DOCQUEUE_DATABASE_URL)."""
     from docqueue.protocol import is_model_name
+    from docqueue.worker.models import BUNDLED
 
     models: dict[str, str] = {}
     for spec in model or []:
         name, sep, source = spec.partition("=")
-        if not sep or not source or not is_model_name(name):
-            raise fail(f"--model {spec!r}: expected NAME=PATH_OR_HUB_ID with a simple NAME")
+        if not sep and name in BUNDLED:
+            source = name  # a bundled model, served under its own name
+        elif not sep or not source or not is_model_name(name):
+            raise fail(
+                f"--model {spec!r}: expected NAME=PATH_OR_HUB_ID with a simple NAME, or a "
+                f"bundled model ({', '.join(BUNDLED)})"
+            )
         models[name] = source
     settings = settings_or_exit(models=models or None, device=device)
     if not settings.models:
         raise fail("no models: pass --model NAME=PATH (or set DOCQUEUE_MODELS)")
+    if "database_url" not in settings.model_fields_set:
+        raise fail(
+            "set DOCQUEUE_DATABASE_URL to the database the producers use: a worker records "
+            "results there, and a worker on a database of its own would take jobs it cannot "
+            "record"
+        )
     devices = _gpus(gpus) if gpus else []
     if not settings.redis():
         raise fail("set DOCQUEUE_REDIS_URL (e.g. redis://localhost:6379/0)")
+    # The worker's intake and writer threads share the CPU with torch: idle OpenMP
+    # threads must sleep, not spin (set before torch is imported: the device check
+    # imports it).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    _check_devices(devices or ([settings.device] if settings.device else []))
     if devices:
         raise typer.Exit(_per_gpu(devices, settings, loglevel))
-    # The worker's intake and writer threads share the CPU with torch: idle OpenMP
-    # threads must sleep, not spin (set before torch is imported).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     _logging(loglevel)
     from docqueue.worker.models import ModelUnavailable
     from docqueue.worker.service import run_worker
@@ -225,6 +326,15 @@ def _gpus(gpus: str) -> list[str]:
     return devices
 
 
+def _check_devices(devices: list[str]) -> None:
+    """One line, not a worker's AssertionError, for a device this machine lacks."""
+    from docqueue.launcher import device_problem
+
+    for device in devices:
+        if problem := device_problem(device):
+            raise fail(problem)
+
+
 def _per_gpu(devices: list[str], settings: Settings, loglevel: str) -> int:
     """One worker process per GPU, each pinned to its device; signals are forwarded."""
     from docqueue.launcher import LocalWorkers
@@ -240,9 +350,12 @@ def enqueue(
     task: TaskOpt = "classify",
     model: Annotated[str, typer.Option("--model", help="Model NAME as the workers know it")] = "",
     labels: LabelsOpt = None,
+    label: LabelOpt = None,
+    labels_file: LabelsFileOpt = None,
     param: ParamOpt = None,
     text_field: TextFieldOpt = "text",
     id_field: IdFieldOpt = "id",
+    name: JobNameOpt = None,
 ) -> None:
     """Queue a file of documents as one job; prints the job id."""
     from docqueue.params import InvalidParams
@@ -259,25 +372,36 @@ def enqueue(
             read_documents(path, text_field=text_field, id_field=id_field),
             task=task,
             model=model,
-            params=parse_params(param, labels),
+            params=parse_params(param, labels, label, labels_file),
             source=str(path),
             job_id=job_id,
+            name=name,
         )
     except (InvalidParams, InputError) as exc:
         raise fail(str(exc)) from None
     except PublishFailed as exc:
         raise fail(str(exc), ExitCode.SERVICE) from None
-    progress = job.progress()
-    err.print(f"{progress.total} documents queued ({progress.failed} rejected at the door)")
+    total = job.progress().total or 0
+    if total and job.rejected >= total:
+        first = next(job.results())
+        raise fail(
+            f"{path}: all {total} documents were refused ({first['error']}); nothing was "
+            f"queued (job {job.id})"
+        )
+    refused = f", {job.rejected} refused (their rows say why)" if job.rejected else ""
+    err.print(f"{total - job.rejected} documents queued{refused}", markup=False)
+    problem = client.coverage(model, task).problem()
+    if problem:  # a typo in the model name, or its workers are down: say so, still queue
+        warn(f"{problem}; the documents wait in the queue until one starts")
     print(job.id)
 
 
 @app.command()
 def status(job_id: Annotated[str, typer.Argument(help="Job id")]) -> None:
-    """Progress of a job, and which workers serve its model."""
+    """Progress, pace and live workers of a job; exit 0 done, 1 some failed, 4 running."""
     from docqueue.producer.client import UnknownJob
 
-    client = client_or_exit(settings_or_exit())
+    client = sql_client_or_exit(settings_or_exit())
     try:
         state = client.job(job_id).status()
     except UnknownJob as exc:
@@ -289,18 +413,42 @@ def status(job_id: Annotated[str, typer.Argument(help="Job id")]) -> None:
         f"  documents: {total}; done {current.done}, failed {current.failed}, "
         f"pending {current.pending}"
     )
+    print(f"  {_pace(state)}")
     now = time.time()
     for w in state.workers:
         print(
             f"  worker {w.id} on {w.device}: {w.documents} documents, "
             f"last heartbeat {now - w.last_seen:.0f}s ago"
         )
-    if not state.workers:
-        last = state.last_seen
-        seen = "never seen" if last is None else f"last heartbeat {now - last:.0f}s ago"
-        print(f"  no live worker serves model {job.model} ({seen})")
-    if current.finished:
-        raise typer.Exit(ExitCode.SOME_FAILED if current.failed else ExitCode.OK)
+    if state.problem:
+        print(f"  {state.problem}")
+    if not current.finished:
+        raise typer.Exit(ExitCode.RUNNING)
+    incomplete = current.failed or current.cancelled
+    raise typer.Exit(ExitCode.SOME_FAILED if incomplete else ExitCode.OK)
+
+
+def _pace(state: Any) -> str:
+    """``finished in 12s (45 docs/s)``, ``running for 3m 05s (45 docs/s), about 20s
+    left``, or ``running for 4s, no document computed yet``."""
+    rate = "" if state.rate is None else f" ({state.rate:,.1f} docs/s)"
+    if state.progress.finished:
+        return f"finished in {_duration(state.elapsed)}{rate}"
+    if state.rate is None:
+        return f"running for {_duration(state.elapsed)}, no document computed yet"
+    return f"running for {_duration(state.elapsed)}{rate}, about {_duration(state.eta)} left"
+
+
+def _duration(seconds: float | None) -> str:
+    seconds = max(0.0, seconds or 0.0)
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
 @app.command()
@@ -308,28 +456,203 @@ def export(
     job_id: Annotated[str, typer.Argument(help="Job id")],
     out: Annotated[Path, typer.Option("--out", help=".jsonl or .csv")] = Path("results.jsonl"),
 ) -> None:
-    """Write a job's results, with your document ids, in input order."""
-    from docqueue.producer.results import write_rows
+    """Write a job's results, with your document ids, in input order (.jsonl or .csv)."""
+    from docqueue.producer.client import UnknownJob
+    from docqueue.producer.results import OutputError, output_format
 
-    client = client_or_exit(settings_or_exit())
-    count = write_rows(client.job(job_id).results(), out)
-    if count == 0:
-        raise fail(f"no job {job_id} (or it has no documents)")
-    err.print(f"{count} rows -> {out}")
+    try:
+        output_format(out)
+    except OutputError as exc:
+        raise fail(str(exc)) from None
+    client = sql_client_or_exit(settings_or_exit())
+    try:
+        count = client.job(job_id).export(out)
+    except (UnknownJob, OutputError) as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"could not write {out}: {_one_line(exc)}", ExitCode.SERVICE) from None
+    err.print(f"{count} rows -> {out}", markup=False)
 
 
 @app.command()
 def resume(job_id: Annotated[str, typer.Argument(help="Job id")]) -> None:
     """Re-publish the documents SQL says are not done (after Redis lost its queue)."""
-    from docqueue.producer.client import UnknownJob
+    from docqueue.producer.client import PublishFailed, UnknownJob
 
     client = client_or_exit(settings_or_exit())
     try:
         count = client.resume(job_id)
     except UnknownJob as exc:
         raise fail(str(exc)) from None
+    except PublishFailed as exc:
+        raise fail(str(exc), ExitCode.SERVICE) from None
     err.print(f"{count} documents re-published")
     print(count)
+
+
+def sql_client_or_exit(settings: Settings) -> Any:
+    """A Client for the commands that need only SQL (no Redis)."""
+    from sqlalchemy import make_url
+
+    from docqueue.producer.client import Client
+
+    url = make_url(settings.database())
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).exists():
+        raise fail(
+            f"no database at {url.database}: run this where annotate ran (it keeps "
+            "docqueue.db there), or set DOCQUEUE_DATABASE_URL"
+        )
+    try:
+        return Client(settings)
+    except Exception as exc:
+        raise fail(f"cannot reach the database: {_one_line(exc)}", ExitCode.SERVICE) from None
+
+
+@app.command()
+def jobs(
+    state: Annotated[
+        str | None, typer.Option("--state", help="running, finished or cancelled")
+    ] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Model NAME of the jobs")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Jobs with this name")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="Show at most this many")] = 50,
+    interactive: Annotated[
+        bool,
+        typer.Option(
+            "--interactive", help="Also the one-document jobs of Client.submit (one per call)"
+        ),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line")] = False,
+) -> None:
+    """List jobs, newest first, with their progress."""
+    from rich.measure import Measurement
+
+    from docqueue.db.jobs import JOB_STATES
+
+    if state is not None and state not in JOB_STATES:
+        raise fail(f"--state {state!r}: use one of {', '.join(JOB_STATES)}")
+    if limit < 1:
+        raise fail(f"--limit {limit}: use 1 or more")
+    client = sql_client_or_exit(settings_or_exit())
+    found = client.jobs(state=state, model=model, name=name, limit=limit, interactive=interactive)
+    if as_json:
+        for summary in found:
+            print(json.dumps(_job_json(summary), ensure_ascii=False))
+    elif found:
+        table = _jobs_table(found)
+        out = Console(highlight=False)
+        # One line per job, however narrow the terminal (as docker ps does): squeezed
+        # into 80 columns, ids and states would be cut.
+        natural = Measurement.get(out, out.options.update_width(10_000), table).maximum
+        out.width = max(out.width, natural)
+        out.print(table)
+    else:
+        err.print("no jobs" + (" match" if state or model or name else ""))
+
+
+def _job_json(summary: JobSummary) -> dict[str, Any]:
+    job, progress = summary.job, summary.progress
+    return {
+        "id": job.id,
+        "name": job.name,
+        "state": progress.state,
+        "task": job.task,
+        "model": job.model,
+        "lane": job.lane,
+        "source": job.source,
+        "total": progress.total,
+        "done": progress.done,
+        "failed": progress.failed,
+        "cancelled": progress.cancelled,
+        "pending": progress.pending,
+        "created_at": job.created_at,
+        "cancelled_at": job.cancelled_at,
+    }
+
+
+def _jobs_table(found: list[JobSummary]) -> Table:
+    """Jobs as a table; text from users (names, models, files) is shown as written,
+    never read as markup."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from docqueue.producer.client import ago
+
+    table = Table(box=None, pad_edge=False)
+    table.add_column("JOB", no_wrap=True)
+    for column in ("NAME", "STATE", "DONE", "FAILED", "CANCELLED", "TASK", "MODEL", "CREATED"):
+        numeric = column in ("DONE", "FAILED", "CANCELLED")
+        table.add_column(column, justify="right" if numeric else "left")
+    now = time.time()
+    for summary in found:
+        job, progress = summary.job, summary.progress
+        total = "…" if progress.total is None else str(progress.total)
+        table.add_row(
+            job.id,
+            Text(job.name or ""),
+            progress.state,
+            f"{progress.done}/{total}",
+            str(progress.failed),
+            str(progress.cancelled),
+            job.task,
+            Text(job.model),
+            f"{ago(now - job.created_at)} ago",
+        )
+    return table
+
+
+@app.command()
+def cancel(job_id: Annotated[str, typer.Argument(help="Job id")]) -> None:
+    """Cancel a job: documents not yet computed become cancelled, finished ones stay."""
+    from docqueue.producer.client import UnknownJob
+
+    client = sql_client_or_exit(settings_or_exit())
+    try:
+        job = client.job(job_id)
+        cancelled = job.cancel()
+        progress = job.progress()
+    except UnknownJob as exc:
+        raise fail(str(exc)) from None
+    if progress.state != "cancelled":
+        print(f"job {job_id} had already finished: nothing to cancel")
+        return
+    print(
+        f"job {job_id} cancelled: {cancelled} documents cancelled; {progress.done} done and "
+        f"{progress.failed} failed stay"
+    )
+
+
+@app.command()
+def delete(job_id: Annotated[str, typer.Argument(help="Job id")]) -> None:
+    """Delete a job, its documents and results (workers drop its late messages)."""
+    from docqueue.producer.client import UnknownJob
+
+    client = sql_client_or_exit(settings_or_exit())
+    try:
+        deleted = client.job(job_id).delete()
+    except UnknownJob as exc:
+        raise fail(str(exc)) from None
+    print(f"job {job_id} deleted with its {deleted} documents and their results")
+
+
+@app.command()
+def prune(
+    older_than: Annotated[
+        float | None,
+        typer.Option(
+            "--older-than",
+            help="Days; default DOCQUEUE_RETENTION_DAYS (30)",
+        ),
+    ] = None,
+) -> None:
+    """Delete finished and cancelled jobs created more than N days ago."""
+    if older_than is not None and not older_than > 0:
+        raise fail(f"--older-than {older_than}: use a number of days above 0")
+    settings = settings_or_exit()
+    client = sql_client_or_exit(settings)
+    days = settings.retention_days if older_than is None else older_than
+    deleted = client.prune(days)
+    print(f"{len(deleted)} finished or cancelled jobs older than {days:g} days deleted")
 
 
 @app.command()
@@ -404,6 +727,8 @@ def main() -> None:
     except Exception as exc:  # the last resort: one line, not a traceback
         if os.environ.get("DOCQUEUE_DEBUG"):
             raise
-        err.print(f"[bold red]error:[/] {type(exc).__name__}: {_one_line(exc)}", soft_wrap=True)
+        err.print(
+            f"[bold red]error:[/] {type(exc).__name__}: {escape(_one_line(exc))}", soft_wrap=True
+        )
         err.print("(set DOCQUEUE_DEBUG=1 for the traceback)")
         sys.exit(ExitCode.SERVICE)

@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     #: Longer documents are cut to this many characters at enqueue (and marked truncated);
     #: the model's own limit truncates further.
     max_document_chars: int = Field(1_000_000, ge=1)
+    #: Finished and cancelled jobs older than this many days (by creation) are deleted,
+    #: texts and results, by ``docqueue prune`` / ``Client.prune()``, and by
+    #: ``annotate`` at its start when its database is SQLite (the embedded
+    #: docqueue.db).  ``inf`` keeps everything.
+    retention_days: float = Field(30.0, gt=0)
 
     # --- worker ------------------------------------------------------------------
     #: Models this worker serves: name -> local directory or hub id.  Workers load
@@ -76,6 +81,8 @@ class Settings(BaseSettings):
     #: Seconds SIGTERM waits for buffered documents to finish before returning them.
     shutdown_grace: float = Field(30.0, ge=0)
     heartbeat_interval: float = Field(2.0, gt=0)
+    #: A working worker logs its throughput at INFO every this many seconds.
+    log_interval: float = Field(30.0, gt=0)
     #: A worker silent for this long is reported as gone.
     heartbeat_timeout: float = Field(10.0, gt=0)
     #: Allow models that ship their own Python code.  Off unless the operator opts in.

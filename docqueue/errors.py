@@ -18,12 +18,14 @@ class ExitCode(IntEnum):
 
     #: Every document succeeded (or the command did what it was asked).
     OK = 0
-    #: Some documents failed; their error rows say why.
+    #: Some documents failed (their error rows say why) or were cancelled.
     SOME_FAILED = 1
     #: Bad usage or input: nothing was done.
     USAGE = 2
     #: A worker or a service (Redis, the database, a model) failed.
     SERVICE = 3
+    #: ``docqueue status``: the job is not finished yet.
+    RUNNING = 4
     #: Interrupted (Ctrl-C).
     INTERRUPTED = 130
 

@@ -119,6 +119,30 @@ def cuda_devices() -> list[str]:
     return [f"cuda:{i}" for i in range(count)]
 
 
+def device_problem(device: str) -> str | None:
+    """Why a model cannot run on ``device`` here, in one line (None: it can)."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        return f"device {device!r}: expected cpu, cuda, cuda:N or mps"
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (
+                "this torch is built without CUDA"
+                if torch.version.cuda is None
+                else ("no GPU is visible")
+            )
+            return f"device {device}: CUDA is not available ({why}); use --device cpu"
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            return f"device {device}: only {count} GPU(s) visible (cuda:0 to cuda:{count - 1})"
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        return f"device {device}: MPS is not available here; use --device cpu"
+    return None
+
+
 def pick_devices(requested: str | None) -> list[str]:
     """The requested device, else every visible GPU, else the CPU: one worker each."""
     return [requested] if requested else cuda_devices() or ["cpu"]

@@ -6,6 +6,7 @@ runners a worker builds for a model) names tasks through this module.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal, get_args
 
 Task = Literal["classify", "summarize", "generate", "embed"]
@@ -39,3 +40,10 @@ def is_task(name: str) -> bool:
 def task_list(conjunction: str = "or") -> str:
     """``classify, summarize, generate or embed``, for help texts and messages."""
     return f"{', '.join(TASKS[:-1])} {conjunction} {TASKS[-1]}"
+
+
+def cannot_do(model: str, task: str, tasks: Iterable[str]) -> str:
+    """One line for a model asked for a task it does not do."""
+    can = sorted(set(tasks))
+    does = f"{', '.join(can[:-1])} and {can[-1]}" if len(can) > 1 else "".join(can) or "nothing"
+    return f"model {model} cannot {task}; it can do: {does}"

@@ -177,3 +177,19 @@ def test_buffer_wakes_a_waiting_taker_when_a_batch_fills():
     buffer.add("a", SHAPE, [Item(10, now) for _ in range(8)], interactive=False)
     taker.join(10)
     assert got and got[0] is not None and len(got[0][1]) == 8
+
+
+def test_buffer_remove_takes_only_the_unwanted_items_by_group():
+    buffer: Buffer[str, Item] = Buffer(max_wait=MAX_WAIT, clock=lambda: 0.0)
+    buffer.add("a", SHAPE, [Item(10, 0.0, "x1"), Item(10, 0.0, "y1")], interactive=False)
+    buffer.add("b", SHAPE, [Item(10, 0.0, "x2")], interactive=True)
+    removed = buffer.remove(lambda item: item.name.startswith("x"))
+    assert sorted((key, [i.name for i in items]) for key, items in removed) == [
+        ("a", ["x1"]),
+        ("b", ["x2"]),
+    ]
+    assert len(buffer) == 1
+    buffer.flush_all = True
+    taken = buffer.take(timeout=0)
+    assert taken is not None and [i.name for i in taken[1]] == ["y1"]
+    assert buffer.take(timeout=0) is None

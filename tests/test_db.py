@@ -56,6 +56,12 @@ def item_status(engine, job: str, seq: int):
         ).one()
 
 
+def progress_of(conn, job: str) -> ledger.Progress:
+    found = ledger.progress(conn, job)
+    assert found is not None, f"no job {job}"
+    return found
+
+
 def test_migrations_create_exactly_the_models(engine):
     assert current_revision(engine) == head_revision()
     with engine.connect() as conn:
@@ -109,7 +115,7 @@ def test_a_redelivered_batch_leaves_one_row_per_item(engine):
             record_results(conn, rows)
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(Result)).scalar() == 3
-        assert ledger.progress(conn, job).done == 3
+        assert progress_of(conn, job).done == 3
 
 
 def test_one_batch_holding_a_document_twice_keeps_the_success(engine):
@@ -126,7 +132,7 @@ def test_one_batch_holding_a_document_twice_keeps_the_success(engine):
     with engine.connect() as conn:
         stored = conn.execute(select(Result.embedding, Result.output).where(Result.seq == 2)).one()
         assert stored == (b"\x00\x01\x02\x03", None)
-        assert ledger.progress(conn, job).done == 3
+        assert progress_of(conn, job).done == 3
 
 
 def test_progress_and_duplicate_ids(engine):
@@ -143,12 +149,12 @@ def test_progress_and_duplicate_ids(engine):
             ],
         )
     with engine.connect() as conn:
-        assert ledger.progress(conn, job).total is None  # still enqueuing
+        assert progress_of(conn, job).total is None  # still enqueuing
     with engine.begin() as conn:
         ledger.close_job(conn, job, 3)
         record_results(conn, [err(job, 2, "empty document")])
     with engine.connect() as conn:
-        progress = ledger.progress(conn, job)
+        progress = progress_of(conn, job)
         flags = [o.duplicate_id for o in ledger.outcomes(conn, job)]
     assert (progress.total, progress.failed, progress.pending, progress.finished) == (
         3,
@@ -174,3 +180,115 @@ def test_an_output_the_database_refuses_becomes_an_error_row(engine):
     assert rows[1].ok  # the rest of the batch is stored as computed
     if engine.dialect.name == "postgresql":
         assert rows[0].ok is False and "could not be stored" in rows[0].error
+
+
+def _at_revision(engine, revision: str) -> None:
+    """Move the schema to ``revision`` (up or down), as the release that had it left it."""
+    from alembic import command
+
+    from docqueue.db.engine import _alembic_config
+
+    config = _alembic_config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        current = MigrationContext.configure(
+            conn, opts={"version_table": VERSION_TABLE}
+        ).get_current_revision()
+        if current is not None and current > revision:
+            command.downgrade(config, revision)
+        else:
+            command.upgrade(config, revision)
+
+
+def test_a_database_of_the_previous_release_upgrades_with_its_data(engine):
+    """A ledger made by revision 0002 (the release before job management), with a
+    job, its documents, results and a worker in it, upgrades to head: the data stays
+    and the new columns and states work (on PostgreSQL the status column was 8
+    characters wide, too narrow for "cancelled")."""
+    from sqlalchemy import text
+
+    _at_revision(engine, "0002")
+    assert current_revision(engine) == "0002"
+    job = "c" * 32
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO dq_jobs (id, task, model, params, lane, source, total, created_at) "
+                "VALUES (:id, 'classify', 'tiny', '{}', 'bulk', 'docs.jsonl', 3, 1700000000.0)"
+            ),
+            {"id": job},
+        )
+        for seq, status in enumerate(["done", "failed", "pending"]):
+            conn.execute(
+                text(
+                    "INSERT INTO dq_items (job_id, seq, user_id, text, chat, status, attempts, "
+                    "error, truncated, duplicate_id) VALUES (:job, :seq, :uid, :text, false, "
+                    ":status, 0, NULL, false, false)"
+                ),
+                {
+                    "job": job,
+                    "seq": seq,
+                    "uid": f"doc-{seq}",
+                    "text": f"text {seq}",
+                    "status": status,
+                },
+            )
+        conn.execute(
+            text(
+                "INSERT INTO dq_results (job_id, seq, ok, output, error, truncated, worker_id) "
+                "VALUES (:job, 0, true, :output, NULL, false, 'w1'), "
+                "(:job, 1, false, NULL, 'empty document', false, 'w1')"
+            ),
+            {"job": job, "output": '{"label": "billing"}'},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO dq_workers (id, hostname, pid, device, models, started_at, "
+                "last_seen, documents, stopped, batches, padded_tokens) VALUES ('w1', 'host', "
+                "1, 'cpu', '{}', 1700000000.0, 1700000001.0, 2, false, 1, 64)"
+            )
+        )
+    try:
+        migrate(engine)
+        assert current_revision(engine) == head_revision()
+        with engine.connect() as conn:
+            before = progress_of(conn, job)
+            rows = [(o.user_id, o.status, o.output, o.error) for o in ledger.outcomes(conn, job)]
+            info = ledger.get_job(conn, job)
+            worker = conn.execute(text("SELECT documents, padded_tokens FROM dq_workers")).one()
+        assert (before.total, before.done, before.failed, before.pending) == (3, 1, 1, 1)
+        assert rows == [
+            ("doc-0", "done", {"label": "billing"}, None),
+            ("doc-1", "failed", None, "empty document"),
+            ("doc-2", "pending", None, None),
+        ]
+        assert info is not None and (info.source, info.name, info.cancelled_at) == (
+            "docs.jsonl",
+            None,
+            None,
+        )
+        assert tuple(worker) == (2, 64)
+        # the new columns and states work on the upgraded data
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE dq_jobs SET name = 'nightly' WHERE id = :id"), {"id": job})
+            assert ledger.cancel_job(conn, job, 1700000100.0) == 1
+        with engine.connect() as conn:
+            after = progress_of(conn, job)
+            listed = ledger.list_jobs(conn, name="nightly")
+            statuses = [o.status for o in ledger.outcomes(conn, job)]
+        assert statuses == ["done", "failed", "cancelled"]
+        assert (after.cancelled, after.cancelled_at, after.state, after.finished) == (
+            1,
+            1700000100.0,
+            "cancelled",
+            True,
+        )
+        assert [s.job.id for s in listed] == [job]
+        with engine.begin() as conn:
+            assert ledger.delete_job(conn, job, 1700000200.0) == 3
+        with engine.connect() as conn:
+            assert ledger.get_job(conn, job) is None
+            assert conn.execute(text("SELECT count(*) FROM dq_results")).scalar() == 0
+            assert conn.execute(text("SELECT job_id FROM dq_tombstones")).scalars().all() == [job]
+    finally:
+        migrate(engine)  # the PostgreSQL database is shared with the tests that follow

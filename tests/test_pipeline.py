@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from docqueue.broker import redis_client
 from docqueue.db import make_engine
 from docqueue.db.schema import Item, Result
-from docqueue.producer.client import Client
+from docqueue.producer.client import Client, JobHandle, UnknownJob
 from docqueue.protocol import bulk_queue
 
 
@@ -93,13 +93,20 @@ def test_single_document_comes_back_fast_during_a_bulk_job(
 ):
     start_worker({"tiny": tiny_classifier})
     bulk = (sample_texts * 70)[:20_000]
-    job = client.job(uuid.uuid4().hex)
+    job = JobHandle(client, uuid.uuid4().hex)  # named before the producer creates it
     producer = threading.Thread(
         target=lambda: client.submit_many(bulk, task="classify", model="tiny", job_id=job.id),
         daemon=True,
     )
     producer.start()
-    wait_until(lambda: job.progress().done > 0, 60, "the bulk job to start")
+
+    def bulk_started() -> bool:
+        try:
+            return job.progress().done > 0
+        except UnknownJob:  # not created yet
+            return False
+
+    wait_until(bulk_started, 60, "the bulk job to start")
     latencies = []
     for i in range(10):
         started = time.monotonic()

@@ -19,7 +19,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import URL
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -81,9 +81,27 @@ def migrate(engine: Engine) -> None:
         if current_revision(engine) == head:
             return
         config = _alembic_config()
-        with engine.begin() as conn:
+        with engine.connect() as conn, _foreign_keys_off(conn), conn.begin():
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
+
+
+@contextmanager
+def _foreign_keys_off(conn: Connection) -> Iterator[None]:
+    """SQLite changes a column by copying its table and dropping the old one, and
+    dropping a table with foreign keys on deletes the rows that reference it (the
+    results of every document): migrations run with them off.  The pragma works
+    only outside a transaction."""
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+    conn.commit()
+    try:
+        yield
+    finally:
+        conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+        conn.commit()
 
 
 @contextmanager

@@ -8,9 +8,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, delete, exists, func, insert, select, update
 
-from docqueue.db.schema import DONE, FAILED, PENDING, Item, Job, Result
+from docqueue.db.schema import CANCELLED, DONE, FAILED, PENDING, Item, Job, Result, Tombstone
+
+#: What ``jobs`` can filter on: a job is cancelled once cancelled, else finished when
+#: every document is done or failed, else running (still enqueuing, or computing).
+JOB_STATES = ("running", "finished", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -20,14 +24,28 @@ class Progress:
     enqueued: int
     done: int
     failed: int
+    #: Documents of a cancelled job that were not computed.
+    cancelled: int = 0
+    #: When the job was cancelled (None: it was not).
+    cancelled_at: float | None = None
 
     @property
     def pending(self) -> int:
-        return self.enqueued - self.done - self.failed
+        return self.enqueued - self.done - self.failed - self.cancelled
 
     @property
     def finished(self) -> bool:
-        return self.total is not None and self.done + self.failed >= self.total
+        """Every document has its final state: done, failed, or cancelled."""
+        if self.cancelled_at is not None and self.pending == 0:
+            return True
+        return self.total is not None and self.done + self.failed + self.cancelled >= self.total
+
+    @property
+    def state(self) -> str:
+        """One of :data:`JOB_STATES`."""
+        if self.cancelled_at is not None:
+            return "cancelled"
+        return "finished" if self.finished else "running"
 
 
 def create_job(
@@ -40,6 +58,8 @@ def create_job(
     lane: str,
     source: str | None = None,
     total: int | None = None,
+    name: str | None = None,
+    input_digest: str | None = None,
 ) -> None:
     conn.execute(
         insert(Job).values(
@@ -51,8 +71,20 @@ def create_job(
             source=source,
             total=total,
             created_at=time.time(),
+            name=name,
+            input_digest=input_digest,
         )
     )
+
+
+def id_taken(conn: Connection, job_id: str) -> str | None:
+    """Why ``job_id`` cannot name a new job (in use, or deleted: workers drop the
+    messages of a deleted job), or None."""
+    if conn.execute(select(Job.id).where(Job.id == job_id)).first():
+        return f"job id {job_id} is already in use"
+    if conn.execute(select(Tombstone.job_id).where(Tombstone.job_id == job_id)).first():
+        return f"job id {job_id} belonged to a deleted job; use a new id"
+    return None
 
 
 def add_items(conn: Connection, job_id: str, rows: Sequence[dict[str, Any]]) -> None:
@@ -131,26 +163,165 @@ def get_job(conn: Connection, job_id: str) -> JobInfo | None:
     return JobInfo(**row) if row else None
 
 
-def progress(conn: Connection, job_id: str) -> Progress:
-    total = conn.execute(select(Job.total).where(Job.id == job_id)).scalar_one_or_none()
+def progress(conn: Connection, job_id: str) -> Progress | None:
+    """The job's counts, or None when there is no such job."""
+    job = conn.execute(select(Job.total, Job.cancelled_at).where(Job.id == job_id)).first()
+    if job is None:
+        return None
     counts = dict(
         conn.execute(
             select(Item.status, func.count()).where(Item.job_id == job_id).group_by(Item.status)
         ).all()
     )
+    return _progress(job.total, job.cancelled_at, counts)
+
+
+def _progress(total: int | None, cancelled_at: float | None, counts: dict[str, int]) -> Progress:
     return Progress(
         total=total,
         enqueued=sum(counts.values()),
         done=counts.get(DONE, 0),
         failed=counts.get(FAILED, 0),
+        cancelled=counts.get(CANCELLED, 0),
+        cancelled_at=cancelled_at,
     )
+
+
+# --- managing jobs: list, cancel, delete, prune ---------------------------------------
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """A job and its progress, as ``docqueue jobs`` lists it."""
+
+    job: JobInfo
+    progress: Progress
+
+
+def _has_pending() -> ColumnElement[bool]:
+    return exists().where(Item.job_id == Job.id, Item.status == PENDING)
+
+
+def _in_state(state: str) -> ColumnElement[bool]:
+    """SQL for :attr:`Progress.state` (a job's total is set once all its documents
+    are in, so a closed job with nothing pending is finished)."""
+    if state == "cancelled":
+        return Job.cancelled_at.is_not(None)
+    if state == "finished":
+        return Job.cancelled_at.is_(None) & Job.total.is_not(None) & ~_has_pending()
+    if state == "running":
+        return Job.cancelled_at.is_(None) & (Job.total.is_(None) | _has_pending())
+    raise ValueError(f"job state {state!r}: expected one of {', '.join(JOB_STATES)}")
+
+
+def list_jobs(
+    conn: Connection,
+    *,
+    state: str | None = None,
+    model: str | None = None,
+    name: str | None = None,
+    lane: str | None = None,
+    limit: int = 50,
+) -> list[JobSummary]:
+    """Jobs, newest first, with their progress."""
+    query = select(Job.__table__).order_by(Job.created_at.desc(), Job.id).limit(limit)
+    if lane is not None:
+        query = query.where(Job.lane == lane)
+    if state is not None:
+        query = query.where(_in_state(state))
+    if model is not None:
+        query = query.where(Job.model == model)
+    if name is not None:
+        query = query.where(Job.name == name)
+    jobs = [JobInfo(**row) for row in conn.execute(query).mappings()]
+    counts: dict[str, dict[str, int]] = {job.id: {} for job in jobs}
+    if jobs:
+        for job_id, status, count in conn.execute(
+            select(Item.job_id, Item.status, func.count())
+            .where(Item.job_id.in_(list(counts)))
+            .group_by(Item.job_id, Item.status)
+        ):
+            counts[job_id][status] = count
+    return [JobSummary(job, _progress(job.total, job.cancelled_at, counts[job.id])) for job in jobs]
+
+
+def cancel_job(conn: Connection, job_id: str, now: float) -> int | None:
+    """Cancel a job that has not finished: its pending documents become ``cancelled``
+    (finished ones stay).  Returns how many were cancelled; None for no such job.
+
+    Writes come first (SQLite: a transaction that reads before it writes can fail
+    to get the write lock); a producer still adding documents locks the job row
+    too (:func:`cancelled_while_adding`), so none of its documents slip past."""
+    conn.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.cancelled_at.is_(None),
+            Job.total.is_(None) | _has_pending(),
+        )
+        .values(cancelled_at=now)
+    )
+    job = conn.execute(select(Job.cancelled_at).where(Job.id == job_id)).first()
+    if job is None:
+        return None
+    return 0 if job.cancelled_at is None else _cancel_pending(conn, job_id)
+
+
+def _cancel_pending(conn: Connection, job_id: str) -> int:
+    return conn.execute(
+        update(Item).where(Item.job_id == job_id, Item.status == PENDING).values(status=CANCELLED)
+    ).rowcount
+
+
+def cancelled_while_adding(conn: Connection, job_id: str) -> bool:
+    """Called by a producer after adding documents, in the same transaction: if the
+    job was cancelled meanwhile, cancel what was just added and return True."""
+    cancelled_at = conn.execute(
+        select(Job.cancelled_at).where(Job.id == job_id).with_for_update()
+    ).scalar_one_or_none()
+    if cancelled_at is None:
+        return False
+    _cancel_pending(conn, job_id)
+    return True
+
+
+def delete_job(conn: Connection, job_id: str, now: float) -> int | None:
+    """Delete a job, its documents and results, and leave a tombstone so workers
+    drop its late messages.  Returns the number of documents deleted; None for no
+    such job."""
+    conn.execute(delete(Result).where(Result.job_id == job_id))
+    deleted = conn.execute(delete(Item).where(Item.job_id == job_id)).rowcount
+    if not conn.execute(delete(Job).where(Job.id == job_id)).rowcount:
+        return None
+    conn.execute(delete(Tombstone).where(Tombstone.job_id == job_id))
+    conn.execute(insert(Tombstone).values(job_id=job_id, deleted_at=now))
+    return deleted
+
+
+def finished_before(conn: Connection, created_before: float, limit: int = 1000) -> list[str]:
+    """Finished or cancelled jobs created before ``created_before``, oldest first."""
+    return list(
+        conn.execute(
+            select(Job.id)
+            .where(
+                Job.created_at < created_before,
+                _in_state("finished") | _in_state("cancelled"),
+            )
+            .order_by(Job.created_at)
+            .limit(limit)
+        ).scalars()
+    )
+
+
+def forget_tombstones(conn: Connection, deleted_before: float) -> int:
+    return conn.execute(delete(Tombstone).where(Tombstone.deleted_at < deleted_before)).rowcount
 
 
 def pending_items(
     conn: Connection, job_id: str, after_seq: int, limit: int
 ) -> list[tuple[int, str, bool]]:
-    """(seq, text, chat) of documents not yet done or failed, in sequence order,
-    after ``after_seq``."""
+    """(seq, text, chat) of documents still pending (not done, failed or
+    cancelled), in sequence order, after ``after_seq``."""
     return [
         (row.seq, row.text, row.chat)
         for row in conn.execute(
@@ -217,3 +388,22 @@ def outcomes(
         if len(rows) < batch:
             return
         last = rows[-1][0]
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How fast a job's documents are computed: the first start and last finish of
+    the rows workers wrote, and how many they wrote."""
+
+    first_started: float | None
+    last_finished: float | None
+    computed: int
+
+
+def pace(conn: Connection, job_id: str) -> Pace:
+    row = conn.execute(
+        select(func.min(Result.started_at), func.max(Result.finished_at), func.count()).where(
+            Result.job_id == job_id, Result.worker_id.is_not(None)
+        )
+    ).one()
+    return Pace(row[0], row[1], row[2])

@@ -3,6 +3,10 @@
 The rule, enforced by the database whatever the order of arrival: the first success
 wins, a success may replace an error, never the reverse.  A redelivered message
 therefore rewrites nothing, and two workers racing on one document leave one row.
+
+A document cancelled while a worker was computing it: a success still lands and
+the document becomes ``done`` (a computed answer is kept, and counted once, as done
+instead of cancelled); an error does not turn it ``failed``, it stays ``cancelled``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 from sqlalchemy import ARRAY, Connection, Integer, Update, and_, any_, bindparam, text, update
 from sqlalchemy.sql import Insert
 
-from docqueue.db.schema import DONE, FAILED, Item, Result
+from docqueue.db.schema import CANCELLED, DONE, FAILED, Item, Result
 
 
 @dataclass
@@ -73,7 +77,7 @@ _MARK_FAILED = (
     .where(
         Item.job_id == bindparam("b_job"),
         Item.seq == bindparam("b_seq"),
-        Item.status != DONE,
+        Item.status.not_in((DONE, CANCELLED)),
     )
     .values(
         status=FAILED,

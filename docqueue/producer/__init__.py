@@ -3,23 +3,31 @@ neither torch nor transformers."""
 
 from docqueue.producer.client import (
     Client,
+    DocumentCancelled,
     DocumentFailed,
     JobHandle,
     JobStatus,
+    JobSummary,
+    NoRedis,
     PublishFailed,
     ResultHandle,
     UnknownJob,
+    UnsupportedTask,
 )
 from docqueue.producer.documents import InvalidDocument, Record
 
 __all__ = [
     "Client",
+    "DocumentCancelled",
     "DocumentFailed",
     "InvalidDocument",
     "JobHandle",
     "JobStatus",
+    "JobSummary",
+    "NoRedis",
     "PublishFailed",
     "Record",
     "ResultHandle",
     "UnknownJob",
+    "UnsupportedTask",
 ]

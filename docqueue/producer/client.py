@@ -20,18 +20,18 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from docqueue.broker import make_celery, redis_client
 from docqueue.config import Settings
 from docqueue.db import jobs as ledger
 from docqueue.db import make_engine, migrate
-from docqueue.db.jobs import JobInfo, Progress
+from docqueue.db.jobs import JobInfo, JobSummary, Progress
 from docqueue.db.workers import WorkerState, workers_serving
 from docqueue.errors import one_line
 from docqueue.params import InvalidParams, validate_params
 from docqueue.producer.documents import Checked, InvalidDocument, as_record, check
-from docqueue.producer.results import export_row
+from docqueue.producer.results import check_output, csv_columns, export_row, write_rows
 from docqueue.protocol import (
     TASK_NAME,
     BatchMessage,
@@ -40,6 +40,11 @@ from docqueue.protocol import (
     is_model_name,
     queue_name,
 )
+from docqueue.tasks import cannot_do
+
+if TYPE_CHECKING:
+    from celery import Celery
+    from redis import Redis
 
 
 class DocumentFailed(RuntimeError):
@@ -48,6 +53,14 @@ class DocumentFailed(RuntimeError):
     def __init__(self, job_id: str, seq: int, error: str) -> None:
         super().__init__(f"document {seq} of job {job_id} failed: {error}")
         self.job_id, self.seq, self.error = job_id, seq, error
+
+
+class DocumentCancelled(RuntimeError):
+    """The document's job was cancelled before it was computed."""
+
+    def __init__(self, job_id: str, seq: int) -> None:
+        super().__init__(f"document {seq} of job {job_id} was cancelled")
+        self.job_id, self.seq = job_id, seq
 
 
 class UnknownJob(KeyError):
@@ -74,17 +87,78 @@ class PublishFailed(RuntimeError):
         self.job_id, self.saved = job_id, saved
 
 
+class NoRedis(ValueError):
+    """The client was made without a Redis URL and was asked to publish or wait."""
+
+    def __init__(self) -> None:
+        super().__init__("no Redis: set DOCQUEUE_REDIS_URL or pass Client(redis_url=...)")
+
+
+class UnsupportedTask(InvalidParams):
+    """Every live worker of the model says it cannot do the task."""
+
+
+def ago(seconds: float) -> str:
+    """``42s``, ``7m``, ``3h``, ``2d``: how long ago, for a person."""
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Which live workers serve a model, and which of them do a task."""
+
+    model: str
+    task: str
+    #: Live workers serving the model that do the task, newest heartbeat first.
+    doing: list[WorkerState]
+    #: The tasks the model's live workers do (empty: no live worker serves it).
+    tasks: list[str]
+    #: When any worker that ever served the model was last heard of (None: never).
+    last_seen: float | None
+
+    def problem(self, now: float | None = None) -> str | None:
+        """None when a live worker does the task; else one line saying why not."""
+        if self.doing:
+            return None
+        if self.tasks:
+            return (
+                f"no live worker does {self.task} for model {self.model} "
+                f"(its live workers do {', '.join(self.tasks)})"
+            )
+        now = time.time() if now is None else now
+        seen = (
+            "never seen" if self.last_seen is None else f"last seen {ago(now - self.last_seen)} ago"
+        )
+        return f"no live worker serves model {self.model} ({seen})"
+
+
 @dataclass(frozen=True)
 class JobStatus:
-    """What ``docqueue status`` shows: the job, its progress, and the live workers
-    that serve its model."""
+    """What ``docqueue status`` shows: the job, its progress, its pace, and the live
+    workers that serve its model and task."""
 
     job: JobInfo
     progress: Progress
-    #: Live workers serving the job's model, newest heartbeat first.
+    #: Live workers serving the job's model and task, newest heartbeat first.
     workers: list[WorkerState]
     #: When any worker that ever served the model was last heard of (None: never).
     last_seen: float | None
+    #: Why no live worker runs the job (None when one does).
+    problem: str | None = None
+    #: Seconds from the job's creation to now, or to its last result once finished.
+    elapsed: float = 0.0
+    #: Documents computed per second since the first one started (None: none yet).
+    rate: float | None = None
+    #: Seconds until the pending documents are done at that rate (None: unknown or
+    #: finished).
+    eta: float | None = None
+    #: Documents workers computed (done, or failed on a worker); the rest of the
+    #: failed ones were refused at the door.
+    computed: int = 0
 
 
 class Client:
@@ -96,18 +170,43 @@ class Client:
         database_url: str | None = None,
     ) -> None:
         self.settings = settings or Settings()
+        #: None: a SQL-only client (status, results, export); publishing or waiting
+        #: raises :class:`NoRedis`.  Redis is connected on first use.
         self.redis_url = redis_url or self.settings.redis()
-        if not self.redis_url:
-            raise ValueError("no Redis: set DOCQUEUE_REDIS_URL or pass redis_url")
         self.db = make_engine(database_url or self.settings.database())
         migrate(self.db)
-        self.celery = make_celery(self.settings, self.redis_url)
-        self.redis = redis_client(self.redis_url)
+        self._celery: Celery | None = None
+        self._redis: Redis | None = None
+        #: model -> (when read, its workers): submit's check reads SQL once a second.
+        self._workers: dict[str, tuple[float, list[WorkerState]]] = {}
+
+    @property
+    def celery(self) -> Celery:
+        if self._celery is None:
+            from docqueue.broker import make_celery
+
+            self._celery = make_celery(self.settings, self._need_redis())
+        return self._celery
+
+    @property
+    def redis(self) -> Redis:
+        if self._redis is None:
+            from docqueue.broker import redis_client
+
+            self._redis = redis_client(self._need_redis())
+        return self._redis
+
+    def _need_redis(self) -> str:
+        if not self.redis_url:
+            raise NoRedis()
+        return self.redis_url
 
     def close(self) -> None:
         self.db.dispose()
-        self.redis.close()
-        self.celery.close()
+        if self._redis is not None:
+            self._redis.close()
+        if self._celery is not None:
+            self._celery.close()
 
     def __enter__(self) -> Client:
         return self
@@ -129,7 +228,8 @@ class Client:
         """Queue one document on the model's interactive lane; returns at once.
 
         Raises :class:`InvalidParams` or :class:`InvalidDocument` for input that
-        could never run."""
+        could never run, :class:`UnsupportedTask` when the model's live workers all
+        say they cannot do ``task``."""
         params = self._validate(task, model, params)
         checked = check(
             as_record((id, text)), task=task, max_chars=self.settings.max_document_chars
@@ -156,6 +256,8 @@ class Client:
         source: str | None = None,
         chunk_size: int | None = None,
         job_id: str | None = None,
+        name: str | None = None,
+        input_digest: str | None = None,
     ) -> JobHandle:
         """Queue a stream of documents as one job, in chunks, without holding the stream
         in memory.  Pauses while the model's queue is full (back-pressure).
@@ -163,16 +265,47 @@ class Client:
         Documents may be strings, (id, text) pairs, mappings with "text" and "id", or
         :class:`~docqueue.producer.documents.Record`.  Ones that cannot run get error
         rows naming the problem; the rest are queued.  ``job_id`` (32 hex digits) lets
-        the caller name the job before it exists."""
+        the caller name the job before it exists; ``name`` is the caller's name for
+        it (``jobs(name=...)``), ``input_digest`` a digest of the input that
+        :meth:`resume` callers can compare (annotate does).  A job cancelled while
+        its documents are being added stops taking them.  The handle's ``rejected``
+        counts the documents refused at the door.  Raises :class:`UnsupportedTask` when the
+        model's live workers all say they cannot do ``task``."""
         params = self._validate(task, model, params)
-        job_id = job_id or uuid.uuid4().hex
         with self.db.begin() as conn:
+            if job_id is not None and (taken := ledger.id_taken(conn, job_id)):
+                raise InvalidParams(taken)
+            job_id = job_id or uuid.uuid4().hex
             ledger.create_job(
-                conn, job_id, task=task, model=model, params=params, lane="bulk", source=source
+                conn,
+                job_id,
+                task=task,
+                model=model,
+                params=params,
+                lane="bulk",
+                source=source,
+                name=name,
+                input_digest=input_digest,
             )
+        handle = JobHandle(self, job_id)
+        handle.rejected = self._add(job_id, task, model, params, documents, 0, chunk_size)
+        return handle
+
+    def _add(
+        self,
+        job_id: str,
+        task: str,
+        model: str,
+        params: dict[str, Any],
+        documents: Iterable[Any],
+        seq: int,
+        chunk_size: int | None,
+    ) -> int:
+        """Add and publish documents from ``seq`` on, then close the job; returns
+        how many were refused at the door."""
+        rejected = 0
         size = chunk_size or self.settings.chunk_size
         queue = queue_name(task, model, "bulk")
-        seq = 0
         stream = iter(documents)
         while chunk := list(itertools.islice(stream, size)):
             checked = [
@@ -182,26 +315,41 @@ class Client:
             rows = [_item_row(seq + i, c) for i, c in enumerate(checked)]
             with self.db.begin() as conn:
                 ledger.add_items(conn, job_id, rows)
+                cancelled = ledger.cancelled_while_adding(conn, job_id)
             wire = [(seq + i, c.doc) for i, c in enumerate(checked) if c.doc is not None]
+            rejected += len(chunk) - len(wire)
+            seq += len(chunk)
+            if cancelled:
+                break
             if wire:
-                self._wait_for_room(queue)
                 try:
+                    self._wait_for_room(queue)
                     self._publish(job_id, task, model, params, "bulk", wire)
                 except Exception as exc:
-                    raise PublishFailed(job_id, seq + len(chunk), exc) from exc
-            seq += len(chunk)
+                    raise PublishFailed(job_id, seq, exc) from exc
         with self.db.begin() as conn:
             ledger.close_job(conn, job_id, seq)
-        return JobHandle(self, job_id)
+        return rejected
 
-    def resume(self, job_id: str, chunk_size: int | None = None) -> int:
-        """Re-publish every document SQL says is not done (after Redis lost its queue).
+    def resume(
+        self,
+        job_id: str,
+        chunk_size: int | None = None,
+        documents: Iterable[Any] | None = None,
+    ) -> int:
+        """Re-publish every document SQL says is pending (after Redis lost its queue,
+        or its producer stopped); cancelled documents never are.
 
-        Returns how many were published.  Safe to repeat: a document that then runs
-        twice still has one result row."""
+        A job whose producer stopped before all its documents were in (its
+        ``total`` is None) is completed from ``documents``, the same stream again:
+        the ones already stored are skipped, the rest added.  Returns how many
+        were published.  Safe to repeat: a document that then runs twice still has
+        one result row.  Raises :class:`PublishFailed` when Redis refuses (the job
+        stays in SQL: resume again later)."""
         from docqueue.producer.documents import stored_document
 
         job = self.job(job_id).info()
+        self._need_redis()
         size = chunk_size or self.settings.chunk_size
         queue = queue_name(job.task, job.model, job.lane)
         published, last = 0, -1
@@ -209,15 +357,81 @@ class Client:
             with self.db.connect() as conn:
                 items = ledger.pending_items(conn, job_id, last, size)
             if not items:
-                return published
-            self._wait_for_room(queue)
-            documents = [(seq, stored_document(text, chat)) for seq, text, chat in items]
-            self._publish(job_id, job.task, job.model, job.params, job.lane, documents)
+                break
+            batch = [(seq, stored_document(text, chat)) for seq, text, chat in items]
+            try:
+                self._wait_for_room(queue)
+                self._publish(job_id, job.task, job.model, job.params, job.lane, batch)
+            except Exception as exc:
+                saved = job.total or self.job(job_id).progress().enqueued
+                raise PublishFailed(job_id, saved, exc) from exc
             published += len(items)
             last = items[-1][0]
+        if job.total is None and documents is not None and job.cancelled_at is None:
+            handle = JobHandle(self, job_id)
+            stored = handle.progress().enqueued
+            rest = itertools.islice(documents, stored, None)
+            refused = self._add(job_id, job.task, job.model, job.params, rest, stored, chunk_size)
+            published += handle.progress().enqueued - stored - refused
+        return published
 
     def job(self, job_id: str) -> JobHandle:
-        return JobHandle(self, job_id)
+        """The job with this id; raises :class:`UnknownJob` when there is none."""
+        handle = JobHandle(self, job_id)
+        handle.info()
+        return handle
+
+    # --- managing jobs -------------------------------------------------------------
+
+    def jobs(
+        self,
+        state: str | None = None,
+        model: str | None = None,
+        name: str | None = None,
+        limit: int = 50,
+        interactive: bool = False,
+    ) -> list[JobSummary]:
+        """Jobs, newest first, with their progress: ``state`` is running, finished or
+        cancelled (see :data:`~docqueue.db.jobs.JOB_STATES`), ``model`` the model
+        name the job was queued for, ``name`` the job's name.  The one-document jobs
+        of :meth:`submit` (one per call: a web backend makes many) are listed only
+        with ``interactive=True``."""
+        if state is not None and state not in ledger.JOB_STATES:
+            raise ValueError(f"job state {state!r}: use {', '.join(ledger.JOB_STATES)}")
+        if limit < 1:
+            raise ValueError(f"limit {limit}: use 1 or more")
+        lane = None if interactive else "bulk"
+        with self.db.connect() as conn:
+            return ledger.list_jobs(
+                conn, state=state, model=model, name=name, lane=lane, limit=limit
+            )
+
+    def prune(self, older_than_days: float | None = None) -> list[str]:
+        """Delete finished and cancelled jobs created more than ``older_than_days``
+        (default: the ``retention_days`` setting) days ago, texts and results, each
+        leaving a tombstone; forget tombstones older than that (but never younger
+        than the visibility timeout, so a message still out there finds its
+        tombstone).  Running jobs are kept.  Returns the ids deleted."""
+        days = self.settings.retention_days if older_than_days is None else older_than_days
+        if not days > 0:
+            raise ValueError(f"older than {days} days: use a number of days above 0")
+        if days == float("inf"):
+            return []
+        now = time.time()
+        keep = days * 86400.0
+        deleted: list[str] = []
+        while True:
+            with self.db.connect() as conn:
+                ids = ledger.finished_before(conn, now - keep, limit=100)
+            for job_id in ids:
+                with self.db.begin() as conn:
+                    if ledger.delete_job(conn, job_id, now) is not None:
+                        deleted.append(job_id)
+            if len(ids) < 100:
+                break
+        with self.db.begin() as conn:
+            ledger.forget_tombstones(conn, now - max(keep, self.settings.visibility_timeout))
+        return deleted
 
     # --- internals -----------------------------------------------------------------
 
@@ -227,12 +441,32 @@ class Client:
                 f"model name {model!r}: use letters, digits, '.', '_' and '-' (workers map "
                 "names to paths with --model NAME=PATH)"
             )
-        return validate_params(task, params, max_new_tokens_cap=self.settings.max_new_tokens_cap)
+        checked = validate_params(task, params, max_new_tokens_cap=self.settings.max_new_tokens_cap)
+        self._need_redis()
+        coverage = self.coverage(model, task, fresh=False)
+        if not coverage.doing and coverage.tasks:
+            raise UnsupportedTask(cannot_do(model, task, coverage.tasks))
+        return checked
 
     def workers(self, model: str) -> list[WorkerState]:
         """Every worker that ever served ``model``, newest heartbeat first."""
         with self.db.connect() as conn:
             return workers_serving(conn, model)
+
+    def coverage(self, model: str, task: str, *, fresh: bool = True) -> Coverage:
+        """Which live workers serve ``model`` and which of them do ``task``: what
+        :meth:`Coverage.problem` reports when none does (a typo in the model name,
+        a model that cannot do the task, workers that are down).  ``fresh=False``
+        may reuse what was read in the last second (submit's hot path)."""
+        now = time.time()
+        cached = self._workers.get(model)
+        if fresh or cached is None or now - cached[0] > 1.0:
+            cached = self._workers[model] = (now, self.workers(model))
+        every = cached[1]
+        live = [w for w in every if w.alive(now, self.settings.heartbeat_timeout)]
+        doing = [w for w in live if _does(w, model, task)]
+        tasks = sorted({t for w in live for t in w.models[model].get("tasks", [])})
+        return Coverage(model, task, doing, tasks, every[0].last_seen if every else None)
 
     def _publish(
         self,
@@ -280,6 +514,13 @@ class Client:
             delay = min(delay * 2, 0.5)
 
 
+def _does(worker: WorkerState, model: str, task: str) -> bool:
+    """Whether the worker's heartbeat says it does ``task`` with ``model`` (a row
+    that does not list its tasks is taken at its word for any)."""
+    tasks = worker.models[model].get("tasks")
+    return tasks is None or task in tasks
+
+
 def _item_row(seq: int, checked: Checked) -> dict[str, Any]:
     row: dict[str, Any] = {
         "seq": seq,
@@ -303,10 +544,13 @@ class ResultHandle:
         return f"ResultHandle(job_id={self.job_id!r}, seq={self.seq})"
 
     def read(self) -> dict[str, Any] | None:
-        """The exported row (output fields, or ``error``), or None while pending."""
+        """The exported row (output fields, or ``error``), or None while pending;
+        raises :class:`UnknownJob` once its job was deleted."""
         with self.client.db.connect() as conn:
             found = list(ledger.outcomes(conn, self.job_id, seqs=[self.seq]))
-        if not found or found[0].status == "pending":
+        if not found:
+            raise UnknownJob(self.job_id)
+        if found[0].status == "pending":
             return None
         return export_row(found[0])
 
@@ -314,10 +558,13 @@ class ResultHandle:
         return self.read() is not None
 
     def result(self, timeout: float | None = None) -> dict[str, Any]:
-        """Wait for the output; raises TimeoutError, or DocumentFailed with the error."""
+        """Wait for the output; raises TimeoutError, DocumentFailed with the error, or
+        DocumentCancelled."""
         row = self._wait(timeout)
         if row.get("status") == "failed":
             raise DocumentFailed(self.job_id, self.seq, row.get("error") or "unknown error")
+        if row.get("status") == "cancelled":
+            raise DocumentCancelled(self.job_id, self.seq)
         return row
 
     async def wait(self, timeout: float | None = None) -> dict[str, Any]:
@@ -334,7 +581,10 @@ class ResultHandle:
                     return row
                 left = 1.0 if deadline is None else deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError(f"no result for {self.job_id}/{self.seq} in {timeout}s")
+                    raise TimeoutError(
+                        f"no result for {self.job_id}/{self.seq} in {timeout}s"
+                        + JobHandle(self.client, self.job_id).why_waiting()
+                    )
                 pubsub.get_message(timeout=min(left, 1.0))
 
 
@@ -343,6 +593,8 @@ class JobHandle:
 
     def __init__(self, client: Client, job_id: str) -> None:
         self.client, self.id = client, job_id
+        #: Documents refused at the door (error rows written by submit_many).
+        self.rejected = 0
 
     def __repr__(self) -> str:
         return f"JobHandle(id={self.id!r})"
@@ -356,19 +608,73 @@ class JobHandle:
         return job
 
     def progress(self) -> Progress:
+        """Raises :class:`UnknownJob` (a job deleted, or not created yet)."""
         with self.client.db.connect() as conn:
-            return ledger.progress(conn, self.id)
+            current = ledger.progress(conn, self.id)
+        if current is None:
+            raise UnknownJob(self.id)
+        return current
+
+    def cancel(self) -> int:
+        """Cancel the job: its documents not yet computed become ``cancelled`` (never
+        computed, never an error row; :meth:`Client.resume` skips them), finished
+        ones stay, and workers drop its messages.  A finished job is left as it
+        is.  Returns how many documents were cancelled; raises :class:`UnknownJob`."""
+        with self.client.db.begin() as conn:
+            cancelled = ledger.cancel_job(conn, self.id, time.time())
+        if cancelled is None:
+            raise UnknownJob(self.id)
+        return cancelled
+
+    def delete(self) -> int:
+        """Delete the job, its documents and results; workers drop its late messages
+        (a tombstone stays).  Returns how many documents were deleted; raises
+        :class:`UnknownJob`."""
+        with self.client.db.begin() as conn:
+            deleted = ledger.delete_job(conn, self.id, time.time())
+        if deleted is None:
+            raise UnknownJob(self.id)
+        return deleted
 
     def status(self) -> JobStatus:
-        """The job, its progress and the live workers serving its model; raises
-        :class:`UnknownJob`."""
+        """The job, its progress, its pace and the live workers serving its model and
+        task (what ``docqueue status`` prints); raises :class:`UnknownJob`."""
         job = self.info()
-        progress = self.progress()
-        workers = self.client.workers(job.model)
+        with self.client.db.connect() as conn:
+            progress = ledger.progress(conn, self.id)
+            pace = ledger.pace(conn, self.id)
+        if progress is None:  # deleted meanwhile
+            raise UnknownJob(self.id)
         now = time.time()
-        timeout = self.client.settings.heartbeat_timeout
-        alive = [w for w in workers if w.alive(now, timeout)]
-        return JobStatus(job, progress, alive, workers[0].last_seen if workers else None)
+        coverage = self.client.coverage(job.model, job.task)
+        end = (pace.last_finished or job.created_at) if progress.finished else now
+        rate = None
+        if pace.computed and pace.last_finished and pace.first_started is not None:
+            rate = pace.computed / max(pace.last_finished - pace.first_started, 1e-3)
+        eta = None
+        if rate and not progress.finished:
+            eta = max(0, progress.pending) / rate
+        return JobStatus(
+            job,
+            progress,
+            coverage.doing,
+            coverage.last_seen,
+            problem=coverage.problem(now),
+            elapsed=max(0.0, end - job.created_at),
+            rate=rate,
+            eta=eta,
+            computed=pace.computed,
+        )
+
+    def why_waiting(self) -> str:
+        """``"; no live worker serves model X (never seen)"`` when no live worker
+        runs this job, else ``""``: what a timeout adds to its message."""
+        try:
+            job = self.info()
+        except UnknownJob:
+            return f"; no job {self.id}"
+        problem = self.client.coverage(job.model, job.task).problem()
+        return f"; {problem}" if problem else ""
 
     def wait(
         self,
@@ -384,7 +690,10 @@ class JobHandle:
             if current.finished:
                 return current
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"job {self.id} not finished after {timeout}s: {current}")
+                raise TimeoutError(
+                    f"job {self.id} not finished after {timeout}s: {current.done} done, "
+                    f"{current.failed} failed, {current.pending} pending" + self.why_waiting()
+                )
             time.sleep(poll)
 
     def results(self) -> Iterator[dict[str, Any]]:
@@ -392,3 +701,27 @@ class JobHandle:
         with self.client.db.connect() as conn:
             for outcome in ledger.outcomes(conn, self.id):
                 yield export_row(outcome)
+
+    def export(
+        self, out: str | Path, on_row: Callable[[dict[str, Any]], None] | None = None
+    ) -> int:
+        """Write the results to ``out`` (.jsonl, or .csv with the task's columns) and
+        return how many rows.  Checks the job and the file before writing anything;
+        the file is replaced only once complete.  ``on_row`` sees each row as it is
+        written.  Raises :class:`UnknownJob` or
+        :class:`~docqueue.producer.results.OutputError`."""
+        out = Path(out)
+        job = self.info()
+        check_output(out)
+        rows = self.results()
+        if on_row is not None:
+            rows = _watched(rows, on_row)
+        return write_rows(rows, out, csv_columns(job.task, job.params))
+
+
+def _watched(
+    rows: Iterator[dict[str, Any]], on_row: Callable[[dict[str, Any]], None]
+) -> Iterator[dict[str, Any]]:
+    for row in rows:
+        on_row(row)
+        yield row

@@ -2,7 +2,8 @@
 
 A line that cannot be read (malformed JSON, invalid UTF-8, no text field) becomes a
 Record with an ``error`` naming the line, so it gets an error row instead of
-vanishing or stopping the run.
+vanishing or stopping the run.  A file that cannot give a single document (empty,
+or no row has the text field) is refused at once, before anything is queued.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 from docqueue.producer.documents import Record
 
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
+#: JSONL rows read ahead to tell a wrong text field from a few rows without it.
+SCAN_ROWS = 1000
 
 
 class InputError(ValueError):
@@ -31,10 +34,54 @@ def read_documents(
         raise InputError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson", ".json"):
+        _check_jsonl(path, text_field)
         return read_jsonl(path, text_field=text_field, id_field=id_field)
     if suffix in (".csv", ".tsv"):
+        _check_csv(path, text_field, tab=suffix == ".tsv")
         return read_csv(path, text_field=text_field, id_field=id_field, tab=suffix == ".tsv")
     raise InputError(f"{path}: unknown format {suffix!r}; use .jsonl or .csv")
+
+
+def _check_jsonl(path: Path, text_field: str) -> None:
+    """Refuse a file with no rows, or whose first :data:`SCAN_ROWS` objects all lack
+    the text field (naming the fields they do have)."""
+    fields: dict[str, None] = {}
+    rows = 0
+    with path.open("rb") as lines:
+        for raw in lines:
+            if not raw.strip():
+                continue
+            rows += 1
+            try:
+                obj = json.loads(raw)
+            except ValueError:  # malformed or undecodable: that line's own error row
+                obj = None
+            if isinstance(obj, dict):
+                if text_field in obj:
+                    return
+                fields.update(dict.fromkeys(map(str, obj)))
+            if rows >= SCAN_ROWS:
+                break
+    if rows == 0:
+        raise InputError(f"{path}: no documents")
+    if fields:
+        where = f"the first {rows} rows" if rows >= SCAN_ROWS else "any row"
+        raise InputError(
+            f"{path}: no field {text_field!r} in {where} (fields: {', '.join(fields)})"
+        )
+
+
+def _check_csv(path: Path, text_field: str, *, tab: bool) -> None:
+    with path.open("rb") as raw:
+        stream = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+        reader = csv.reader(stream, delimiter="\t" if tab else ",")
+        columns = next(reader, [])
+        if text_field not in columns:
+            raise InputError(
+                f"{path}: no column {text_field!r} (columns: {', '.join(columns) or 'none'})"
+            )
+        if not any(row for row in reader):
+            raise InputError(f"{path}: no documents")
 
 
 def read_jsonl(path: Path, *, text_field: str, id_field: str | None) -> Iterator[Record]:

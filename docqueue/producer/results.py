@@ -1,16 +1,44 @@
-"""Results as callers see them: one flat dict per document, in input order."""
+"""Results as callers see them: one flat dict per document, in input order, and the
+files they are exported to (JSONL, or CSV with columns that come from the task).
+
+An export is written to a temporary file beside the target and renamed over it at
+the end: a failed export leaves the target as it was, never a truncated file.
+"""
 
 from __future__ import annotations
 
 import array
 import csv
 import json
+import os
 import sys
+import tempfile
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from docqueue.db.jobs import Outcome
+
+#: Output formats by file extension.
+FORMATS = {".jsonl": "jsonl", ".csv": "csv"}
+#: Formats people ask for that docqueue does not write yet.
+NOT_YET = {".parquet": "Parquet", ".pq": "Parquet"}
+
+#: CSV columns every export has, before and after the task's own.
+HEAD = ["id", "seq", "status"]
+TAIL = ["error", "truncated", "duplicate_id"]
+#: The output fields of each task (a runner plug-in returns the same fields).
+TASK_FIELDS: dict[str, list[str]] = {
+    "classify": ["label", "score", "scores"],
+    "embed": ["dim", "embedding"],
+    "summarize": ["summary_text"],
+    "generate": ["generated_text"],
+}
+
+
+class OutputError(ValueError):
+    """The results cannot be written there (unknown format, no directory, not writable)."""
 
 
 def export_row(outcome: Outcome) -> dict[str, Any]:
@@ -34,39 +62,86 @@ def export_row(outcome: Outcome) -> dict[str, Any]:
     return row
 
 
-def write_rows(rows: Iterable[dict[str, Any]], out: Path) -> int:
-    """Write rows as JSONL, or as CSV when ``out`` ends in .csv (nested values as
-    JSON).  Returns the number written."""
+def csv_columns(task: str, params: dict[str, Any] | None = None) -> list[str]:
+    """The CSV header of a job's export: from its task (and zero-shot labels), never
+    from whichever row comes first."""
+    fields = list(TASK_FIELDS.get(task, []))
+    if task == "classify" and (params or {}).get("labels"):
+        fields.append("similarities")
+    return HEAD + fields + TAIL
+
+
+def output_format(out: Path) -> str:
+    """``jsonl`` or ``csv``, from the file's extension; raises :class:`OutputError`."""
+    suffix = out.suffix.lower()
+    if suffix in FORMATS:
+        return FORMATS[suffix]
+    if suffix in NOT_YET:
+        raise OutputError(
+            f"{out}: {NOT_YET[suffix]} output is not supported yet; use .jsonl or .csv"
+        )
+    raise OutputError(
+        f"{out}: unknown output format {suffix or '(no extension)'!r}; use .jsonl or .csv"
+    )
+
+
+def check_output(out: Path) -> None:
+    """Raise :class:`OutputError` unless results can be written to ``out``: a known
+    format, an existing directory, and a file can be created there."""
+    output_format(out)
+    if out.is_dir():
+        raise OutputError(f"{out} is a directory; name a .jsonl or .csv file")
+    parent = out.parent
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {out}: no directory {parent}")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise OutputError(f"cannot write {out}: permission denied")
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{out.name}.", suffix=".check"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from None
+
+
+def write_rows(rows: Iterable[dict[str, Any]], out: Path, columns: list[str] | None = None) -> int:
+    """Write rows as JSONL, or as CSV when ``out`` ends in .csv (``columns``, from
+    :func:`csv_columns`; nested values as JSON).  Returns the number written.
+
+    Written to a temporary file beside ``out`` and renamed over it once complete."""
+    fmt = output_format(out)
+    part = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.part")
+    # os.open with 0o666: the file gets the permissions the umask gives a new file.
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            if fmt == "csv":
+                count = _write_csv(rows, handle, columns or HEAD + TAIL)
+            else:
+                count = 0
+                for row in rows:
+                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    count += 1
+        os.replace(part, out)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return count
+
+
+def _write_csv(rows: Iterable[dict[str, Any]], handle: Any, columns: list[str]) -> int:
+    writer = csv.DictWriter(handle, fieldnames=columns)
+    writer.writeheader()
+    known = set(columns)
     count = 0
-    with out.open("w", encoding="utf-8", newline="") as handle:
-        if out.suffix.lower() == ".csv":
-            writer: csv.DictWriter[str] | None = None
-            for row in rows:
-                flat = {
-                    k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in row.items()
-                }
-                if writer is None:
-                    fields = [
-                        "id",
-                        "seq",
-                        "status",
-                        "label",
-                        "score",
-                        "summary_text",
-                        "generated_text",
-                        "error",
-                        "truncated",
-                        "duplicate_id",
-                    ]
-                    extra = [k for k in flat if k not in fields]
-                    writer = csv.DictWriter(
-                        handle, fieldnames=fields + extra, extrasaction="ignore"
-                    )
-                    writer.writeheader()
-                writer.writerow(flat)
-                count += 1
-        else:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-                count += 1
+    for row in rows:
+        unknown = [k for k in row if k not in known]
+        if unknown:
+            raise OutputError(
+                f"document {row.get('seq')} has fields the CSV columns do not include "
+                f"({', '.join(unknown)}); export to .jsonl instead"
+            )
+        writer.writerow(
+            {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in row.items()}
+        )
+        count += 1
     return count

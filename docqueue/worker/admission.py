@@ -4,7 +4,9 @@ A worker checks everything a message says against its own configuration, whoever
 sent it: the model must be one it serves, the task one the model does, the
 parameters within this worker's limits, each document runnable and not too long.
 Anything else becomes an error row naming the problem; a message that cannot even
-be opened is rejected whole.
+be opened is rejected whole.  The job must be one the worker's database holds
+(else the delivery is set aside, to go back to the queue for a worker that has
+it); a cancelled or deleted job's documents are dropped.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from docqueue.protocol import BatchMessage, Document, document_problem, document
 from docqueue.worker.batcher import Shape
 from docqueue.worker.delivery import Delivery, InvalidMessage, ack
 from docqueue.worker.groups import Groups
+from docqueue.worker.ledger import JobStates
 from docqueue.worker.runners import Features, Runner
 from docqueue.worker.work import Envelope, GroupKey, WorkItem, error_row
 
@@ -41,8 +44,10 @@ class Admitted:
     work: list[tuple[GroupKey, Shape, list[WorkItem]]] = field(default_factory=list)
     #: Rows decided without the model.
     rejected: list[tuple[ResultRow, Envelope]] = field(default_factory=list)
-    #: Documents in the deliveries that opened (each becomes work or a rejected row).
+    #: Documents in the deliveries admitted (each becomes work or a rejected row).
     documents: int = 0
+    #: Deliveries whose job this worker's database does not hold, by job.
+    unknown: dict[str, list[Delivery]] = field(default_factory=dict)
 
 
 class Admission:
@@ -52,19 +57,27 @@ class Admission:
         settings: Settings,
         groups: Groups,
         worker_id: str,
+        jobs: JobStates,
     ) -> None:
         self.runners = runners
         self.settings = settings
         self.groups = groups
         self.worker_id = worker_id
+        self.jobs = jobs
 
     def admit(self, deliveries: Sequence[Delivery]) -> Admitted:
         admitted = Admitted()
         pending: dict[GroupKey, list[Pending]] = defaultdict(list)
         group_params: dict[GroupKey, dict[str, Any]] = {}
-        for delivery in deliveries:
-            batch = self._open(delivery)
-            if batch is None:
+        opened = [(d, b) for d in deliveries if (b := self._open(d)) is not None]
+        states = self.jobs.lookup({batch.job for _, batch in opened})
+        for delivery, batch in opened:
+            state = states[batch.job]
+            if state is None:
+                admitted.unknown.setdefault(batch.job, []).append(delivery)
+                continue
+            if state != "active":  # its documents are cancelled, or gone with the job
+                ack([delivery])
                 continue
             envelope = Envelope(delivery, batch.job, len(batch.items), batch.enqueued_at)
             admitted.documents += len(batch.items)

@@ -214,6 +214,25 @@ class Buffer(Generic[K, T]):
         with self._cond:
             self._cond.notify_all()
 
+    def remove(self, unwanted: Callable[[T], bool]) -> list[tuple[K, list[T]]]:
+        """Take every buffered item ``unwanted`` says, by group (e.g. the documents
+        of a job cancelled while they waited)."""
+        removed: list[tuple[K, list[T]]] = []
+        with self._cond:
+            for key in list(self._groups):
+                group = self._groups[key]
+                gone = [item for item in group if unwanted(item)]
+                if not gone:
+                    continue
+                removed.append((key, gone))
+                kept = [item for item in group if not unwanted(item)]
+                self._size -= len(gone)
+                if kept:
+                    self._groups[key] = kept
+                else:
+                    del self._groups[key]
+        return removed
+
     def _view(self, interactive_only: bool = False) -> dict[K, Group]:
         return {
             key: Group(items, self._shapes[key], self._interactive[key])

@@ -77,6 +77,10 @@ class KombuDelivery(Delivery):
         )
         self.message.reject(requeue=False)
 
+    def retry(self) -> None:
+        self.message.reject(requeue=True)  # to the tail of its queue
+        self.wake()  # its prefetch slot is free
+
     @classmethod
     def ack_all(cls, deliveries: Sequence[Delivery]) -> None:
         kombu = [d for d in deliveries if isinstance(d, KombuDelivery)]

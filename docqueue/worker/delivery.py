@@ -46,6 +46,10 @@ class Delivery(ABC):
     def reject(self, reason: str) -> None:
         """Give it up: it cannot be run, and must not come back."""
 
+    @abstractmethod
+    def retry(self) -> None:
+        """Give it back, untouched, for another worker (or this one, later)."""
+
     @classmethod
     @abstractmethod
     def ack_all(cls, deliveries: Sequence[Delivery]) -> None:
@@ -82,6 +86,9 @@ class LocalDelivery(Delivery):
 
     def reject(self, reason: str) -> None:
         log.error("batch of job %s rejected: %s", self.batch.job, reason)
+
+    def retry(self) -> None:
+        raise RuntimeError("a local batch has nowhere to go back to")
 
     @classmethod
     def ack_all(cls, deliveries: Sequence[Delivery]) -> None:

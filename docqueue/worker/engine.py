@@ -20,27 +20,36 @@ from __future__ import annotations
 
 import logging
 import queue
+import random
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from docqueue.config import Settings
+from docqueue.errors import one_line
 from docqueue.protocol import BatchMessage
 from docqueue.worker.admission import Admission
 from docqueue.worker.batcher import Buffer
 from docqueue.worker.compute import BatchRunner
 from docqueue.worker.delivery import Delivery, LocalDelivery
 from docqueue.worker.groups import Groups
+from docqueue.worker.ledger import JobStates, Ledger, OpenLedger
 from docqueue.worker.runners import Runner
 from docqueue.worker.store import ResultStore
-from docqueue.worker.work import Computed, GroupKey, Rejected, WorkItem
+from docqueue.worker.work import Computed, Dropped, GroupKey, Rejected, WorkItem
 from docqueue.worker.writer import LaneQueue, Writer
 
 log = logging.getLogger(__name__)
 
 #: Bulk delivery bytes admitted per intake round (interactive ones always go first).
 INTAKE_ROUND_BYTES = 256 * 1024
+#: A delivery whose job this worker's database lacks goes back to the queue after
+#: this many seconds, doubling per return of the same job up to MAX_RETURN_DELAY.
+FIRST_RETURN_DELAY, MAX_RETURN_DELAY = 0.5, 5.0
+#: Jobs whose returns are remembered (for their delay, and to log each once).
+RETURNS_REMEMBERED = 10_000
 
 
 class Engine:
@@ -52,12 +61,15 @@ class Engine:
         store: ResultStore,
         worker_id: str,
         notify: Callable[[set[str]], Any] | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.settings = settings
         self.buffer: Buffer[GroupKey, WorkItem] = Buffer(settings.max_wait_ms / 1000.0)
         groups = Groups()
         self._stop = threading.Event()
-        self.admission = Admission(runners, settings, groups, worker_id)
+        #: What the ledger says of the jobs this worker has work for.
+        self.jobs = JobStates(ledger or OpenLedger())
+        self.admission = Admission(runners, settings, groups, worker_id, self.jobs)
         self.batches = BatchRunner(runners, groups, self.buffer, settings.max_attempts)
         self.writer = Writer(runners, groups, store, worker_id, self._stop, notify)
         self._bulk: queue.SimpleQueue[Delivery] = queue.SimpleQueue()
@@ -65,7 +77,11 @@ class Engine:
         self._arrived = threading.Event()
         self._written = LaneQueue(maxsize=4)
         self._threads: list[threading.Thread] = []
-        #: Deliveries not yet opened plus documents without a committed row.
+        #: Deliveries of jobs this worker's database lacks, until they go back: (due, delivery).
+        self._parked: list[tuple[float, Delivery]] = []
+        self._returns: OrderedDict[str, int] = OrderedDict()
+        self._draining = False
+        #: Deliveries not yet admitted (or parked) plus documents without a committed row.
         self._in_flight = 0
         self._in_flight_lock = threading.Lock()
 
@@ -95,7 +111,9 @@ class Engine:
         """Flush everything buffered now; wait up to ``grace`` seconds for it to be
         committed and acked.  True when nothing is left in flight."""
         self.buffer.flush_all = True
+        self._draining = True
         self.buffer.wake()
+        self._arrived.set()
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             if self.in_flight == 0:
@@ -143,6 +161,8 @@ class Engine:
         while not self._stop.is_set():
             self._arrived.wait(0.1)
             self._arrived.clear()
+            self._drop_ended(self.jobs.poll())
+            self._return_parked()
             while deliveries := self._next_deliveries():
                 try:
                     self._admit(deliveries)
@@ -201,8 +221,11 @@ class Engine:
 
     def _admit(self, deliveries: list[Delivery]) -> None:
         admitted = self.admission.admit(deliveries)
+        parked = sum(len(held) for held in admitted.unknown.values())
         # Counted before anything is handed on, so in_flight never reads 0 early.
-        self._add_in_flight(admitted.documents - len(deliveries))
+        self._add_in_flight(admitted.documents - len(deliveries) + parked)
+        for job, held in admitted.unknown.items():
+            self._park(job, held)
         for key, shape, items in admitted.work:
             self.buffer.add(key, shape, items, interactive=key[0] == "interactive")
         if admitted.rejected:
@@ -210,9 +233,61 @@ class Engine:
 
     def _compute(self, key: GroupKey, items: list[WorkItem]) -> None:
         urgent = key[0] == "interactive"
+        ended = [i for i in items if self.jobs.ended(i.job)]
+        if ended:  # cancelled or deleted while they waited: not computed
+            self._written.put(Dropped(key, ended), urgent)
+            items = [i for i in items if not self.jobs.ended(i.job)]
+            if not items:
+                return
         try:
             for computed in self.batches.run(key, items):
                 self._written.put(computed, urgent)
         except Exception:  # a bug here must not kill the thread
             log.exception("batch of %d documents failed unexpectedly", len(items))
             self._written.put(Computed(key, items, error="internal error in the worker"), urgent)
+
+    def _drop_ended(self, jobs: set[str]) -> None:
+        """Documents of jobs just cancelled or deleted leave the buffer uncomputed."""
+        if not jobs:
+            return
+        for key, items in self.buffer.remove(lambda item: item.job in jobs):
+            log.info("dropping %d documents of cancelled or deleted jobs", len(items))
+            self._written.put(Dropped(key, items), urgent=True)
+
+    # --- deliveries of jobs this worker's database does not hold -----------------------
+
+    def _park(self, job: str, deliveries: list[Delivery]) -> None:
+        """Hold them for a while, then give them back to the queue: a worker whose
+        database has the job will take them (a worker never acks what it cannot
+        record).  Said once per job, loudly."""
+        returns = self._returns.pop(job, 0)
+        self._returns[job] = returns + 1
+        if len(self._returns) > RETURNS_REMEMBERED:
+            self._returns.popitem(last=False)
+        if returns == 0:
+            log.error(
+                "job %s is not in this worker's database: its messages go back to the queue "
+                "for a worker that has it (do this worker and the producers use the same "
+                "DOCQUEUE_DATABASE_URL?)",
+                job,
+            )
+        # Jittered, so that its return does not always meet this worker's own next poll
+        # first (a worker polls again right after a delivery, in step with its returns).
+        delay = min(MAX_RETURN_DELAY, FIRST_RETURN_DELAY * 2**returns) * random.uniform(0.5, 1.5)
+        due = time.monotonic() + delay
+        self._parked.extend((due, delivery) for delivery in deliveries)
+
+    def _return_parked(self) -> None:
+        if not self._parked:
+            return
+        now = time.monotonic()
+        due = [d for when, d in self._parked if when <= now or self._draining]
+        self._parked = [(when, d) for when, d in self._parked if when > now and not self._draining]
+        if due:
+            log.info("returning %d messages to the queue", len(due))
+        for delivery in due:
+            try:
+                delivery.retry()
+            except Exception as exc:  # the broker is away: it comes back by itself later
+                log.warning("could not return a message to the queue: %s", one_line(exc))
+        self._add_in_flight(-len(due))

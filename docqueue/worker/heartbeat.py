@@ -2,13 +2,17 @@
 much it has done, refreshed every ``heartbeat_interval`` seconds.
 
 ``docqueue status`` and the Client read it to tell whether a live worker serves a
-model.  A database outage only pauses it; the worker keeps serving.
+model.  A database outage only pauses it; the worker keeps serving.  It also logs a
+line at INFO every ``log_interval`` seconds while the worker works: documents per
+second, documents per batch and padded tokens per second.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine as Database
@@ -33,11 +37,13 @@ class Heartbeat(threading.Thread):
         #: What the row says about the worker (id, host, pid, device, models, start).
         self.info = info
         self.stopping = threading.Event()
+        self.throughput = Throughput(settings.log_interval)
 
     def run(self) -> None:
         failing = False
         while True:
             stopping = self.stopping.is_set()
+            self.throughput.report(self.engine)
             try:
                 self.beat(stopping)
                 failing = False
@@ -71,3 +77,48 @@ class Heartbeat(threading.Thread):
         """Write a last beat saying the worker stopped, and end."""
         self.stopping.set()
         self.join(timeout=5)
+
+
+@dataclass
+class _Counters:
+    at: float
+    documents: int
+    batches: int
+    padded_tokens: int
+
+
+class Throughput:
+    """The worker's one line of progress at INFO, every ``interval`` seconds it
+    worked: what it did since the last line."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last: _Counters | None = None
+
+    def report(self, engine: Engine, now: float | None = None) -> str | None:
+        """Log (and return) the line when one is due; None otherwise."""
+        current = _Counters(
+            time.monotonic() if now is None else now,
+            engine.documents_done,
+            engine.batches_run,
+            engine.padded_tokens,
+        )
+        last = self._last
+        if last is None:
+            self._last = current
+            return None
+        seconds = current.at - last.at
+        if seconds < self.interval:
+            return None
+        self._last = current
+        documents = current.documents - last.documents
+        if documents == 0:
+            return None
+        batches = current.batches - last.batches
+        line = (
+            f"{documents:,} documents in {seconds:.0f}s ({documents / seconds:,.0f} docs/s), "
+            f"{batches:,} batches of {documents / max(batches, 1):,.1f} documents on average, "
+            f"{(current.padded_tokens - last.padded_tokens) / seconds:,.0f} padded tokens/s"
+        )
+        log.info("%s", line)
+        return line

