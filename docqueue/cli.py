@@ -35,7 +35,7 @@ from docqueue.tasks import task_list
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from docqueue.db.jobs import JobSummary
+    from docqueue.producer.client import JobSummary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 err = Console(stderr=True, highlight=False)
@@ -290,7 +290,8 @@ def worker(
             "record"
         )
     devices = _gpus(gpus) if gpus else []
-    if not settings.redis():
+    redis_url = settings.redis()
+    if not redis_url:
         raise fail("set DOCQUEUE_REDIS_URL (e.g. redis://localhost:6379/0)")
     # The worker's intake and writer threads share the CPU with torch: idle OpenMP
     # threads must sleep, not spin (set before torch is imported: the device check
@@ -304,7 +305,7 @@ def worker(
     from docqueue.worker.service import run_worker
 
     try:
-        code = run_worker(settings, settings.redis(), loglevel=loglevel)  # type: ignore[arg-type]
+        code = run_worker(settings, redis_url, loglevel=loglevel)
     except ModelUnavailable as exc:
         raise fail(str(exc), ExitCode.SERVICE) from None
     raise typer.Exit(code)
@@ -527,7 +528,7 @@ def jobs(
     """List jobs, newest first, with their progress."""
     from rich.measure import Measurement
 
-    from docqueue.db.jobs import JOB_STATES
+    from docqueue.producer.client import JOB_STATES
 
     if state is not None and state not in JOB_STATES:
         raise fail(f"--state {state!r}: use one of {', '.join(JOB_STATES)}")

@@ -77,7 +77,9 @@ _MARK_FAILED = (
     .where(
         Item.job_id == bindparam("b_job"),
         Item.seq == bindparam("b_seq"),
-        Item.status.not_in((DONE, CANCELLED)),
+        # two plain comparisons: NOT IN's expanding parameter cannot run as an executemany
+        Item.status != DONE,
+        Item.status != CANCELLED,
     )
     .values(
         status=FAILED,

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from docqueue.config import Settings
 from docqueue.db import jobs as ledger
 from docqueue.db import make_engine, migrate
-from docqueue.db.jobs import JobInfo, JobSummary, Progress
+from docqueue.db.jobs import JOB_STATES, JobInfo, JobSummary, Progress
 from docqueue.db.workers import WorkerState, workers_serving
 from docqueue.errors import one_line
 from docqueue.params import InvalidParams, validate_params
@@ -396,8 +396,8 @@ class Client:
         name the job was queued for, ``name`` the job's name.  The one-document jobs
         of :meth:`submit` (one per call: a web backend makes many) are listed only
         with ``interactive=True``."""
-        if state is not None and state not in ledger.JOB_STATES:
-            raise ValueError(f"job state {state!r}: use {', '.join(ledger.JOB_STATES)}")
+        if state is not None and state not in JOB_STATES:
+            raise ValueError(f"job state {state!r}: use {', '.join(JOB_STATES)}")
         if limit < 1:
             raise ValueError(f"limit {limit}: use 1 or more")
         lane = None if interactive else "bulk"

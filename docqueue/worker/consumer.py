@@ -163,6 +163,8 @@ class EngineBridge(bootsteps.StartStopStep):
 
     def register_with_event_loop(self, c: Any, hub: Any) -> None:
         hub.add_reader(self.reader, self._empty_pipe)
+        # Acks wake the event loop through the pipe it watches: this instance's.
+        c.app.docqueue_bridge = self
 
     def wake(self) -> None:
         with contextlib.suppress(BlockingIOError):  # a wake-up already pending is enough
