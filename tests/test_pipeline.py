@@ -124,10 +124,7 @@ def test_single_document_comes_back_fast_during_a_bulk_job(
         f"single document during a 20,000-document bulk job: p50 {p50 * 1000:.0f} ms, "
         f"max {worst * 1000:.0f} ms; {pending} bulk documents still pending after the last"
     )
-    # Was 1.0 s. The engine split of issue 10 made single documents slower under a bulk
-    # job on a 2-core machine (p50 about 200 ms -> 500 ms, max up to 1.4 s); the bound is
-    # raised until that regression is found and fixed (see the open issue 10).
-    assert worst < 2.5
+    assert worst < 1.0
 
 
 def redis_via(proxy: Proxy, url: str) -> str:
