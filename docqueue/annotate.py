@@ -9,7 +9,6 @@ everything again.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -32,7 +31,7 @@ from docqueue.errors import ExitCode, one_line
 from docqueue.launcher import LocalWorkers, device_problem, pick_devices, serve_redis
 from docqueue.producer.client import Client, JobHandle, UnknownJob
 from docqueue.producer.client import Progress as JobProgress
-from docqueue.producer.readers import read_documents
+from docqueue.producer.readers import input_digest, read_documents
 from docqueue.producer.results import OutputError, check_output
 from docqueue.tasks import TASKS_BY_FAMILY, cannot_do
 from docqueue.worker.models import ModelUnavailable, family_of, locate
@@ -121,7 +120,7 @@ def annotate(
                 task=task,
                 model=name,
                 params=params,
-                source=str(path),
+                source=str(path.absolute()),
                 job_id=job_id,
                 name=job_name,
                 input_digest=digest,
@@ -216,25 +215,6 @@ class Board:
 
     def __exit__(self, *exc: object) -> None:
         self.bar.stop()
-
-
-def input_digest(
-    path: Path,
-    task: str,
-    model: str,
-    params: dict[str, Any],
-    text_field: str,
-    id_field: str | None,
-) -> str:
-    """What makes two annotate runs the same input: the file's content, the fields
-    read from it, the task, the model and the parameters."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    options = [task, model, params, text_field, id_field]
-    digest.update(json.dumps(options, sort_keys=True, default=str).encode())
-    return digest.hexdigest()
 
 
 def _earlier_job(client: Client, job_name: str | None, digest: str | None) -> str | None:

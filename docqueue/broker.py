@@ -64,6 +64,9 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         # Consume queues in the order given: interactive lanes first.
         "queue_order_strategy": "priority",
         "batch_pop_limit": max(settings.prefetch_messages, settings.interactive_prefetch),
+        # Entries over this size, or not kombu messages at all, become dead letters.
+        "max_message_bytes": settings.max_message_bytes,
+        "dead_letter_limit": settings.dead_letter_limit,
         "health_check_interval": 10,
         "socket_connect_timeout": 5,
     }

@@ -8,6 +8,7 @@
     docqueue resume JOB
     docqueue jobs [--state running|finished|cancelled] [--model M] [--name N]
     docqueue cancel JOB | docqueue delete JOB | docqueue prune [--older-than DAYS]
+    docqueue dead-letters list | show ID | purge [ID...] [--all] | replay [ID...] [--all]
 
 Errors are reported as one line on stderr and an exit code, never a traceback; the
 exit codes are :class:`docqueue.errors.ExitCode`.
@@ -21,6 +22,8 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -360,8 +363,13 @@ def enqueue(
 ) -> None:
     """Queue a file of documents as one job; prints the job id."""
     from docqueue.params import InvalidParams
-    from docqueue.producer.client import PublishFailed
-    from docqueue.producer.readers import InputError, read_documents
+    from docqueue.producer.client import EnqueueStopped
+    from docqueue.producer.readers import (
+        InputError,
+        input_digest,
+        read_documents,
+        resume_command,
+    )
 
     if not model:
         raise fail("--model NAME is required")
@@ -369,19 +377,24 @@ def enqueue(
     client = client_or_exit(settings)
     job_id = uuid.uuid4().hex
     try:
+        documents = read_documents(path, text_field=text_field, id_field=id_field)
+        params = parse_params(param, labels, label, labels_file)
         job = client.submit_many(
-            read_documents(path, text_field=text_field, id_field=id_field),
+            documents,
             task=task,
             model=model,
-            params=parse_params(param, labels, label, labels_file),
-            source=str(path),
+            params=params,
+            source=str(path.absolute()),
             job_id=job_id,
             name=name,
+            # what `docqueue resume` checks the file against, should this stop part way
+            input_digest=input_digest(path, task, model, params, text_field, id_field),
         )
     except (InvalidParams, InputError) as exc:
         raise fail(str(exc)) from None
-    except PublishFailed as exc:
-        raise fail(str(exc), ExitCode.SERVICE) from None
+    except EnqueueStopped as exc:
+        command = resume_command(exc.job_id, text_field, id_field)
+        raise fail(exc.explain(f"`{command}`"), ExitCode.SERVICE) from None
     total = job.progress().total or 0
     if total and job.rejected >= total:
         first = next(job.results())
@@ -476,17 +489,32 @@ def export(
 
 
 @app.command()
-def resume(job_id: Annotated[str, typer.Argument(help="Job id")]) -> None:
-    """Re-publish the documents SQL says are not done (after Redis lost its queue)."""
-    from docqueue.producer.client import PublishFailed, UnknownJob
+def resume(
+    job_id: Annotated[str, typer.Argument(help="Job id")],
+    text_field: TextFieldOpt = "text",
+    id_field: IdFieldOpt = "id",
+) -> None:
+    """Re-publish the documents SQL says are not done (after Redis lost its queue); a
+    job whose enqueue stopped part way gets the rest of its file, read with the
+    fields enqueue was given."""
+    from docqueue.producer.client import EnqueueStopped, UnknownJob
+    from docqueue.producer.readers import InputError, NoInput, rest_of_input, resume_command
 
     client = client_or_exit(settings_or_exit())
     try:
-        count = client.resume(job_id)
-    except UnknownJob as exc:
+        job = client.job(job_id).info()
+        documents = None
+        if job.total is None and job.cancelled_at is None:
+            try:
+                documents = rest_of_input(job, text_field, id_field)
+            except NoInput as exc:  # the stored documents can still go
+                warn(f"{exc}; re-publishing the ones stored")
+        count = client.resume(job_id, documents=documents)
+    except (UnknownJob, InputError) as exc:
         raise fail(str(exc)) from None
-    except PublishFailed as exc:
-        raise fail(str(exc), ExitCode.SERVICE) from None
+    except EnqueueStopped as exc:
+        command = resume_command(job_id, text_field, id_field)
+        raise fail(exc.explain(f"`{command}`"), ExitCode.SERVICE) from None
     err.print(f"{count} documents re-published")
     print(count)
 
@@ -654,6 +682,143 @@ def prune(
     days = settings.retention_days if older_than is None else older_than
     deleted = client.prune(days)
     print(f"{len(deleted)} finished or cancelled jobs older than {days:g} days deleted")
+
+
+dead_letters_app = typer.Typer(
+    no_args_is_help=True,
+    help="Messages set aside because they could not be run: list, show, purge, replay.",
+)
+app.add_typer(dead_letters_app, name="dead-letters")
+DeadLetterIds = Annotated[list[int] | None, typer.Argument(help="Dead letter ids")]
+AllOpt = Annotated[bool, typer.Option("--all", help="Every dead letter")]
+
+
+def _dead_letter_client() -> Any:
+    """A Client for the dead letters; a Redis that cannot be reached is one line."""
+    return client_or_exit(settings_or_exit())
+
+
+@contextmanager
+def _redis_errors() -> Iterator[None]:
+    from redis.exceptions import RedisError
+
+    try:
+        yield
+    except RedisError as exc:
+        raise fail(f"Redis: {_one_line(exc)}", ExitCode.SERVICE) from None
+
+
+@dead_letters_app.command("list")
+def dead_letters_list(
+    limit: Annotated[int, typer.Option("--limit", help="Show at most this many")] = 100,
+    offset: Annotated[int, typer.Option("--offset", help="Skip this many newest first")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line")] = False,
+) -> None:
+    """List dead letters, newest first: id, queue, reason, size, when."""
+    if limit < 1 or offset < 0:
+        raise fail(f"--limit {limit} --offset {offset}: use a limit of 1 or more, offset 0 or more")
+    client = _dead_letter_client()
+    with _redis_errors():
+        found = client.dead_letters(limit=limit, offset=offset)
+        counts = client.dead_letter_counts()
+    if as_json:
+        for entry in found:
+            print(json.dumps(entry.to_json(), ensure_ascii=False))
+    elif found:
+        from rich.measure import Measurement
+
+        table = _dead_letters_table(found)
+        out = Console(highlight=False)
+        # One line per entry, as `docqueue jobs` prints its table.
+        out.width = max(
+            out.width, Measurement.get(out, out.options.update_width(10_000), table).maximum
+        )
+        out.print(table)
+    summary = f"{counts.held} dead letters held (limit {counts.limit}); {counts.dropped} dropped"
+    err.print(escape(summary), soft_wrap=True)
+
+
+def _dead_letters_table(found: list[Any]) -> Table:
+    """Dead letters as a table; queues and reasons are shown as written, never read
+    as markup."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from docqueue.producer.client import ago
+
+    table = Table(box=None, pad_edge=False)
+    for column in ("ID", "QUEUE", "REASON", "SIZE", "WHEN"):
+        table.add_column(column, justify="right" if column in ("ID", "SIZE") else "left")
+    now = time.time()
+    for entry in found:
+        size = f"{entry.size:,}" + (" (cut)" if entry.truncated else "")
+        table.add_row(
+            str(entry.id),
+            Text(entry.queue),
+            Text(entry.reason),
+            size,
+            f"{ago(now - entry.at)} ago",
+        )
+    return table
+
+
+@dead_letters_app.command("show")
+def dead_letters_show(
+    entry_id: Annotated[int, typer.Argument(help="Dead letter id")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object")] = False,
+) -> None:
+    """Show one dead letter: where it came from, why, when, and the message itself."""
+    client = _dead_letter_client()
+    with _redis_errors():
+        entry = client.dead_letter(entry_id)
+    if entry is None:
+        raise fail(f"no dead letter {entry_id}")
+    if as_json:
+        print(json.dumps(entry.to_json(body=True), ensure_ascii=False))
+        return
+    at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.at))
+    kept = f", only its first {len(entry.body or b''):,} kept" if entry.truncated else ""
+    print(f"id:      {entry.id}")
+    print(f"queue:   {entry.queue}")
+    print(f"reason:  {entry.reason}")
+    print(f"when:    {at}")
+    print(f"size:    {entry.size:,} bytes{kept}")
+    print()
+    print((entry.body or b"").decode("utf-8", errors="replace"))
+
+
+def _chosen(ids: list[int] | None, every: bool, verb: str) -> list[int] | None:
+    """The ids a purge or replay names, or None for --all; both or neither is refused."""
+    if every and ids:
+        raise fail(f"{verb} either some ids or --all, not both")
+    if not every and not ids:
+        raise fail(f"{verb} what? name dead letter ids, or --all")
+    return None if every else list(ids or [])
+
+
+@dead_letters_app.command("purge")
+def dead_letters_purge(ids: DeadLetterIds = None, every: AllOpt = False) -> None:
+    """Delete dead letters for good."""
+    chosen = _chosen(ids, every, "purge")
+    client = _dead_letter_client()
+    with _redis_errors():
+        removed = client.purge_dead_letters(chosen)
+    missing = 0 if chosen is None else len(set(chosen)) - removed
+    print(f"{removed} dead letters purged" + (f" ({missing} not found)" if missing else ""))
+
+
+@dead_letters_app.command("replay")
+def dead_letters_replay(ids: DeadLetterIds = None, every: AllOpt = False) -> None:
+    """Put dead letters back on their queues (after a fix); exit 1 if any could not be."""
+    chosen = _chosen(ids, every, "replay")
+    client = _dead_letter_client()
+    with _redis_errors():
+        replayed, refused = client.replay_dead_letters(chosen)
+    for entry_id, why in refused.items():
+        warn(f"dead letter {entry_id} not replayed: {why}")
+    print(f"{len(replayed)} dead letters replayed")
+    if refused:
+        raise typer.Exit(ExitCode.SOME_FAILED)
 
 
 @app.command()

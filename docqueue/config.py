@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     interactive_prefetch: int = Field(512, ge=1)
     #: Messages carrying more documents than this are refused by workers.
     max_items_per_message: int = Field(4096, ge=1)
+    #: Messages larger than this many bytes are set aside as dead letters unread
+    #: (workers never decode them).  Producers cut their chunks well below it.
+    max_message_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
+    #: Dead letters kept in Redis (``docqueue dead-letters``); beyond it the oldest
+    #: are dropped, and counted.
+    dead_letter_limit: int = Field(10_000, ge=1)
     #: Ceiling on max_new_tokens a job may ask for (summarize, generate).
     max_new_tokens_cap: int = Field(1024, ge=1)
     #: Attempts before a document the model keeps failing on gets an error row.

@@ -9,11 +9,12 @@ a one-item message on the model's interactive lane, which workers drain first.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StringConstraints
 
 from docqueue.tasks import CHAT_TASKS, Task
 
@@ -23,7 +24,12 @@ TASK_NAME = "docqueue.batch"
 Lane = Literal["bulk", "interactive"]
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-ModelName = Annotated[str, StringConstraints(pattern=MODEL_NAME_PATTERN)]
+ModelName = Annotated[str, StringConstraints(strict=True, pattern=MODEL_NAME_PATTERN)]
+#: The largest sequence number: ``dq_items.seq`` is an SQL INTEGER (32 bits signed).
+MAX_SEQ: Final = 2**31 - 1
+#: A sequence number on the wire: a JSON integer in range, never "0", 0.0 or true.
+Seq = Annotated[int, Strict(), Field(ge=0, le=MAX_SEQ)]
+StrictText = Annotated[str, Strict()]
 _MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
 
 
@@ -52,29 +58,40 @@ def done_channel(job_id: str) -> str:
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    role: Annotated[str, StringConstraints(min_length=1, max_length=32)]
-    content: str
+    role: Annotated[str, StringConstraints(strict=True, min_length=1, max_length=32)]
+    content: StrictText
 
 
 #: A document on the wire: plain text, or chat messages for a chat model.
 Document = str | list[ChatMessage]
 
 
+def _exactly_this_version(value: Any) -> Any:
+    # Literal[1] alone takes true and 1.0 for 1
+    if type(value) is not int or value != PROTOCOL_VERSION:
+        raise ValueError(f"protocol version {value!r}; this worker speaks {PROTOCOL_VERSION}")
+    return value
+
+
 class BatchMessage(BaseModel):
-    """One chunk of one job's documents, as carried by a message."""
+    """One chunk of one job's documents, as carried by a message.
+
+    Strict field by field (nothing is coerced: a sequence number "0", 0.0 or true
+    is refused), yet validated from plain decoded JSON: the items' pairs arrive as
+    lists and become tuples, chat messages arrive as objects."""
 
     model_config = ConfigDict(extra="forbid")
 
-    v: Literal[1] = PROTOCOL_VERSION
-    job: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+    v: Annotated[Literal[1], BeforeValidator(_exactly_this_version)] = PROTOCOL_VERSION
+    job: Annotated[str, StringConstraints(strict=True, pattern=r"^[0-9a-f]{32}$")]
     task: Task
     model: ModelName
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: Annotated[dict[str, Any], Strict()] = Field(default_factory=dict)
     lane: Lane = "bulk"
     #: (sequence number, document) pairs; sequence numbers are the job's item keys.
-    items: list[tuple[Annotated[int, Field(ge=0)], Document]]
+    items: Annotated[list[tuple[Seq, StrictText | list[ChatMessage]]], Strict()]
     #: Producer's clock (epoch seconds) when the chunk was published.
-    enqueued_at: float
+    enqueued_at: Annotated[float, Strict(), Field(allow_inf_nan=False)]
 
 
 def document_problem(doc: Document, task: str) -> str | None:
@@ -106,3 +123,50 @@ def document_size(doc: Document) -> int:
 def params_key(params: dict[str, Any]) -> str:
     """Canonical form of validated parameters: items share a batch only when equal."""
     return json.dumps(params, sort_keys=True, separators=(",", ":"))
+
+
+def document_digest(doc: Document) -> str:
+    """SHA-256 (hex) of a document in a canonical form: what ``dq_items.digest``
+    holds, so that a worker can tell whether a message carries the document its
+    job holds without reading the text back.  Text and chat never collide (each
+    form has its own prefix); chat messages are hashed as canonical JSON."""
+    if isinstance(doc, str):
+        data = b"text\0" + doc.encode("utf-8", errors="surrogatepass")
+    else:
+        messages = [{"role": m.role, "content": m.content} for m in doc]
+        data = b"chat\0" + json.dumps(messages, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(data).hexdigest()
+
+
+def task_argument(body: Any) -> Any:
+    """The single argument of a decoded Celery task message for :data:`TASK_NAME`
+    (protocol 2: ``[args, kwargs, embed]``; protocol 1: a dict with ``args`` and
+    ``kwargs``).  Raises ValueError naming what is malformed."""
+    if isinstance(body, list):
+        if len(body) != 3:
+            raise ValueError(f"message body has {len(body)} parts, not [args, kwargs, embed]")
+        args, kwargs, embed = body
+        if not isinstance(embed, dict):
+            raise ValueError(f"message embed is {_json_type(embed)}, not an object")
+    elif isinstance(body, dict):
+        args, kwargs = body.get("args"), body.get("kwargs", {})
+    else:
+        raise ValueError(f"message body is {_json_type(body)}, not a task message")
+    if not isinstance(args, list):
+        raise ValueError(f"message args is {_json_type(args)}, not a list")
+    if len(args) != 1:
+        raise ValueError(f"message args has {len(args)} values; {TASK_NAME} takes one")
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"message kwargs is {_json_type(kwargs)}, not an object")
+    if kwargs:
+        raise ValueError(f"message kwargs {sorted(kwargs)[:3]}: {TASK_NAME} takes none")
+    return args[0]
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return "a number"
+    return names.get(type(value), type(value).__name__)

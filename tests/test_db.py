@@ -292,3 +292,75 @@ def test_a_database_of_the_previous_release_upgrades_with_its_data(engine):
             assert conn.execute(text("SELECT job_id FROM dq_tombstones")).scalars().all() == [job]
     finally:
         migrate(engine)  # the PostgreSQL database is shared with the tests that follow
+
+
+def test_a_row_the_database_refuses_for_any_reason_costs_only_that_row(engine):
+    """Whatever the driver or the database refuses -- a sequence number SQLite cannot
+    even bind (OverflowError from 2**63), one PostgreSQL's INTEGER cannot hold, text
+    no encoding can send (a lone surrogate) -- costs that row alone: the others are
+    committed, a refused result becomes an error row saying why, and a row naming no
+    document is dropped.  Nothing escapes the store to wedge the worker's writer."""
+    from docqueue.worker.store import SqlStore
+
+    job = new_job(engine, n=3)
+    SqlStore(engine).commit(
+        [
+            ok(job, 0, "kept"),
+            ResultRow(job, 2**63, ok=True, output={"label": "no such document"}),
+            ResultRow(job, 2**31, ok=True, output={"label": "no such document"}),
+            err(job, 1, "the model said \ud800"),
+            ok(job, 2, "kept too"),
+        ]
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(Result.seq, Result.ok, Result.output, Result.error).order_by(Result.seq)
+        ).all()
+    assert [(r.seq, r.ok, r.output) for r in rows] == [
+        (0, True, {"label": "kept"}),
+        (1, False, None),
+        (2, True, {"label": "kept too"}),
+    ]
+    assert rows[1].error.startswith("result could not be stored: 'utf-8' codec can't encode")
+    assert item_status(engine, job, 1)[0] == "failed"
+
+
+def test_documents_have_digests_and_older_ones_are_compared_by_their_text(engine):
+    """Revision 0004 adds dq_items.digest.  A ledger of revision 0003 with documents in
+    it upgrades with them (their digest is NULL); the worker's ledger then reads a
+    digest where there is one and the text only where there is none, and either way
+    tells the document the job holds from any other."""
+    from sqlalchemy import text
+
+    from docqueue.protocol import ChatMessage, document_digest
+    from docqueue.worker.ledger import SqlLedger
+
+    _at_revision(engine, "0003")
+    old = "d" * 32
+    with engine.begin() as conn:
+        ledger.create_job(conn, old, task="generate", model="m", params={}, lane="bulk")
+        conn.execute(
+            text(
+                "INSERT INTO dq_items (job_id, seq, text, chat, status, attempts, truncated, "
+                "duplicate_id) VALUES (:job, 0, 'old text', false, 'pending', 0, false, false), "
+                "(:job, 1, :chat, true, 'pending', 0, false, false)"
+            ),
+            {"job": old, "chat": '[{"role": "user", "content": "hi"}]'},
+        )
+    try:
+        migrate(engine)
+        new = new_job(engine, "e" * 32, n=0)
+        with engine.begin() as conn:
+            ledger.add_items(
+                conn, new, [{"seq": 0, "text": "new text", "digest": document_digest("new text")}]
+            )
+        stored = SqlLedger(engine).documents({old: [0, 1, 7], new: [0]})
+        assert stored is not None and set(stored) == {(old, 0), (old, 1), (new, 0)}
+        assert stored[(old, 0)].digest is None and stored[(old, 0)].text == "old text"
+        assert stored[(new, 0)].text is None  # the text is read only where no digest is
+        chat = [ChatMessage(role="user", content="hi")]
+        assert stored[(old, 0)].matches("old text") and not stored[(old, 0)].matches("other")
+        assert stored[(old, 1)].matches(chat) and not stored[(old, 1)].matches("hi")
+        assert stored[(new, 0)].matches("new text") and not stored[(new, 0)].matches("new")
+    finally:
+        migrate(engine)

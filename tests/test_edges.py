@@ -301,6 +301,7 @@ def test_a_task_no_live_worker_of_the_model_does_is_refused(
 # --- status: exit codes, pace, SQL only -------------------------------------------------
 
 
+@pytest.mark.slow
 def test_status_exit_codes_and_pace_need_only_sql(
     tmp_path, settings, start_worker, tiny_classifier
 ):

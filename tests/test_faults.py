@@ -27,6 +27,9 @@ from docqueue.launcher import EmbeddedRedis
 from docqueue.producer.client import Client
 from docqueue.protocol import bulk_queue
 
+# Fault drills: each starts its own services or kills processes and waits for recovery.
+pytestmark = pytest.mark.slow
+
 QUEUE = bulk_queue("classify", "tiny")
 
 

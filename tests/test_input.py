@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from docqueue.params import InvalidParams, validate_params
-from docqueue.producer.documents import Record, as_record, check
+from docqueue.producer.documents import InvalidDocument, Record, as_record, check
 from docqueue.producer.readers import InputError, read_documents
 
 
@@ -116,3 +116,123 @@ def test_producer_side_imports_neither_torch_nor_transformers():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_lone_surrogate_is_one_error_naming_the_line(tmp_path):
+    """JSON may escape half of a surrogate pair ("\\ud800"); no encoder and no database
+    takes the result, so the line is an error row instead of the end of the run."""
+    path = tmp_path / "docs.jsonl"
+    path.write_text(
+        '{"id": "a", "text": "fine"}\n'
+        '{"id": "b", "text": "bad \\ud800 here"}\n'
+        '{"id": "c\\udfff", "text": "fine text, bad id"}\n'
+        '{"id": "d", "text": [{"role": "user", "content": "hi \\udc00"}]}\n'
+        '{"id": "e", "text": "a pair \\ud83d\\ude00 is one character"}\n'
+    )
+    records = list(read_documents(path))
+    assert [r.id for r in records] == ["a", "b", None, "d", "e"]
+    assert [r.error for r in records] == [
+        None,
+        "line 2: 'text' is not valid Unicode (lone surrogate \\ud800 at character 5)",
+        "line 3: id 'c\\udfff' is not valid Unicode (lone surrogate \\udfff at character 2)",
+        "line 4: 'text' is not valid Unicode (message 1: lone surrogate \\udc00 at character 4)",
+        None,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("record", "error"),
+    [
+        (Record("bad \ud800"), "document is not valid Unicode (lone surrogate \\ud800"),
+        (
+            Record([{"role": "user", "content": "\udfff"}]),
+            "document is not valid Unicode (message 1: lone surrogate \\udfff",
+        ),
+        (
+            Record([{"role": "us\x00er", "content": "hi"}]),
+            "a chat message's role contains NUL (\\x00) characters",
+        ),
+        (Record("fine", "id\ud800"), "id 'id\\ud800' is not valid Unicode"),
+        (Record("fine", "nul\x00id"), "id 'nul\\x00id' contains NUL (\\x00) characters"),
+        (Record("fine", "x" * 513), "id 'xxxxxxxx"),
+        (Record(None, "nul\x00id", "line 9: no 'text' field"), "line 9: no 'text' field"),
+    ],
+)
+def test_texts_and_ids_that_no_database_can_store_are_refused(record, error):
+    checked = check(record, task="generate", max_chars=100)
+    assert checked.error is not None and checked.error.startswith(error)
+    assert checked.doc is None
+    # what goes to SQL encodes, on every database: no NUL, no surrogate, id within the column
+    for stored in (checked.error, checked.stored_text, checked.record_id or ""):
+        assert "\x00" not in stored
+        stored.encode("utf-8")
+    assert checked.record_id is None or len(checked.record_id) <= 512
+
+
+def test_an_id_longer_than_the_column_says_how_long():
+    error = check(Record("fine", "x" * 600), task="classify", max_chars=100).error
+    assert error == f"id '{'x' * 40}...' is 600 characters, more than 512"
+    assert check(Record("fine", "x" * 512), task="classify", max_chars=100).error is None
+
+
+def test_csv_fields_as_long_as_a_jsonl_line(tmp_path):
+    """csv's own limit (131,072 characters a field) is not docqueue's: a CSV takes what
+    JSONL takes, and the document is cut at max_document_chars like any other."""
+    long_text = "word " * 60_000
+    path = tmp_path / "docs.csv"
+    path.write_text(f'id,text\na,"{long_text}"\nb,short\n')
+    records = list(read_documents(path))
+    assert records == [Record(long_text, "a"), Record("short", "b")]
+    checked = check(records[0], task="classify", max_chars=100_000)
+    assert checked.truncated and checked.doc == long_text[:100_000]
+
+
+@pytest.mark.parametrize("name", ["docs.csv", "docs.tsv", "docs.jsonl"])
+def test_a_file_with_a_byte_order_mark_reads_like_one_without(tmp_path, name):
+    plain, bom = tmp_path / "plain" / name, tmp_path / "bom" / name
+    if name.endswith(".jsonl"):
+        content = '{"id": "a", "text": "first"}\n{"id": "b", "text": "second"}\n'
+    else:
+        sep = "\t" if name.endswith(".tsv") else ","
+        content = f"id{sep}text\na{sep}first\nb{sep}second\n"
+    for path, encoding in ((plain, "utf-8"), (bom, "utf-8-sig")):
+        path.parent.mkdir()
+        path.write_text(content, encoding=encoding)
+    assert bom.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert list(read_documents(bom)) == list(read_documents(plain))
+    assert list(read_documents(bom)) == [Record("first", "a"), Record("second", "b")]
+
+
+def test_column_names_show_what_cannot_be_seen(tmp_path):
+    path = tmp_path / "docs.csv"
+    path.write_text("id,te\u200bxt ,body\n1,x,y\n", encoding="utf-8-sig")
+    with pytest.raises(InputError) as refused:
+        read_documents(path)
+    assert str(refused.value).endswith("no column 'text' (columns: id, 'te\\u200bxt ', body)")
+
+
+@pytest.mark.parametrize(
+    ("text", "user_id", "problem"),
+    [
+        ("bad \ud800", None, "document is not valid Unicode"),
+        ([{"role": "user", "content": "\udfff"}], None, "document is not valid Unicode"),
+        ("fine", "id\ud800", "is not valid Unicode"),
+        ("fine", "nul\x00id", "contains NUL"),
+        ("fine", "x" * 513, "is 513 characters, more than 512"),
+    ],
+)
+def test_submit_refuses_what_no_database_can_store(client, text, user_id, problem):
+    """The same on SQLite and PostgreSQL: InvalidDocument, nothing written."""
+    with pytest.raises(InvalidDocument, match=problem):
+        client.submit(text, task="generate", model="tiny", id=user_id)
+    assert client.jobs(interactive=True) == []
+
+
+def test_a_job_name_or_source_no_database_can_store(client):
+    """A name is the caller's to fix (refused before anything is written); a file name
+    may be any bytes, and is kept as the database can hold it."""
+    with pytest.raises(InvalidParams, match="job name 'xxx.*' is 201 characters, more than 200"):
+        client.submit_many(["a"], task="classify", model="tiny", name="x" * 201)
+    assert client.jobs() == []
+    job = client.submit_many(["a"], task="classify", model="tiny", source="/data/b\udcffd.jsonl")
+    assert job.info().source == "/data/b\ufffdd.jsonl"

@@ -434,6 +434,7 @@ def _earlier_annotate_job(
     return job_id
 
 
+@pytest.mark.slow
 def test_annotate_with_a_name_resumes_the_same_input(tmp_path, tiny_classifier):
     """An interrupted ``annotate --name`` run (its job half computed, its file only
     partly enqueued) is resumed by the same command: computed rows are kept, the

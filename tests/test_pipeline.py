@@ -88,6 +88,7 @@ def test_two_workers_share_a_job_without_doubling(
     print(f"two workers split {len(docs)} documents {shares}")
 
 
+@pytest.mark.slow
 def test_single_document_comes_back_fast_during_a_bulk_job(
     client, start_worker, tiny_classifier, sample_texts
 ):
@@ -141,6 +142,7 @@ def proxy_for(url: str) -> Proxy:
     return Proxy((parts.hostname or "127.0.0.1", parts.port or 6379))
 
 
+@pytest.mark.slow
 def test_worker_killed_between_commit_and_ack_leaves_one_row(
     client, start_worker, tiny_classifier, sample_texts, settings
 ):

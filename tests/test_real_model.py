@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from conftest import ROOT
 
@@ -14,6 +15,7 @@ from docqueue.worker.runners import Limits, runners_for, tokenized
 TICKETS = ROOT / "examples" / "tickets.jsonl"
 
 
+@pytest.mark.slow
 def test_worker_answers_equal_an_in_process_reference(
     client, start_worker, minilm_classifier, sample_texts
 ):

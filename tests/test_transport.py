@@ -25,6 +25,7 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kombu.message import Message
 from kombu.transport.virtual import Message as RedisMessage
 
+from docqueue import deadletters
 from docqueue.broker import TRANSPORT, kombu_url, make_celery, redis_client, transport_options
 from docqueue.config import Settings
 from docqueue.transport import Channel, ack_messages
@@ -275,20 +276,7 @@ def test_a_poll_never_takes_more_than_the_consumers_free_prefetch(
     assert redis.hlen(UNACKED) == redis.zcard(UNACKED_INDEX) == 3
 
 
-@pytest.mark.parametrize(
-    "prefetch",
-    [
-        100,
-        pytest.param(
-            0,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="transport bug: with no prefetch limit _pop_more takes "
-                "batch_pop_limit on top of the BRPOP'd message: batch_pop_limit + 1 per poll",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("prefetch", [100, 0])  # 0: no prefetch limit
 def test_a_poll_never_takes_more_than_batch_pop_limit(
     connect: Connect, publish: Publish, redis: Any, prefetch: int
 ) -> None:
@@ -417,6 +405,21 @@ def test_a_consumer_that_acked_everything_leaves_no_trace_in_the_unacked_keys(
     assert redis.llen(QUEUE_NAME) == 0
 
 
+def test_acked_messages_are_forgotten_by_the_next_poll_even_when_nothing_arrives(
+    connect: Connect, publish: Publish
+) -> None:
+    # kombu drops acked messages from its bookkeeping only when the next one arrives: an
+    # idle worker held its last batch (a 50 MB message: 120 MiB) until then.
+    publish(range(3))
+    conn = connect()
+    received = consume(conn, prefetch=10)
+    assert poll(conn)
+    qos = received.messages[0].channel.qos
+    ack_messages(received.messages)
+    assert not poll(conn)
+    assert len(qos._delivered) == 0
+
+
 # --- restore -----------------------------------------------------------------------------
 
 
@@ -498,12 +501,6 @@ def test_an_idle_consumer_polling_restores_messages_past_a_short_visibility_time
 # --- failures during delivery ------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="transport bug: the messages the script pops with one whose consumer callback "
-    "raises are recorded as unacked but never delivered, so restore at close misses them "
-    "(they come back only after the visibility timeout)",
-)
 def test_messages_popped_with_one_whose_callback_raises_return_to_the_queue_at_close(
     connect: Connect, publish: Publish, redis: Any
 ) -> None:
@@ -523,12 +520,6 @@ def test_messages_popped_with_one_whose_callback_raises_return_to_the_queue_at_c
     assert no_unacked_keys(redis)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="transport bug: a malformed entry makes the Lua script fail after its RPOP "
-    "(no rollback): the BRPOP'd message and every message popped after the bad one "
-    "are lost, those before it are stranded in the unacked hash",
-)
 def test_a_malformed_entry_in_the_queue_costs_only_itself(
     connect: Connect, publish: Publish, redis: Any
 ) -> None:
@@ -547,3 +538,167 @@ def test_a_malformed_entry_in_the_queue_costs_only_itself(
     conn.release()  # returns whatever was delivered and not acked
 
     assert sorted(received.numbers + listed(redis)) == list(range(10))
+
+
+# --- entries that are not messages: dead letters ------------------------------------------
+
+
+def envelope(i: int, **changes: Any) -> dict[str, Any]:
+    """The kombu envelope of ``{"i": i}`` as docqueue's producer writes it; ``changes``
+    replace top-level fields (None removes one)."""
+    body = base64.b64encode(json.dumps({"i": i}).encode()).decode()
+    message: dict[str, Any] = {
+        "body": body,
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {},
+        "properties": {
+            "body_encoding": "base64",
+            "delivery_info": {"exchange": QUEUE_NAME, "routing_key": QUEUE_NAME},
+            "delivery_mode": 2,
+            "priority": 0,
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+    message.update(changes)
+    return {k: v for k, v in message.items() if v is not None}
+
+
+def raw(message: dict[str, Any]) -> bytes:
+    return json.dumps(message).encode()
+
+
+def without(field: str, i: int = 0) -> bytes:
+    """An envelope whose properties lack ``field``."""
+    message = envelope(i)
+    del message["properties"][field]
+    return raw(message)
+
+
+BAD_ENTRIES = {
+    "not JSON": (b"not json", "not JSON: "),
+    "JSON but not an object": (b"[1, 2, 3]", "not a kombu message: not a JSON object"),
+    "JSON null": (b"null", "not a kombu message: not a JSON object"),
+    "no properties": (raw(envelope(0, properties=None)), "no properties object"),
+    "no delivery_info": (without("delivery_info"), "no properties.delivery_info object"),
+    "no delivery_tag": (without("delivery_tag"), "no properties.delivery_tag string"),
+    "a numeric delivery_tag": (
+        raw(envelope(0, properties={**envelope(0)["properties"], "delivery_tag": 7})),
+        "no properties.delivery_tag string",
+    ),
+    "headers not an object": (raw(envelope(0, headers="x")), "headers is not an object"),
+    # Lua's cjson reads hex numbers, Python's json does not: set aside by Python
+    "JSON only cjson reads": (
+        raw(envelope(0, extra=1)).replace(b'"extra": 1', b'"extra": 0x1'),
+        "not JSON: ",
+    ),
+    # kombu cannot build a message from it (the body is not base64)
+    "a body that is not base64": (raw(envelope(0, body="abc")), "not a kombu message: "),
+}
+
+
+def dead_letters(redis: Any) -> list[deadletters.DeadLetter]:
+    return deadletters.listing(redis, limit=1000)
+
+
+@pytest.mark.parametrize("where", ["first", "among others"])
+@pytest.mark.parametrize("kind", list(BAD_ENTRIES))
+def test_an_entry_that_is_not_a_message_is_set_aside_and_the_good_ones_are_delivered(
+    connect: Connect, publish: Publish, redis: Any, kind: str, where: str
+) -> None:
+    entry, reason = BAD_ENTRIES[kind]
+    if where == "first":  # the entry BRPOP takes, checked in Python
+        redis.lpush(QUEUE_NAME, entry)
+        publish(range(6))
+    else:  # popped by the Lua script
+        publish(range(3))
+        redis.lpush(QUEUE_NAME, entry)
+        publish(range(3, 6))
+    conn = connect()
+    received = consume(conn, prefetch=20)
+
+    poll_until(conn, received, 6)  # raises nothing
+    assert received.numbers == list(range(6))
+    assert redis.llen(QUEUE_NAME) == 0
+    tags = {m.delivery_tag for m in received.messages}
+    assert {t.decode() for t in redis.hkeys(UNACKED)} == tags
+    assert {t.decode() for t in redis.zrange(UNACKED_INDEX, 0, -1)} == tags
+
+    [letter] = dead_letters(redis)
+    assert letter.queue == QUEUE_NAME
+    assert reason in letter.reason
+    assert time.time() - 60 < letter.at <= time.time()
+    kept = deadletters.get(redis, letter.id)
+    assert kept is not None and kept.body == entry and not kept.truncated
+
+
+@pytest.mark.parametrize("where", ["first", "among others"])
+def test_an_oversized_entry_is_set_aside_unread_with_only_its_beginning_kept(
+    connect: Connect, publish: Publish, redis: Any, where: str
+) -> None:
+    limit = 100_000
+    oversized = raw(envelope(99, padding="x" * limit))
+    if where == "first":
+        redis.lpush(QUEUE_NAME, oversized)
+        publish(range(4))
+    else:
+        publish(range(2))
+        redis.lpush(QUEUE_NAME, oversized)
+        publish(range(2, 4))
+    conn = connect(options={"max_message_bytes": limit})
+    received = consume(conn, prefetch=20)
+
+    poll_until(conn, received, 4)
+    assert received.numbers == list(range(4))
+    [letter] = dead_letters(redis)
+    assert letter.reason == f"message of {len(oversized)} bytes, over max_message_bytes ({limit})"
+    assert letter.size == len(oversized) and letter.truncated
+    kept = deadletters.get(redis, letter.id)
+    assert kept is not None and kept.body == oversized[: deadletters.KEPT_OF_OVERSIZED]
+
+
+def test_a_poll_that_takes_only_bad_entries_delivers_nothing_and_raises_nothing(
+    connect: Connect, redis: Any
+) -> None:
+    redis.lpush(QUEUE_NAME, b"one", b"two", b"three")
+    conn = connect()
+    received = consume(conn, prefetch=10)
+
+    assert not poll(conn)
+    assert received.messages == []
+    assert redis.llen(QUEUE_NAME) == 0 and no_unacked_keys(redis)
+    bodies = [deadletters.get(redis, e.id) for e in dead_letters(redis)]
+    assert sorted(b.body for b in bodies if b and b.body) == [b"one", b"three", b"two"]
+
+
+def test_the_dead_letters_are_capped_at_the_limit_dropping_the_oldest(
+    connect: Connect, publish: Publish, redis: Any
+) -> None:
+    for i in range(5):
+        redis.lpush(QUEUE_NAME, f"garbage {i}".encode())
+    publish(range(2))
+    conn = connect(options={"dead_letter_limit": 3})
+    received = consume(conn, prefetch=10)
+
+    poll_until(conn, received, 2)
+    assert deadletters.count(redis) == 3
+    assert deadletters.dropped(redis) == 2
+    bodies = [deadletters.get(redis, e.id) for e in dead_letters(redis)]
+    assert [b.body for b in bodies if b] == [b"garbage 4", b"garbage 3", b"garbage 2"]
+
+
+def test_a_replayed_dead_letter_goes_back_to_its_queue_and_is_delivered(
+    connect: Connect, redis: Any
+) -> None:
+    # set aside the way a worker does with a message it refuses (an older worker, say)
+    entry = deadletters.set_aside(
+        redis, QUEUE_NAME, "refused by an older worker", raw(envelope(7)), limit=10
+    )
+    conn = connect()
+    received = consume(conn, prefetch=10)
+    assert not poll(conn)
+
+    assert deadletters.replay(redis, [entry]) == ([entry], {})
+    poll_until(conn, received, 1)
+    assert received.numbers == [7]
+    assert dead_letters(redis) == []

@@ -10,12 +10,14 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import ROOT, wait_until
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
+from docqueue import deadletters
 from docqueue.broker import redis_client
 from docqueue.db import make_engine
-from docqueue.db.schema import Result
+from docqueue.db.schema import Item, Result
 from docqueue.protocol import BatchMessage, bulk_queue
 
 QUEUE = bulk_queue("classify", "tiny")
@@ -37,6 +39,7 @@ def result_count(database_url: str, job_id: str) -> int:
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_a_worker_on_another_database_returns_the_messages_for_one_that_has_the_job(
     client, settings, start_worker, tiny_classifier, sample_texts, tmp_path
 ):
@@ -114,3 +117,34 @@ def test_a_worker_refuses_to_start_without_the_producers_database(tmp_path):
     assert "set DOCQUEUE_DATABASE_URL to the database the producers use" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "docqueue.db").exists()
+
+
+def test_documents_stored_before_digests_are_checked_by_their_text(
+    client, settings, start_worker, tiny_classifier
+):
+    """Documents written before dq_items had digests (migration 0004) have none: a
+    worker compares a message's document with the stored text instead.  The genuine
+    one is computed; a message carrying other text for the same job is a dead letter
+    and that document stays pending."""
+    texts = ["an order charged twice", "the site is down"]
+    job = client.submit_many(texts, task="classify", model="tiny")
+    broker = redis_client(settings.redis())
+    broker.delete(QUEUE)
+    with client.db.begin() as conn:
+        conn.execute(update(Item).where(Item.job_id == job.id).values(digest=None))
+    for seq, text in ((0, texts[0]), (1, "a forged text")):
+        client.publish(
+            BatchMessage(
+                job=job.id, task="classify", model="tiny", items=[(seq, text)], enqueued_at=0.0
+            )
+        )
+    worker = start_worker({"tiny": tiny_classifier})
+    wait_until(lambda: job.progress().done >= 1, 30, "the genuine document")
+    wait_until(lambda: queue_empty(settings.redis()), 20, "both messages settled")
+    assert [row["status"] for row in job.results()] == ["done", "pending"]
+    (letter,) = deadletters.listing(broker)
+    assert (letter.queue, letter.reason) == (
+        QUEUE,
+        f"job {job.id}, document 1: not the text the job holds",
+    )
+    assert "Traceback" not in worker.log()

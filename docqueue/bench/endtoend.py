@@ -32,7 +32,7 @@ from docqueue.db.workers import WorkerState
 from docqueue.db.workers import worker_state as db_worker_state
 from docqueue.launcher import LocalWorkers, WorkerProcess, serve_redis
 from docqueue.producer.client import Client
-from docqueue.protocol import BatchMessage, Document
+from docqueue.protocol import BatchMessage, Document, document_digest
 
 MODEL = "bench"
 
@@ -170,7 +170,9 @@ def prequeue_singles(
                 ledger.create_job(
                     conn, job, task=task, model=MODEL, params=params, lane="interactive", total=1
                 )
-                ledger.add_items(conn, job, [{"seq": 0, "text": doc}])
+                ledger.add_items(
+                    conn, job, [{"seq": 0, "text": doc, "digest": document_digest(doc)}]
+                )
     started = time.perf_counter()
     for job, doc in zip(jobs, docs, strict=True):
         client.publish(

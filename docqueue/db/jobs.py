@@ -88,8 +88,8 @@ def id_taken(conn: Connection, job_id: str) -> str | None:
 
 
 def add_items(conn: Connection, job_id: str, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert documents: dicts with seq, user_id, text, chat, truncated, and for
-    documents rejected at the door, status=failed and error."""
+    """Insert documents: dicts with seq, user_id, text, chat, truncated, digest, and
+    for documents rejected at the door, status=failed and error."""
     if not rows:
         return
     conn.execute(
@@ -106,6 +106,7 @@ def add_items(conn: Connection, job_id: str, rows: Sequence[dict[str, Any]]) -> 
                 "error": row.get("error"),
                 "truncated": row.get("truncated", False),
                 "duplicate_id": False,
+                "digest": row.get("digest"),
             }
             for row in rows
         ],

@@ -77,6 +77,10 @@ class Item(Base):
     truncated: Mapped[bool] = mapped_column(Boolean, default=False)
     #: Another document of the same job has the same user id.
     duplicate_id: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: :func:`docqueue.protocol.document_digest` of the document, so a worker can
+    #: check that a message carries this document (None: written before digests,
+    #: or refused at the door).
+    digest: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         Index("ix_dq_items_job_status", "job_id", "status"),

@@ -23,19 +23,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kombu.exceptions import KombuError
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+
+from docqueue import deadletters
 from docqueue.config import Settings
 from docqueue.db import jobs as ledger
 from docqueue.db import make_engine, migrate
 from docqueue.db.jobs import JOB_STATES, JobInfo, JobSummary, Progress
 from docqueue.db.workers import WorkerState, workers_serving
+from docqueue.deadletters import DeadLetter
 from docqueue.errors import one_line
 from docqueue.params import InvalidParams, validate_params
-from docqueue.producer.documents import Checked, InvalidDocument, as_record, check
+from docqueue.producer.documents import (
+    Checked,
+    InvalidDocument,
+    as_record,
+    check,
+    name_problem,
+    storable_source,
+)
 from docqueue.producer.results import check_output, csv_columns, export_row, write_rows
 from docqueue.protocol import (
     TASK_NAME,
     BatchMessage,
     Document,
+    document_digest,
+    document_size,
     done_channel,
     is_model_name,
     queue_name,
@@ -74,17 +89,47 @@ class UnknownJob(KeyError):
         return f"no job {self.job_id}"
 
 
-class PublishFailed(RuntimeError):
-    """Redis refused a message after its documents were saved in SQL: the job can be
-    completed with :meth:`Client.resume` (``docqueue resume JOB``) once Redis is back."""
+#: What publishing raises when Redis fails (the broker's errors, and the socket's).
+PUBLISH_ERRORS = (RedisError, KombuError, OSError)
 
-    def __init__(self, job_id: str, saved: int, cause: BaseException) -> None:
-        super().__init__(
-            f"could not publish to Redis ({one_line(cause)}); {saved} documents are saved in "
-            f"SQL as job {job_id}: run `docqueue resume {job_id}` (or Client.resume) once "
-            "Redis is reachable"
+
+class EnqueueStopped(RuntimeError):
+    """A service failed part way through adding or publishing a job's documents:
+    ``saved`` of them are in SQL, ``published`` of those were published by this
+    call.  :meth:`Client.resume` (``docqueue resume JOB``) completes the job once
+    the service is back."""
+
+    #: What failed, as the message names it.
+    failed = "could not reach the service"
+    service = "the service"
+
+    def __init__(self, job_id: str, saved: int, published: int, cause: BaseException) -> None:
+        self.job_id, self.saved, self.published = job_id, saved, published
+        self.cause = one_line(cause)
+        super().__init__(self.explain(f"`docqueue resume {job_id}` (or Client.resume)"))
+
+    def explain(self, command: str) -> str:
+        """The message, naming ``command`` as the way to complete the job."""
+        return (
+            f"{self.failed} ({self.cause}): {self.saved} documents are saved in SQL as job "
+            f"{self.job_id}, {self.published} of them published; run {command} once "
+            f"{self.service} is reachable, to publish the rest and add the documents not "
+            "saved yet"
         )
-        self.job_id, self.saved = job_id, saved
+
+
+class PublishFailed(EnqueueStopped):
+    """Redis refused a message after its documents were saved in SQL."""
+
+    failed = "could not publish to Redis"
+    service = "Redis"
+
+
+class SaveFailed(EnqueueStopped):
+    """The database failed while documents were being added to a job that it holds."""
+
+    failed = "could not save documents in the database"
+    service = "the database"
 
 
 class NoRedis(ValueError):
@@ -134,6 +179,15 @@ class Coverage:
             "never seen" if self.last_seen is None else f"last seen {ago(now - self.last_seen)} ago"
         )
         return f"no live worker serves model {self.model} ({seen})"
+
+
+@dataclass(frozen=True)
+class DeadLetterCounts:
+    """The dead letters held in Redis, their cap, and how many the cap dropped."""
+
+    held: int
+    limit: int
+    dropped: int
 
 
 @dataclass(frozen=True)
@@ -243,7 +297,10 @@ class Client:
             )
             ledger.add_items(conn, job_id, [_item_row(0, checked)])
         assert checked.doc is not None  # checked.error is None
-        self._publish(job_id, task, model, params, "interactive", [(0, checked.doc)])
+        try:
+            self._publish(job_id, task, model, params, "interactive", [(0, checked.doc)])
+        except PUBLISH_ERRORS as exc:
+            raise PublishFailed(job_id, 1, 0, exc) from exc
         return ResultHandle(self, job_id, 0)
 
     def submit_many(
@@ -270,8 +327,12 @@ class Client:
         :meth:`resume` callers can compare (annotate does).  A job cancelled while
         its documents are being added stops taking them.  The handle's ``rejected``
         counts the documents refused at the door.  Raises :class:`UnsupportedTask` when the
-        model's live workers all say they cannot do ``task``."""
+        model's live workers all say they cannot do ``task``; :class:`PublishFailed` or
+        :class:`SaveFailed` when Redis or the database fails part way (saying how many
+        documents are saved: :meth:`resume` completes the job)."""
         params = self._validate(task, model, params)
+        if problem := name_problem(name):
+            raise InvalidParams(problem)
         with self.db.begin() as conn:
             if job_id is not None and (taken := ledger.id_taken(conn, job_id)):
                 raise InvalidParams(taken)
@@ -283,7 +344,7 @@ class Client:
                 model=model,
                 params=params,
                 lane="bulk",
-                source=source,
+                source=storable_source(source),
                 name=name,
                 input_digest=input_digest,
             )
@@ -300,23 +361,21 @@ class Client:
         documents: Iterable[Any],
         seq: int,
         chunk_size: int | None,
+        published: int = 0,
     ) -> int:
         """Add and publish documents from ``seq`` on, then close the job; returns
-        how many were refused at the door."""
+        how many were refused at the door.  Raises :class:`SaveFailed` or
+        :class:`PublishFailed` (saying what is saved, and how many were published
+        counting the ``published`` before) when a service fails."""
         rejected = 0
         size = chunk_size or self.settings.chunk_size
         queue = queue_name(task, model, "bulk")
         stream = iter(documents)
         while chunk := list(itertools.islice(stream, size)):
-            checked = [
-                check(as_record(doc), task=task, max_chars=self.settings.max_document_chars)
-                for doc in chunk
-            ]
-            rows = [_item_row(seq + i, c) for i, c in enumerate(checked)]
-            with self.db.begin() as conn:
-                ledger.add_items(conn, job_id, rows)
-                cancelled = ledger.cancelled_while_adding(conn, job_id)
-            wire = [(seq + i, c.doc) for i, c in enumerate(checked) if c.doc is not None]
+            try:
+                wire, cancelled = self._save(job_id, task, chunk, seq)
+            except SQLAlchemyError as exc:
+                raise SaveFailed(job_id, seq, published, exc) from exc
             rejected += len(chunk) - len(wire)
             seq += len(chunk)
             if cancelled:
@@ -325,11 +384,30 @@ class Client:
                 try:
                     self._wait_for_room(queue)
                     self._publish(job_id, task, model, params, "bulk", wire)
-                except Exception as exc:
-                    raise PublishFailed(job_id, seq, exc) from exc
-        with self.db.begin() as conn:
-            ledger.close_job(conn, job_id, seq)
+                except PUBLISH_ERRORS as exc:
+                    raise PublishFailed(job_id, seq, published, exc) from exc
+                published += len(wire)
+        try:
+            with self.db.begin() as conn:
+                ledger.close_job(conn, job_id, seq)
+        except SQLAlchemyError as exc:
+            raise SaveFailed(job_id, seq, published, exc) from exc
         return rejected
+
+    def _save(
+        self, job_id: str, task: str, chunk: list[Any], seq: int
+    ) -> tuple[list[tuple[int, Document]], bool]:
+        """Check and store one chunk of documents numbered from ``seq``, in one
+        transaction; returns the ones to publish, and whether the job was cancelled."""
+        checked = [
+            check(as_record(doc), task=task, max_chars=self.settings.max_document_chars)
+            for doc in chunk
+        ]
+        rows = [_item_row(seq + i, c) for i, c in enumerate(checked)]
+        with self.db.begin() as conn:
+            ledger.add_items(conn, job_id, rows)
+            cancelled = ledger.cancelled_while_adding(conn, job_id)
+        return [(seq + i, c.doc) for i, c in enumerate(checked) if c.doc is not None], cancelled
 
     def resume(
         self,
@@ -344,7 +422,8 @@ class Client:
         ``total`` is None) is completed from ``documents``, the same stream again:
         the ones already stored are skipped, the rest added.  Returns how many
         were published.  Safe to repeat: a document that then runs twice still has
-        one result row.  Raises :class:`PublishFailed` when Redis refuses (the job
+        one result row.  Raises :class:`PublishFailed` when Redis refuses, or
+        :class:`SaveFailed` when the database fails adding ``documents`` (the job
         stays in SQL: resume again later)."""
         from docqueue.producer.documents import stored_document
 
@@ -362,16 +441,18 @@ class Client:
             try:
                 self._wait_for_room(queue)
                 self._publish(job_id, job.task, job.model, job.params, job.lane, batch)
-            except Exception as exc:
+            except PUBLISH_ERRORS as exc:
                 saved = job.total or self.job(job_id).progress().enqueued
-                raise PublishFailed(job_id, saved, exc) from exc
+                raise PublishFailed(job_id, saved, published, exc) from exc
             published += len(items)
             last = items[-1][0]
         if job.total is None and documents is not None and job.cancelled_at is None:
             handle = JobHandle(self, job_id)
             stored = handle.progress().enqueued
             rest = itertools.islice(documents, stored, None)
-            refused = self._add(job_id, job.task, job.model, job.params, rest, stored, chunk_size)
+            refused = self._add(
+                job_id, job.task, job.model, job.params, rest, stored, chunk_size, published
+            )
             published += handle.progress().enqueued - stored - refused
         return published
 
@@ -433,6 +514,43 @@ class Client:
             ledger.forget_tombstones(conn, now - max(keep, self.settings.visibility_timeout))
         return deleted
 
+    # --- dead letters ----------------------------------------------------------------
+
+    def dead_letters(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+        """Messages set aside because they could not be run (not JSON, not a
+        message, too big, refused by a worker), newest first, without their bodies:
+        the reason, the queue each came from and when.  Needs Redis."""
+        if limit < 1 or offset < 0:
+            raise ValueError(f"limit {limit}, offset {offset}: use a limit of 1 or more")
+        return deadletters.listing(self.redis, limit=limit, offset=offset)
+
+    def dead_letter_counts(self) -> DeadLetterCounts:
+        """How many dead letters are held, the cap, and how many the cap dropped."""
+        return DeadLetterCounts(
+            held=deadletters.count(self.redis),
+            limit=self.settings.dead_letter_limit,
+            dropped=deadletters.dropped(self.redis),
+        )
+
+    def dead_letter(self, entry_id: int) -> DeadLetter | None:
+        """One dead letter with its body (the message as it was on the queue; only
+        its beginning when it was over ``max_message_bytes``), or None."""
+        return deadletters.get(self.redis, entry_id)
+
+    def purge_dead_letters(self, ids: Iterable[int] | None = None) -> int:
+        """Remove these dead letters (every one when ``ids`` is None); returns how
+        many were removed."""
+        return deadletters.purge(self.redis, ids)
+
+    def replay_dead_letters(
+        self, ids: Iterable[int] | None = None
+    ) -> tuple[list[int], dict[int, str]]:
+        """Put dead letters back on the queues they came from (every one when
+        ``ids`` is None), oldest first, after whatever refused them was fixed; a
+        message still bad comes back as a new dead letter.  Returns the ids
+        replayed and, for each other one, why not (unknown, or only partly kept)."""
+        return deadletters.replay(self.redis, ids)
+
     # --- internals -----------------------------------------------------------------
 
     def _validate(self, task: str, model: str, params: dict[str, Any] | None) -> dict[str, Any]:
@@ -477,19 +595,22 @@ class Client:
         lane: str,
         items: list[tuple[int, Document]],
     ) -> None:
-        self.publish(
-            BatchMessage.model_validate(
-                {
-                    "job": job_id,
-                    "task": task,
-                    "model": model,
-                    "params": params,
-                    "lane": lane,
-                    "items": items,
-                    "enqueued_at": time.time(),
-                }
+        # A message stays far below max_message_bytes (a quarter of it at 4 bytes per
+        # character, the worst case of JSON and base64), so workers never refuse one.
+        for part in _parts_of(items, self.settings.max_message_bytes // 16):
+            self.publish(
+                BatchMessage.model_validate(
+                    {
+                        "job": job_id,
+                        "task": task,
+                        "model": model,
+                        "params": params,
+                        "lane": lane,
+                        "items": part,
+                        "enqueued_at": time.time(),
+                    }
+                )
             )
-        )
 
     def publish(self, message: BatchMessage) -> None:
         """Send one message to the queue of its lane, task and model (the documents
@@ -514,6 +635,24 @@ class Client:
             delay = min(delay * 2, 0.5)
 
 
+def _parts_of(
+    items: list[tuple[int, Document]], max_chars: int
+) -> Iterator[list[tuple[int, Document]]]:
+    """``items`` in order, cut into parts of at most ``max_chars`` characters (a
+    document longer than that alone in its part)."""
+    part: list[tuple[int, Document]] = []
+    chars = 0
+    for item in items:
+        size = document_size(item[1])
+        if part and chars + size > max_chars:
+            yield part
+            part, chars = [], 0
+        part.append(item)
+        chars += size
+    if part:
+        yield part
+
+
 def _does(worker: WorkerState, model: str, task: str) -> bool:
     """Whether the worker's heartbeat says it does ``task`` with ``model`` (a row
     that does not list its tasks is taken at its word for any)."""
@@ -528,6 +667,8 @@ def _item_row(seq: int, checked: Checked) -> dict[str, Any]:
         "text": checked.stored_text,
         "chat": checked.chat,
         "truncated": checked.truncated,
+        # what workers compare a message's document with (the document as queued)
+        "digest": None if checked.doc is None else document_digest(checked.doc),
     }
     if checked.error:
         row.update(status="failed", error=checked.error)

@@ -2,19 +2,40 @@
 
 A document that cannot run (empty, whitespace only, unreadable) is still recorded:
 it gets an error row naming the problem, so every input line is accounted for.
+What cannot be stored at all (a lone surrogate, which no UTF-8 encoder takes; NUL,
+which PostgreSQL refuses; an id longer than its column) is refused the same way, on
+every database alike, and never reaches SQL.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy import String
 
+from docqueue.db.schema import Item, Job
 from docqueue.protocol import ChatMessage, Document, document_problem, document_size
 from docqueue.tasks import CHAT_TASKS
+
+
+def _length(column: Any) -> int:
+    """How many characters a String column of the ledger holds."""
+    kind = column.type
+    assert isinstance(kind, String) and kind.length is not None
+    return kind.length
+
+
+#: The longest id the ledger's column holds (PostgreSQL enforces it, SQLite does not).
+MAX_ID_CHARS = _length(Item.__table__.c.user_id)
+#: JSON's "\ud800" decodes to half a surrogate pair, which nothing can encode.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: What SQL cannot hold in any text column.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 class InvalidDocument(ValueError):
@@ -63,8 +84,60 @@ def _str_id(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def lone_surrogate(value: Any) -> str | None:
+    """Where a text, or a chat's messages, hold a lone surrogate, or None."""
+    if isinstance(value, str):
+        return _surrogate_in(value)
+    if isinstance(value, list):
+        for number, message in enumerate(value, start=1):
+            fields = message.values() if isinstance(message, Mapping) else [message]
+            for field in fields:
+                if isinstance(field, str) and (where := _surrogate_in(field)):
+                    return f"message {number}: {where}"
+    return None
+
+
+def _surrogate_in(text: str) -> str | None:
+    found = _SURROGATE.search(text)
+    if found is None:
+        return None
+    return f"lone surrogate \\u{ord(found.group()):04x} at character {found.start() + 1}"
+
+
+def id_problem(user_id: str | None) -> str | None:
+    """Why an id cannot be stored (the same on every database), or None."""
+    return None if user_id is None else _unstorable("id", user_id, MAX_ID_CHARS)
+
+
+def name_problem(name: str | None) -> str | None:
+    """Why a job's name cannot be stored, or None."""
+    return None if name is None else _unstorable("job name", name, _length(Job.name))
+
+
+def storable_source(source: str | None) -> str | None:
+    """A job's source (a file name, which may be any bytes) as its column holds it;
+    one that had to change no longer names the file, and `docqueue resume` says so."""
+    return None if source is None else storable(source)[: _length(Job.source)]
+
+
+def _unstorable(what: str, value: str, limit: int) -> str | None:
+    if where := _surrogate_in(value):
+        problem = f"is not valid Unicode ({where})"
+    elif "\x00" in value:
+        problem = "contains NUL (\\x00) characters"
+    elif len(value) > limit:
+        problem = f"is {len(value)} characters, more than {limit}"
+    else:
+        return None
+    shown = repr(value) if len(value) <= 40 else repr(value[:40] + "...")
+    return f"{what} {shown} {problem}"
+
+
 def check(record: Record, *, task: str, max_chars: int) -> Checked:
     """Decide whether a record can be queued; cut over-long text (flagged truncated)."""
+    bad_id = id_problem(record.id)
+    if bad_id:
+        record = Record(record.text, None, record.error or bad_id)
     if record.error:
         return _rejected(record, record.error)
     text = record.text
@@ -75,6 +148,8 @@ def check(record: Record, *, task: str, max_chars: int) -> Checked:
     problem = document_problem(text, task)
     if problem:
         return _rejected(record, problem)
+    if where := lone_surrogate(text):
+        return _rejected(record, f"document is not valid Unicode ({where})")
     truncated = len(text) > max_chars
     if truncated:
         text = text[:max_chars]
@@ -91,6 +166,10 @@ def _check_chat(record: Record, task: str, max_chars: int) -> Checked:
     problem = document_problem(messages, task)
     if problem:
         return _rejected(record, problem)
+    if where := lone_surrogate([m.model_dump() for m in messages]):
+        return _rejected(record, f"document is not valid Unicode ({where})")
+    if any("\x00" in m.role for m in messages):  # stored with the chat; PostgreSQL refuses
+        return _rejected(record, "a chat message's role contains NUL (\\x00) characters")
     size = document_size(messages)
     if size > max_chars:
         return _rejected(record, f"chat has {size} characters, more than {max_chars}")
@@ -100,7 +179,12 @@ def _check_chat(record: Record, task: str, max_chars: int) -> Checked:
 
 def _rejected(record: Record, error: str) -> Checked:
     stored = record.text if isinstance(record.text, str) else ""
-    return Checked(record.id, None, stored.replace("\x00", ""), False, False, error)
+    return Checked(record.id, None, storable(stored), False, False, storable(error))
+
+
+def storable(text: str) -> str:
+    """``text`` as any database stores it: NUL dropped, lone surrogates replaced."""
+    return _UNSTORABLE.sub(lambda c: "" if c.group() == "\x00" else "\ufffd", text)
 
 
 def stored_document(text: str, chat: bool) -> Document:

@@ -1,29 +1,47 @@
 """Reading documents from JSONL and CSV files, one :class:`Record` at a time.
 
-A line that cannot be read (malformed JSON, invalid UTF-8, no text field) becomes a
-Record with an ``error`` naming the line, so it gets an error row instead of
-vanishing or stopping the run.  A file that cannot give a single document (empty,
-or no row has the text field) is refused at once, before anything is queued.
+A line that cannot be read (malformed JSON, invalid UTF-8, a lone surrogate, no
+text field, an id no database can store) becomes a Record with an ``error`` naming
+the line, so it gets an error row instead of vanishing or stopping the run: every
+JSONL line that is not blank, and every CSV record, gives exactly one Record.  A file
+that cannot give a single document (empty, or no row has the text field) is refused
+at once, before anything is queued.  A UTF-8 byte order mark is read past.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
-import io
+import hashlib
 import json
 import re
-from collections.abc import Iterator
+import shlex
+import sys
+from collections.abc import Generator, Iterable, Iterator
+from contextlib import closing
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from docqueue.producer.documents import Record
+from docqueue.params import validate_params
+from docqueue.producer.documents import Record, id_problem, lone_surrogate
+
+if TYPE_CHECKING:
+    from docqueue.db.jobs import JobInfo
 
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 #: JSONL rows read ahead to tell a wrong text field from a few rows without it.
 SCAN_ROWS = 1000
+#: csv's own limit is 131,072 characters a field; JSONL has none, and CSV takes
+#: what JSONL takes (documents are cut at max_document_chars after reading).
+_CSV_FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)
 
 
 class InputError(ValueError):
     """The file as a whole cannot be read (missing, unknown format, no such column)."""
+
+
+class NoInput(InputError):
+    """A job's input cannot be read again: none is recorded, or its file is gone."""
 
 
 def read_documents(
@@ -42,95 +60,204 @@ def read_documents(
     raise InputError(f"{path}: unknown format {suffix!r}; use .jsonl or .csv")
 
 
+def shown(names: Iterable[str]) -> str:
+    """Field names for a message: as they are, or quoted with escapes where the name
+    holds something a reader cannot see (a byte order mark, a trailing space)."""
+    return ", ".join(
+        name if name and name.isprintable() and name == name.strip() else repr(name)
+        for name in names
+    )
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes) of the lines that are not blank, a leading BOM dropped."""
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            if number == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
+            if raw.strip():
+                yield number, raw
+
+
 def _check_jsonl(path: Path, text_field: str) -> None:
     """Refuse a file with no rows, or whose first :data:`SCAN_ROWS` objects all lack
     the text field (naming the fields they do have)."""
     fields: dict[str, None] = {}
     rows = 0
-    with path.open("rb") as lines:
-        for raw in lines:
-            if not raw.strip():
-                continue
-            rows += 1
-            try:
-                obj = json.loads(raw)
-            except ValueError:  # malformed or undecodable: that line's own error row
-                obj = None
-            if isinstance(obj, dict):
-                if text_field in obj:
-                    return
-                fields.update(dict.fromkeys(map(str, obj)))
-            if rows >= SCAN_ROWS:
-                break
+    for _, raw in _lines(path):
+        rows += 1
+        try:
+            obj = json.loads(raw)
+        except (ValueError, RecursionError):  # that line's own error row
+            obj = None
+        if isinstance(obj, dict):
+            if text_field in obj:
+                return
+            fields.update(dict.fromkeys(map(str, obj)))
+        if rows >= SCAN_ROWS:
+            break
     if rows == 0:
         raise InputError(f"{path}: no documents")
     if fields:
         where = f"the first {rows} rows" if rows >= SCAN_ROWS else "any row"
-        raise InputError(
-            f"{path}: no field {text_field!r} in {where} (fields: {', '.join(fields)})"
-        )
-
-
-def _check_csv(path: Path, text_field: str, *, tab: bool) -> None:
-    with path.open("rb") as raw:
-        stream = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
-        reader = csv.reader(stream, delimiter="\t" if tab else ",")
-        columns = next(reader, [])
-        if text_field not in columns:
-            raise InputError(
-                f"{path}: no column {text_field!r} (columns: {', '.join(columns) or 'none'})"
-            )
-        if not any(row for row in reader):
-            raise InputError(f"{path}: no documents")
+        raise InputError(f"{path}: no field {text_field!r} in {where} (fields: {shown(fields)})")
 
 
 def read_jsonl(path: Path, *, text_field: str, id_field: str | None) -> Iterator[Record]:
-    with path.open("rb") as lines:
-        for number, raw in enumerate(lines, start=1):
-            if not raw.strip():
-                continue
-            where = f"line {number}"
+    for number, raw in _lines(path):
+        yield _jsonl_record(raw, f"line {number}", text_field, id_field)
+
+
+def _jsonl_record(raw: bytes, where: str, text_field: str, id_field: str | None) -> Record:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Record(None, None, f"{where}: invalid UTF-8 at byte {exc.start + 1}")
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return Record(None, None, f"{where}: malformed JSON ({exc.msg} at column {exc.colno})")
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        return Record(None, None, f"{where}: malformed JSON ({exc})")
+    except RecursionError:
+        return Record(None, None, f"{where}: malformed JSON (nested too deeply)")
+    if not isinstance(obj, dict):
+        return Record(None, None, f"{where}: expected a JSON object")
+    value = obj.get(id_field) if id_field else None
+    user_id = None if value is None else str(value)
+    if problem := id_problem(user_id):
+        return Record(None, None, f"{where}: {problem}")
+    if text_field not in obj:
+        return Record(None, user_id, f"{where}: no {text_field!r} field")
+    if surrogate := lone_surrogate(obj[text_field]):
+        return Record(None, user_id, f"{where}: {text_field!r} is not valid Unicode ({surrogate})")
+    return Record(obj[text_field], user_id)
+
+
+#: A CSV record (its fields, or the csv.Error reading it raised) and the number of
+#: the line it ends on.
+CsvRow = tuple[int, list[str] | csv.Error]
+
+
+def _csv_rows(path: Path, tab: bool) -> Generator[CsvRow, None, None]:
+    """The file's records; after a csv.Error the reader goes on with the next one."""
+    csv.field_size_limit(_CSV_FIELD_LIMIT)
+    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as stream:
+        reader = csv.reader(stream, delimiter="\t" if tab else ",")
+        while True:
             try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield Record(None, None, f"{where}: invalid UTF-8 at byte {exc.start + 1}")
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield Record(
-                    None, None, f"{where}: malformed JSON ({exc.msg} at column {exc.colno})"
-                )
-                continue
-            if not isinstance(obj, dict):
-                yield Record(None, None, f"{where}: expected a JSON object")
-                continue
-            user_id = obj.get(id_field) if id_field else None
-            user_id = None if user_id is None else str(user_id)
-            if text_field not in obj:
-                yield Record(None, user_id, f"{where}: no {text_field!r} field")
-                continue
-            yield Record(obj[text_field], user_id)
+                row: list[str] | csv.Error = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                row = exc
+            yield reader.line_num, row
+
+
+def _header(path: Path, rows: Iterator[CsvRow], text_field: str) -> list[str]:
+    _, columns = next(rows, (0, []))
+    if isinstance(columns, csv.Error):
+        raise InputError(f"{path}: cannot read the header ({columns})")
+    if text_field not in columns:
+        raise InputError(f"{path}: no column {text_field!r} (columns: {shown(columns) or 'none'})")
+    return columns
+
+
+def _check_csv(path: Path, text_field: str, *, tab: bool) -> None:
+    with closing(_csv_rows(path, tab)) as rows:
+        _header(path, rows, text_field)
+        if not any(row for _, row in rows):
+            raise InputError(f"{path}: no documents")
 
 
 def read_csv(
     path: Path, *, text_field: str, id_field: str | None, tab: bool = False
 ) -> Iterator[Record]:
-    with path.open("rb") as raw:
-        stream = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
-        reader = csv.DictReader(stream, delimiter="\t" if tab else ",")
-        columns = reader.fieldnames or []
-        if text_field not in columns:
-            raise InputError(
-                f"{path}: no column {text_field!r} (columns: {', '.join(columns) or 'none'})"
-            )
-        for row in reader:
-            where = f"row {reader.line_num}"
-            user_id = row.get(id_field) if id_field else None
-            text = row.get(text_field)
-            if text is None:
-                yield Record(None, user_id, f"{where}: no {text_field!r} value")
-            elif _UNDECODABLE.search(text) or (user_id and _UNDECODABLE.search(user_id)):
-                yield Record(None, None, f"{where}: invalid UTF-8")
-            else:
-                yield Record(text, user_id or None)
+    with closing(_csv_rows(path, tab)) as rows:
+        columns = _header(path, rows, text_field)
+        text_at = columns.index(text_field)
+        id_at = columns.index(id_field) if id_field and id_field in columns else None
+        for number, row in rows:
+            if row == []:  # a blank line, as csv.DictReader skips it
+                continue
+            if isinstance(row, csv.Error):
+                yield Record(None, None, f"row {number}: {row}")
+                continue
+            yield _csv_record(row, f"row {number}", text_field, text_at, id_at)
+
+
+def _csv_record(
+    row: list[str], where: str, text_field: str, text_at: int, id_at: int | None
+) -> Record:
+    user_id = _field(row, id_at) or None
+    text = _field(row, text_at)
+    if text is None:
+        return Record(None, user_id, f"{where}: no {text_field!r} value")
+    if _UNDECODABLE.search(text) or (user_id and _UNDECODABLE.search(user_id)):
+        return Record(None, None, f"{where}: invalid UTF-8")
+    if problem := id_problem(user_id):
+        return Record(None, None, f"{where}: {problem}")
+    return Record(text, user_id)
+
+
+def _field(row: list[str], at: int | None) -> str | None:
+    return row[at] if at is not None and at < len(row) else None
+
+
+def input_digest(
+    path: Path,
+    task: str,
+    model: str,
+    params: dict[str, Any],
+    text_field: str,
+    id_field: str | None,
+) -> str:
+    """What makes two reads the same input: the file's content, the fields read from
+    it, the task, the model and the parameters (validated, with their defaults, as
+    the job records them: `docqueue resume` digests the job's own).  Raises
+    :class:`~docqueue.params.InvalidParams` for parameters that are not valid."""
+    params = validate_params(task, params)
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    options = [task, model, params, text_field, id_field]
+    digest.update(json.dumps(options, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def resume_command(job_id: str, text_field: str, id_field: str | None) -> str:
+    """``docqueue resume JOB``, with the field options that read the job's file."""
+    options = [
+        f"{option} {shlex.quote(value)}"
+        for option, value, default in (
+            ("--text-field", text_field, "text"),
+            ("--id-field", id_field, "id"),
+        )
+        if value is not None and value != default
+    ]
+    return " ".join(["docqueue resume", job_id, *options])
+
+
+def rest_of_input(job: JobInfo, text_field: str, id_field: str | None) -> Iterator[Record]:
+    """The documents of a job whose producer stopped part way, read again from the
+    file it recorded (:meth:`Client.resume` skips those already stored).  Raises
+    :class:`NoInput` when no file is recorded or it is gone, :class:`InputError`
+    when it is not what was read (changed since, or read with other fields)."""
+    stopped = f"job {job.id} stopped before all its documents were added"
+    if not job.source or not job.input_digest:
+        raise NoInput(
+            f"{stopped}, and no input file is recorded for it: add the rest with "
+            f"Client.resume({job.id!r}, documents=...)"
+        )
+    path = Path(job.source)
+    if not path.is_file():
+        raise NoInput(f"{stopped}, and its input {path} is no longer there")
+    if input_digest(path, job.task, job.model, job.params, text_field, id_field) != (
+        job.input_digest
+    ):
+        raise InputError(
+            f"{path} has changed since job {job.id} was enqueued, or was read with other "
+            "fields: pass the --text-field and --id-field that enqueue was given"
+        )
+    return read_documents(path, text_field=text_field, id_field=id_field)

@@ -7,6 +7,13 @@ Anything else becomes an error row naming the problem; a message that cannot eve
 be opened is rejected whole.  The job must be one the worker's database holds
 (else the delivery is set aside, to go back to the queue for a worker that has
 it); a cancelled or deleted job's documents are dropped.
+
+A message must also agree with the ledger (:mod:`.ledger`): its task, model,
+parameters and lane are its job's, and each document is the one the job holds
+under that sequence number.  One that does not is rejected whole (a dead letter)
+and nothing of it is written: its job's genuine documents stay pending.  While
+the database is away nothing can be checked, so deliveries wait in admission
+(unacked, holding the prefetch) until it is back.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from docqueue.config import Settings
 from docqueue.db.results import ResultRow
@@ -26,14 +33,22 @@ from docqueue.protocol import BatchMessage, Document, document_problem, document
 from docqueue.worker.batcher import Shape
 from docqueue.worker.delivery import Delivery, InvalidMessage, ack
 from docqueue.worker.groups import Groups
-from docqueue.worker.ledger import JobStates
+from docqueue.worker.ledger import JobStates, document_disagreement
 from docqueue.worker.runners import Features, Runner
+from docqueue.worker.store import StoreUnavailable
 from docqueue.worker.work import Envelope, GroupKey, WorkItem, error_row
 
 log = logging.getLogger(__name__)
 
 #: (sequence number, document, its envelope)
 Pending = tuple[int, Document, Envelope]
+#: While the database is away, the ledger is asked again after this many seconds,
+#: doubling up to the second.
+FIRST_LEDGER_RETRY, MAX_LEDGER_RETRY = 0.2, 5.0
+#: What becomes of an opened delivery: admitted; parked (its job is not in this
+#: worker's database); dropped (its job was cancelled or deleted); rejected (it
+#: disagrees with the ledger), with the reason.
+Verdict = tuple[Literal["admit", "park", "drop", "reject"], str]
 
 
 @dataclass
@@ -70,15 +85,7 @@ class Admission:
         pending: dict[GroupKey, list[Pending]] = defaultdict(list)
         group_params: dict[GroupKey, dict[str, Any]] = {}
         opened = [(d, b) for d in deliveries if (b := self._open(d)) is not None]
-        states = self.jobs.lookup({batch.job for _, batch in opened})
-        for delivery, batch in opened:
-            state = states[batch.job]
-            if state is None:
-                admitted.unknown.setdefault(batch.job, []).append(delivery)
-                continue
-            if state != "active":  # its documents are cancelled, or gone with the job
-                ack([delivery])
-                continue
+        for delivery, batch in self._agreeing(opened, admitted):
             envelope = Envelope(delivery, batch.job, len(batch.items), batch.enqueued_at)
             admitted.documents += len(batch.items)
             if not batch.items:
@@ -98,6 +105,74 @@ class Admission:
         for key, docs in pending.items():
             self._tokenize(key, group_params[key], docs, admitted)
         return admitted
+
+    def _agreeing(
+        self, opened: list[tuple[Delivery, BatchMessage]], admitted: Admitted
+    ) -> list[tuple[Delivery, BatchMessage]]:
+        """The opened deliveries of active jobs that agree with the ledger.  The
+        others are parked (job unknown here), acked and dropped (job cancelled or
+        deleted) or rejected whole, with the disagreement."""
+        agreeing = []
+        for (delivery, batch), (verdict, reason) in zip(
+            opened, self._until_reachable(opened), strict=True
+        ):
+            if verdict == "park":
+                admitted.unknown.setdefault(batch.job, []).append(delivery)
+            elif verdict == "drop":  # its documents are cancelled, or gone with the job
+                ack([delivery])
+            elif verdict == "reject":
+                delivery.reject(reason)
+            else:
+                agreeing.append((delivery, batch))
+        return agreeing
+
+    def _until_reachable(self, opened: list[tuple[Delivery, BatchMessage]]) -> list[Verdict]:
+        """:meth:`_verdicts`, waiting while the database is away: nothing is admitted
+        unchecked, and the deliveries stay unacked, so the worker takes no more than
+        its prefetch until the database is back."""
+        delay, waited = FIRST_LEDGER_RETRY, False
+        while True:
+            try:
+                verdicts = self._verdicts(opened)
+            except StoreUnavailable as exc:
+                if not waited:
+                    log.warning(
+                        "database unavailable (%s); holding %d messages until it is back",
+                        exc,
+                        len(opened),
+                    )
+                waited = True
+                time.sleep(delay)
+                delay = min(delay * 2, MAX_LEDGER_RETRY)
+                continue
+            if waited:
+                log.warning("database reachable again; admitting %d held messages", len(opened))
+            return verdicts
+
+    def _verdicts(self, opened: list[tuple[Delivery, BatchMessage]]) -> list[Verdict]:
+        """What to do with each opened delivery, from the jobs' records (one query
+        for jobs not known yet) and the stored documents of every delivery that
+        agrees with its job so far (one query for the whole round)."""
+        records = self.jobs.lookup({batch.job for _, batch in opened})
+        verdicts: list[Verdict] = []
+        wanted: dict[str, set[int]] = defaultdict(set)
+        for _, batch in opened:
+            record = records[batch.job]
+            if record is None:
+                verdicts.append(("park", ""))
+            elif record.state != "active":
+                verdicts.append(("drop", ""))
+            elif problem := record.disagreement(batch):
+                verdicts.append(("reject", problem))
+            else:
+                verdicts.append(("admit", ""))
+                wanted[batch.job].update(seq for seq, _ in batch.items)
+        stored = self.jobs.documents(wanted)
+        if stored is not None:
+            for i, (_, batch) in enumerate(opened):
+                if verdicts[i][0] == "admit" and (problem := document_disagreement(batch, stored)):
+                    verdicts[i] = ("reject", problem)
+        return verdicts
 
     def _open(self, delivery: Delivery) -> BatchMessage | None:
         try:

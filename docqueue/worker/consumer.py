@@ -5,6 +5,11 @@ running one task per message, it hands each message, undecoded, to the engine as
 :class:`KombuDelivery`.  The engine's intake thread opens it (decoding JSON only
 and checking the wire schema), and its writer acks it once the rows are committed.
 Celery still owns the connection, prefetch, reconnects, remote control and signals.
+
+Every message the worker refuses -- one the engine cannot open or that disagrees
+with the ledger, and one Celery itself cannot route (not JSON, no task header, an
+unknown task) -- is set aside as a dead letter (:mod:`docqueue.deadletters`) with a
+one-line reason, never dropped and never logged with a traceback.
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ from celery import Celery, Task, bootsteps
 from kombu import Consumer, Exchange, Queue
 from kombu.exceptions import ContentDisallowed, DecodeError
 from kombu.message import Message
+from kombu.utils.json import dumps
 from pydantic import ValidationError
 
+from docqueue import deadletters
+from docqueue.config import Settings
 from docqueue.errors import one_line
-from docqueue.protocol import TASK_NAME, BatchMessage
+from docqueue.protocol import TASK_NAME, BatchMessage, task_argument
 from docqueue.transport import ack_messages
 from docqueue.worker.delivery import Delivery, InvalidMessage
 from docqueue.worker.engine import Engine
@@ -30,52 +38,134 @@ from docqueue.worker.engine import Engine
 log = logging.getLogger(__name__)
 
 
+class DeadLetters:
+    """Sets refused messages aside in the broker's Redis, then removes them from
+    the queue's unacked set.  A message that cannot be set aside (Redis refused
+    the write) goes back to its queue instead: nothing refused is lost."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.limit = settings.dead_letter_limit
+        self.max_bytes = settings.max_message_bytes
+
+    def set_aside(self, message: Message, reason: str) -> None:
+        queue = queue_of(message)
+        try:
+            with message.channel.conn_or_acquire() as redis:
+                entry = deadletters.set_aside(
+                    redis,
+                    queue,
+                    reason,
+                    raw_envelope(message),
+                    limit=self.limit,
+                    max_bytes=self.max_bytes,
+                )
+        except Exception as exc:  # Redis away or refusing: keep the message
+            log.error(
+                "message %s from %s refused (%s) and could not be set aside (%s); "
+                "it goes back to its queue",
+                message_id(message),
+                queue,
+                reason,
+                one_line(exc),
+            )
+            _settle(message, requeue=True)
+            return
+        log.warning(
+            "dead letter %d from queue %s: %s (message %s)",
+            entry,
+            queue,
+            reason,
+            message_id(message),
+        )
+        _settle(message, requeue=False)
+
+
+def queue_of(message: Message) -> str:
+    """The queue a message came from, as kombu routed it."""
+    info = message.delivery_info or {}
+    return str(info.get("routing_key") or info.get("exchange") or "unknown")
+
+
+def message_id(message: Message) -> str:
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    return str(headers.get("id") or message.delivery_tag or "(no id)")
+
+
+def raw_envelope(message: Message) -> bytes | str:
+    """The message as it was on the queue: kombu's whole envelope, re-encoded the
+    way kombu reads it (so ``docqueue dead-letters replay`` can put it back), or
+    its body alone where the transport keeps no envelope."""
+    raw = getattr(message, "_raw", None)
+    if isinstance(raw, dict):
+        try:
+            return str(dumps(raw))
+        except (TypeError, ValueError):
+            pass
+    return message.body or b""
+
+
+def _settle(message: Message, requeue: bool) -> None:
+    try:
+        message.reject(requeue=requeue)
+    except Exception as exc:  # the connection is gone: kombu restores it later
+        log.warning("message %s: %s", message_id(message), one_line(exc))
+
+
 class KombuDelivery(Delivery):
     """A kombu message, opened on the engine's intake thread."""
 
-    def __init__(self, message: Message, interactive: bool, wake: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        message: Message,
+        interactive: bool,
+        wake: Callable[[], None],
+        dead_letters: DeadLetters | None = None,
+    ) -> None:
         self.message = message
         self.interactive = interactive
         #: Wakes the consumer's event loop (acks free prefetch room).
         self.wake = wake
+        #: Where a refused message goes (None: it is dropped with a log line).
+        self.dead_letters = dead_letters
 
     @property
     def size(self) -> int:
         return len(self.message.body or b"")
 
     def open(self, max_items: int) -> BatchMessage:
+        if self.message.content_type != "application/json":
+            raise InvalidMessage(
+                f"content type {self.message.content_type or '(none)'} is not accepted "
+                "(JSON only); nothing was deserialized"
+            )
         try:
-            body = self.message.decode()  # raises for content types other than JSON
-            args: Any = body.get("args") if isinstance(body, dict) else body[0]
-            payload = args[0]
-            items = payload.get("items") if isinstance(payload, dict) else None
-            if isinstance(items, list) and len(items) > max_items:
-                raise InvalidMessage(
-                    f"{len(items)} documents in one message, more than this worker accepts "
-                    f"({max_items})"
-                )
+            body = self.message.decode()
+        except (ContentDisallowed, DecodeError, ValueError, TypeError, RecursionError) as exc:
+            raise InvalidMessage(f"body cannot be decoded: {one_line(exc)}") from None
+        task = _task_name(self.message.headers, body)
+        if task != TASK_NAME:
+            raise InvalidMessage(f"task {task!r} is not {TASK_NAME}")
+        try:
+            payload = task_argument(body)
+        except ValueError as exc:
+            raise InvalidMessage(str(exc)) from None
+        items = payload.get("items") if isinstance(payload, dict) else None
+        if isinstance(items, list) and len(items) > max_items:
+            raise InvalidMessage(
+                f"{len(items)} documents in one message, more than this worker accepts "
+                f"({max_items})"
+            )
+        try:
             return BatchMessage.model_validate(payload)
         except ValidationError as exc:
             raise InvalidMessage(_describe(exc)) from None
-        except (
-            ContentDisallowed,
-            DecodeError,
-            ValueError,
-            TypeError,
-            IndexError,
-            KeyError,
-            AttributeError,
-        ) as exc:
-            raise InvalidMessage(one_line(exc)) from None
 
     def reject(self, reason: str) -> None:
-        log.error(
-            "message %s rejected (content type %s): %s",
-            (self.message.headers or {}).get("id"),
-            self.message.content_type,
-            reason,
-        )
-        self.message.reject(requeue=False)
+        if self.dead_letters is None:
+            log.error("message %s rejected: %s", message_id(self.message), reason)
+            _settle(self.message, requeue=False)
+        else:
+            self.dead_letters.set_aside(self.message, reason)
 
     def retry(self) -> None:
         self.message.reject(requeue=True)  # to the tail of its queue
@@ -90,18 +180,28 @@ class KombuDelivery(Delivery):
 
 
 def _describe(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}" for e in exc.errors()[:5]
+    )
+
+
+def _task_name(headers: Any, body: Any) -> Any:
+    """The task a message names: its header (protocol 2), else its body's (1)."""
+    if isinstance(headers, dict) and "task" in headers:
+        return headers["task"]
+    return body.get("task") if isinstance(body, dict) else None
 
 
 def intake_strategy(task: Task, app: Celery, consumer: Any, **kwargs: Any) -> Any:
     """Celery execution strategy: every bulk message goes to the engine, undecoded."""
     receive = app.docqueue_engine.receive
+    dead_letters = DeadLetters(app.docqueue_settings)
 
     def wake() -> None:
         app.docqueue_bridge.wake()
 
     def on_message(message: Message, *args: Any, **kw: Any) -> None:
-        receive(KombuDelivery(message, False, wake))
+        receive(KombuDelivery(message, False, wake, dead_letters))
 
     return on_message
 
@@ -126,6 +226,9 @@ class EngineBridge(bootsteps.StartStopStep):
       pipe it watches wakes it at once, so freed prefetch is used immediately.
     * On warm shutdown: stop consuming, let the engine finish what it holds, and only
       then let Celery close the channels (which returns anything still unacked).
+    * Messages Celery cannot route to a task (not JSON, no task header, an unknown
+      task) are set aside as dead letters with one line, instead of Celery's
+      tracebacks (one of which, an unknown task without an id, killed the worker).
     """
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
@@ -141,7 +244,14 @@ class EngineBridge(bootsteps.StartStopStep):
         os.set_blocking(self.writer, False)
         self.channel: Any = None
         self.consumer: Consumer | None = None
+        self.dead_letters = DeadLetters(c.app.docqueue_settings)
         c.app.docqueue_bridge = self
+        # Celery looks these up on the consumer when its task handler is built (at
+        # each start, after this step's __init__) or when it calls them.
+        c.on_unknown_message = self._unknown_message
+        c.on_unknown_task = self._unknown_task
+        c.on_invalid_task = self._invalid_task
+        c.on_decode_error = self._undecodable
 
     def start(self, c: Any) -> None:
         lanes = [
@@ -156,7 +266,31 @@ class EngineBridge(bootsteps.StartStopStep):
         log.info("worker ready: consuming %s", ", ".join(self.lanes))
 
     def _receive_interactive(self, message: Message) -> None:
-        self.engine.receive(KombuDelivery(message, True, self.wake))
+        self.engine.receive(KombuDelivery(message, True, self.wake, self.dead_letters))
+
+    # --- what Celery cannot route ----------------------------------------------------
+
+    def _unknown_message(self, body: Any, message: Message) -> None:
+        self.dead_letters.set_aside(message, "no task header: not a Celery task message")
+
+    def _unknown_task(self, body: Any, message: Message, exc: BaseException) -> None:
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        self.dead_letters.set_aside(
+            message, f"task {headers.get('task')!r} is not {TASK_NAME} (unknown task)"
+        )
+
+    def _invalid_task(self, body: Any, message: Message, exc: BaseException) -> None:
+        self.dead_letters.set_aside(message, f"invalid task message: {one_line(exc)}")
+
+    def _undecodable(self, message: Message, exc: BaseException) -> None:
+        if isinstance(exc, ContentDisallowed):
+            reason = (
+                f"content type {message.content_type or '(none)'} is not accepted "
+                "(JSON only); nothing was deserialized"
+            )
+        else:
+            reason = f"body cannot be decoded: {one_line(exc)}"
+        self.dead_letters.set_aside(message, reason)
 
     def stop(self, c: Any) -> None:
         self._cancel(self.consumer)

@@ -5,18 +5,32 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Protocol
 
-from sqlalchemy import Engine, select, tuple_
-from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
+from sqlalchemy import Engine, and_, or_, select
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from docqueue.db.results import ResultRow, record_results
 from docqueue.db.schema import Item
 from docqueue.errors import one_line
+from docqueue.protocol import MAX_SEQ
 
 log = logging.getLogger(__name__)
+
+#: What a driver raises for a value it cannot send, before the database sees it:
+#: OverflowError (an integer SQLite cannot hold), UnicodeEncodeError (a lone
+#: surrogate), TypeError (a type it cannot adapt).
+_DRIVER_REFUSALS = (ValueError, TypeError, ArithmeticError)
 
 
 class StoreUnavailable(RuntimeError):
@@ -28,46 +42,92 @@ class ResultStore(Protocol):
         """Store the rows durably, or raise StoreUnavailable."""
 
 
+def is_outage(exc: BaseException) -> bool:
+    """Whether an error says the database cannot be used now (connection lost or
+    refused, locked, timed out), rather than that it refuses these rows."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, (OperationalError, InterfaceError, DisconnectionError, PoolTimeout))
+
+
+def _unless_refused(exc: Exception) -> None:
+    """Return when ``exc`` is the database (or its driver) refusing the rows;
+    raise :class:`StoreUnavailable` for an outage, and anything else (a bug) as is."""
+    if isinstance(exc, (SQLAlchemyError, *_DRIVER_REFUSALS)) and not is_outage(exc):
+        return
+    if isinstance(exc, SQLAlchemyError):
+        raise StoreUnavailable(one_line(exc)) from exc
+    raise exc
+
+
 class SqlStore:
+    """Commits rows; a row the database refuses, for whatever reason other than an
+    outage, costs only that row: it becomes an error row saying why (or, when it
+    names no document at all, is dropped), and the rest are committed."""
+
     def __init__(self, db: Engine) -> None:
         self.db = db
 
     def commit(self, rows: Sequence[ResultRow]) -> None:
-        rows = list(rows)
+        rows = self._without_impossible_keys(rows)
         for _ in range(3):
             try:
                 with self.db.begin() as conn:
                     record_results(conn, rows)
                 return
-            except (IntegrityError, DataError) as exc:
+            except Exception as exc:
+                _unless_refused(exc)
                 rows = self._salvage(rows, exc)
-            except SQLAlchemyError as exc:
-                raise StoreUnavailable(one_line(exc)) from exc
         log.error("dropping %d results the database keeps refusing", len(rows))
+
+    @staticmethod
+    def _without_impossible_keys(rows: Sequence[ResultRow]) -> list[ResultRow]:
+        """Rows whose sequence number no document can have (``dq_items.seq`` is an
+        SQL INTEGER) name no document: dropped before they reach the driver, which
+        could not even look them up (SQLite raises OverflowError from 2**63)."""
+        kept = [r for r in rows if 0 <= r.seq <= MAX_SEQ]
+        if len(kept) < len(rows):
+            bad = next(r for r in rows if not 0 <= r.seq <= MAX_SEQ)
+            log.error(
+                "dropping %d results for sequence numbers outside 0..%d (e.g. job %s, seq %d)",
+                len(rows) - len(kept),
+                MAX_SEQ,
+                bad.job_id,
+                bad.seq,
+            )
+        return kept
 
     def _salvage(self, rows: list[ResultRow], exc: Exception) -> list[ResultRow]:
         """Rows the database refused as data: drop those naming no known document
         (a forged or stale message), turn unstorable outputs into error rows."""
-        keys = [(r.job_id, r.seq) for r in rows]
-        try:
-            with self.db.connect() as conn:
-                known = set(
-                    conn.execute(
-                        select(Item.job_id, Item.seq).where(tuple_(Item.job_id, Item.seq).in_(keys))
-                    ).all()
+        known = self._known(rows)
+        if known is not None:
+            strays = [r for r in rows if (r.job_id, r.seq) not in known]
+            if strays:
+                log.error(
+                    "dropping %d results for documents not in the database (e.g. job %s)",
+                    len(strays),
+                    strays[0].job_id,
                 )
-        except SQLAlchemyError as lookup:
-            raise StoreUnavailable(one_line(lookup)) from lookup
-        kept = [r for r in rows if (r.job_id, r.seq) in known]
-        if len(kept) < len(rows):
-            log.error(
-                "dropping %d results for documents not in the database (e.g. job %s)",
-                len(rows) - len(kept),
-                next(r.job_id for r in rows if (r.job_id, r.seq) not in known),
-            )
-            return kept
+                return [r for r in rows if (r.job_id, r.seq) in known]
         log.error("database refused results (%s); finding the rows it refuses", one_line(exc))
         return self._one_by_one(rows)
+
+    def _known(self, rows: list[ResultRow]) -> set[tuple[str, int]] | None:
+        """Which rows name a document the database holds (None: it would not say)."""
+        by_job: dict[str, set[int]] = defaultdict(set)
+        for row in rows:
+            by_job[row.job_id].add(row.seq)
+        wanted = or_(
+            *(and_(Item.job_id == job, Item.seq.in_(seqs)) for job, seqs in by_job.items())
+        )
+        try:
+            with self.db.connect() as conn:
+                found = conn.execute(select(Item.job_id, Item.seq).where(wanted)).all()
+            return {(job, seq) for job, seq in found}
+        except Exception as lookup:
+            _unless_refused(lookup)
+            return None
 
     def _one_by_one(self, rows: list[ResultRow]) -> list[ResultRow]:
         """Commit rows singly; return the refused ones as error rows (still to commit)."""
@@ -76,7 +136,8 @@ class SqlStore:
             try:
                 with self.db.begin() as conn:
                     record_results(conn, [row])
-            except (IntegrityError, DataError) as exc:
+            except Exception as exc:
+                _unless_refused(exc)
                 refused.append(
                     replace(
                         row,
@@ -87,8 +148,6 @@ class SqlStore:
                         attempts=1,
                     )
                 )
-            except SQLAlchemyError as exc:
-                raise StoreUnavailable(one_line(exc)) from exc
         return refused
 
 
