@@ -60,7 +60,10 @@ def create_job(
     total: int | None = None,
     name: str | None = None,
     input_digest: str | None = None,
+    idempotency_key: str | None = None,
 ) -> None:
+    """Insert the job's row; raises IntegrityError when ``idempotency_key`` already
+    names a job (one made by a concurrent request with that key)."""
     conn.execute(
         insert(Job).values(
             id=job_id,
@@ -73,6 +76,7 @@ def create_job(
             created_at=time.time(),
             name=name,
             input_digest=input_digest,
+            idempotency_key=idempotency_key,
         )
     )
 
@@ -156,10 +160,18 @@ class JobInfo:
     name: str | None = None
     input_digest: str | None = None
     cancelled_at: float | None = None
+    idempotency_key: str | None = None
 
 
 def get_job(conn: Connection, job_id: str) -> JobInfo | None:
     row = conn.execute(select(Job.__table__).where(Job.id == job_id)).mappings().first()
+    return JobInfo(**row) if row else None
+
+
+def job_with_key(conn: Connection, idempotency_key: str) -> JobInfo | None:
+    """The job a request with this idempotency key created, or None."""
+    query = select(Job.__table__).where(Job.idempotency_key == idempotency_key)
+    row = conn.execute(query).mappings().first()
     return JobInfo(**row) if row else None
 
 
@@ -347,10 +359,15 @@ class Outcome:
 
 
 def outcomes(
-    conn: Connection, job_id: str, seqs: Sequence[int] | None = None, batch: int = 2000
+    conn: Connection,
+    job_id: str,
+    seqs: Sequence[int] | None = None,
+    batch: int = 2000,
+    after: int = -1,
 ) -> Iterator[Outcome]:
-    """Each item with its result (if any), in sequence order, read in pages."""
-    last = -1
+    """Each item with its result (if any), in sequence order from the first after
+    ``after``, read in pages of ``batch``."""
+    last = after
     while True:
         query = (
             select(
