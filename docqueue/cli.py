@@ -8,6 +8,7 @@
     docqueue resume JOB
     docqueue jobs [--state running|finished|cancelled] [--model M] [--name N]
     docqueue cancel JOB | docqueue delete JOB | docqueue prune [--older-than DAYS]
+    docqueue serve [--host 127.0.0.1] [--port 8000]                   # the HTTP API
 
 Errors are reported as one line on stderr and an exit code, never a traceback; the
 exit codes are :class:`docqueue.errors.ExitCode`.
@@ -654,6 +655,54 @@ def prune(
     days = settings.retention_days if older_than is None else older_than
     deleted = client.prune(days)
     print(f"{len(deleted)} finished or cancelled jobs older than {days:g} days deleted")
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            help="Address to listen on; anything but loopback needs DOCQUEUE_API_TOKENS",
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="critical, error, warning, info or debug")
+    ] = "info",
+) -> None:
+    """Serve the HTTP API (needs DOCQUEUE_REDIS_URL and DOCQUEUE_DATABASE_URL)."""
+    try:
+        from docqueue.api.auth import bind_problem
+        from docqueue.api.server import LOG_LEVELS
+        from docqueue.api.server import serve as run_server
+    except ImportError as exc:
+        raise fail(
+            f'docqueue serve needs the api extra ({_one_line(exc)}): pip install "docqueue[api]"'
+        ) from None
+    if log_level.lower() not in LOG_LEVELS:
+        raise fail(f"--log-level {log_level!r}: use one of {', '.join(LOG_LEVELS)}")
+    settings = settings_or_exit()
+    if problem := bind_problem(host, settings):
+        raise fail(problem)
+    if "database_url" not in settings.model_fields_set:
+        raise fail(
+            "set DOCQUEUE_DATABASE_URL to the database the workers use: the API records "
+            "jobs there, and workers on another database could not run them"
+        )
+    client = client_or_exit(settings)
+    from redis.exceptions import RedisError
+
+    try:
+        client.redis.ping()
+    except (RedisError, OSError) as exc:
+        raise fail(f"cannot reach Redis: {_one_line(exc)}", ExitCode.SERVICE) from None
+    try:
+        listening = run_server(settings, client, host, port, log_level.lower())
+    finally:
+        client.close()
+    if not listening:
+        raise fail(f"could not listen on {host}:{port} (see the line above)", ExitCode.SERVICE)
 
 
 @app.command()
