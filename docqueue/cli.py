@@ -668,7 +668,7 @@ def serve(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
     log_level: Annotated[
-        str, typer.Option("--log-level", help="critical, error, warning, info or debug")
+        str, typer.Option("--log-level", help="critical, error, warning, info, debug or trace")
     ] = "info",
 ) -> None:
     """Serve the HTTP API (needs DOCQUEUE_REDIS_URL and DOCQUEUE_DATABASE_URL)."""

@@ -274,6 +274,12 @@ def test_one_document_submitted_and_waited_for(serve, start_worker, tiny_classif
 
     refused = http.post("/api/documents", json={**body, "text": "   "})
     assert error_of(refused, 422)["message"] == "document is whitespace only"
+    cannot = error_of(http.post("/api/documents", json={**body, "task": "summarize"}), 422)
+    assert cannot == {
+        "message": "model tiny cannot summarize; it can do: classify",
+        "type": "invalid_request",
+        "param": "task",
+    }
     too_long = http.post("/api/documents", params={"wait": 3600}, json=body)
     assert error_of(too_long, 422)["param"] == "wait"
     assert job_ids(http) == [document["job_id"]]
@@ -292,6 +298,9 @@ def test_cancel_and_delete(serve, settings):
     job = created.json()
     assert job["state"] == "running" and job["workers"] == 0
     assert job["warning"].startswith(f"no live worker serves model {GONE} (last seen ")
+
+    not_one = http.get(f"/api/documents/{job['id']}")
+    assert "is a job of many documents" in error_of(not_one, 404)["message"]
 
     cancelled = http.post(f"/api/jobs/{job['id']}/cancel")
     assert cancelled.json() == {"id": job["id"], "cancelled": 3, "state": "cancelled"}

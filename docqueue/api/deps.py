@@ -14,7 +14,7 @@ from docqueue.config import Settings
 from docqueue.producer.client import Client, JobHandle, UnknownJob
 
 
-def get_client(request: Request) -> Client:
+async def get_client(request: Request) -> Client:  # async: no thread for a lookup
     client: Client = request.app.state.client
     return client
 

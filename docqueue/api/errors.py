@@ -26,7 +26,7 @@ from starlette.requests import ClientDisconnect
 from docqueue.config import redact
 from docqueue.errors import one_line
 from docqueue.params import InvalidParams
-from docqueue.producer.client import KeyReused, PublishFailed, UnknownJob
+from docqueue.producer.client import KeyReused, PublishFailed, UnknownJob, UnsupportedTask
 from docqueue.producer.documents import InvalidDocument
 
 #: The error's ``type``, by status.
@@ -136,6 +136,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(UnknownJob, refused(404))
+    app.add_exception_handler(UnsupportedTask, refused(422, "task"))
     app.add_exception_handler(InvalidParams, refused(422, "params"))
     app.add_exception_handler(InvalidDocument, refused(422, "text"))
     app.add_exception_handler(KeyReused, refused(422, "Idempotency-Key"))

@@ -42,15 +42,22 @@ Text = str | list[ChatMessage]
 Params = dict[str, Any]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Out(BaseModel):
+    # The docstrings under fields are their descriptions in /openapi.json.
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+
+class _Strict(_Out):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 class DocumentIn(_Strict):
     """A document with your id for it (returned with its result)."""
 
     id: UserId | None = None
+    """Your id for the document (several documents may share one: they are flagged)."""
     text: Text
+    """The text, or chat messages for generate with a model that has a chat template."""
 
 
 def _document_kind(value: Any) -> str:
@@ -66,12 +73,14 @@ DocumentItem = Annotated[
 
 class JobCreate(_Strict):
     task: Task
-    #: The model's name, as the workers serve it.
     model: ModelName
+    """The model's name, as the workers serve it (GET /api/models)."""
     params: Params = Field(default_factory=dict)
-    #: Your name for the job, to find it by (GET /api/jobs?name=...).
+    """Task parameters, e.g. {"labels": ["billing", "outage"]} for classify."""
     name: JobName | None = None
+    """Your name for the job, to find it by (GET /api/jobs?name=...)."""
     documents: list[DocumentItem] = Field(min_length=1)
+    """Strings, or objects with text and id."""
 
     def documents_for_client(self) -> list[Any]:
         """The documents as :meth:`Client.submit_many` takes them."""
@@ -84,10 +93,13 @@ class JobCreate(_Strict):
 class DocumentCreate(_Strict):
     task: Task
     model: ModelName
+    """The model's name, as the workers serve it (GET /api/models)."""
     params: Params = Field(default_factory=dict)
+    """Task parameters, e.g. {"labels": ["billing", "outage"]} for classify."""
     text: Text
-    #: Your id for the document.
+    """The text, or chat messages for generate with a model that has a chat template."""
     id: UserId | None = None
+    """Your id for the document."""
 
     def text_for_client(self) -> Any:
         return _plain(self.text)
@@ -102,13 +114,15 @@ class UploadFields(_Strict):
 
     task: Task
     model: ModelName
-    #: Task parameters as a JSON object, e.g. {"labels": ["billing", "outage"]}.
+    """The model's name, as the workers serve it (GET /api/models)."""
     params: Json[Params] | None = None
+    """Task parameters as a JSON object, e.g. {"labels": ["billing", "outage"]}."""
     name: JobName | None = None
-    #: The JSONL field or CSV column holding the text.
+    """Your name for the job, to find it by (GET /api/jobs?name=...)."""
     text_field: FieldName = "text"
-    #: The JSONL field or CSV column holding your id for each document.
+    """The JSONL field or CSV column holding the text."""
     id_field: FieldName = "id"
+    """The JSONL field or CSV column holding your id for each document."""
 
 
 # --- responses ---------------------------------------------------------------------
@@ -118,9 +132,9 @@ State = Literal["running", "finished", "cancelled"]
 DocumentStatus = Literal["pending", "done", "failed", "cancelled"]
 
 
-class ProgressOut(BaseModel):
-    #: Documents in the job; None while they are still being added.
+class ProgressOut(_Out):
     total: int | None
+    """Documents in the job; None while they are still being added."""
     enqueued: int
     done: int
     failed: int
@@ -128,16 +142,16 @@ class ProgressOut(BaseModel):
     pending: int
 
 
-class ErrorCounts(BaseModel):
-    #: Documents with an error row.
+class ErrorCounts(_Out):
     failed: int
-    #: Of those, refused before they were queued (unreadable, empty).
+    """Documents with an error row."""
     refused: int
-    #: Of those, failed on a worker.
+    """Of those, refused before they were queued (unreadable, empty)."""
     on_workers: int
+    """Of those, failed on a worker."""
 
 
-class JobBrief(BaseModel):
+class JobBrief(_Out):
     """A job as listed: what it is and how far it got."""
 
     id: str
@@ -146,8 +160,8 @@ class JobBrief(BaseModel):
     task: str
     model: str
     lane: str
-    #: The uploaded file's name (None for documents sent as JSON).
     source: str | None
+    """The uploaded file's name (None for documents sent as JSON)."""
     created_at: float
     cancelled_at: float | None
     progress: ProgressOut
@@ -184,17 +198,17 @@ class JobOut(JobBrief):
     """A job's status: progress, pace and errors, and what stops it (if anything)."""
 
     params: Params
-    #: Seconds since the job was created, or from then to its last result.
     elapsed_seconds: float
-    #: Documents computed per second (None: none yet).
+    """Seconds since the job was created, or from then to its last result."""
     docs_per_second: float | None
-    #: Seconds until the pending documents are done at that pace (None: unknown).
+    """Documents computed per second (None: none yet)."""
     eta_seconds: float | None
+    """Seconds until the pending documents are done at that pace (None: unknown)."""
     errors: ErrorCounts
-    #: Live workers serving the job's model and task.
     workers: int
-    #: Why no live worker runs the job (a model whose workers are gone), if so.
+    """Live workers serving the job's model and task."""
     warning: str | None
+    """Why no live worker runs the job (a model whose workers are gone), if so."""
 
     @classmethod
     def of_status(cls, status: JobStatus) -> JobOut:
@@ -217,41 +231,41 @@ class JobOut(JobBrief):
         )
 
 
-class JobList(BaseModel):
+class JobList(_Out):
     data: list[JobBrief]
 
 
-class ResultsPage(BaseModel):
-    #: Documents in input order: id, seq, status, then the task's output fields
-    #: (or error), as `docqueue export` writes them.
+class ResultsPage(_Out):
     data: list[dict[str, Any]]
-    #: Pass as ?cursor= for the next page; None when there is no more.
+    """Documents in input order: id, seq, status, then the task's output fields (or
+    error), as `docqueue export` writes them."""
     next_cursor: str | None
+    """Pass as ?cursor= for the next page; None when there is no more."""
 
 
-class DocumentOut(BaseModel):
+class DocumentOut(_Out):
     job_id: str
     status: DocumentStatus
-    #: The result row (id, seq, status, output fields or error); None while pending.
     result: dict[str, Any] | None
-    #: Why no live worker runs it (a model whose workers are gone), if so.
+    """The result row (id, seq, status, output fields or error); None while pending."""
     warning: str | None = None
+    """Why no live worker runs it (a model whose workers are gone), if so."""
 
 
-class Cancelled(BaseModel):
+class Cancelled(_Out):
     id: str
-    #: Documents this call cancelled (0 for a job that had finished).
     cancelled: int
+    """Documents this call cancelled (0 for a job that had finished)."""
     state: State
 
 
-class Deleted(BaseModel):
+class Deleted(_Out):
     id: str
-    #: Documents deleted with the job.
     documents: int
+    """Documents deleted with the job."""
 
 
-class ModelOut(BaseModel):
+class ModelOut(_Out):
     name: str
     tasks: list[str]
     workers: int
@@ -264,5 +278,5 @@ class ModelOut(BaseModel):
         )
 
 
-class ModelList(BaseModel):
+class ModelList(_Out):
     data: list[ModelOut]

@@ -8,9 +8,9 @@ from docqueue.api.app import create_app
 from docqueue.config import Settings
 from docqueue.producer.client import Client
 
-#: --log-level values (uvicorn's "trace" is left out: it logs request headers,
-#: bearer tokens among them).
-LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+#: --log-level values, uvicorn's.  None of them logs request headers (trace shows
+#: them as "<...>"), so bearer tokens never reach the log.
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
 def serve(settings: Settings, client: Client, host: str, port: int, log_level: str) -> bool:
