@@ -202,6 +202,8 @@ def test_jobs_from_a_list_and_from_files_give_one_result_per_document(
     rows = all_pages(http, job["id"], limit=7)
     assert [row["seq"] for row in rows] == list(range(46))  # each document exactly once
     assert all(row["status"] == "done" and row["label"] for row in rows[:45])
+    beyond = http.get(f"/api/jobs/{job['id']}/results", params={"cursor": "9" * 20})
+    assert beyond.json() == {"data": [], "next_cursor": None}
     assert [row["id"] for row in rows[40:45]] == [f"mine-{i}" for i in range(5)]
     assert rows[45] == {"id": None, "seq": 45, "status": "failed", "error": "empty document"}
 

@@ -44,6 +44,8 @@ router = APIRouter(prefix="/api", tags=["jobs"])
 DOWNLOAD_ROWS = 1000
 DOWNLOAD_CHUNK = 64 * 1024
 REPLAYED = "Idempotent-Replayed"
+#: The largest sequence number a document can have (a 32-bit column).
+MAX_SEQ = 2**31 - 1
 
 
 @router.post(
@@ -253,9 +255,9 @@ def job_results(
 def _after(cursor: str | None) -> int:
     if cursor is None:
         return -1
-    if not cursor.isdigit():
+    if not (cursor.isascii() and cursor.isdigit()):
         raise ApiError(422, f"cursor {cursor!r}: pass the next_cursor of a results page", "cursor")
-    return int(cursor)
+    return min(int(cursor), MAX_SEQ)  # past every document: an empty page
 
 
 @router.get(

@@ -36,7 +36,10 @@ def _no_nul(text: str) -> str:
 NoNul = AfterValidator(_no_nul)
 JobName = Annotated[str, StringConstraints(min_length=1, max_length=200), NoNul]
 FieldName = Annotated[str, StringConstraints(min_length=1, max_length=200), NoNul]
-UserId = Annotated[str, StringConstraints(max_length=512), NoNul] | int
+UserId = (
+    Annotated[str, StringConstraints(max_length=512), NoNul]
+    | Annotated[int, Field(ge=-(2**63), lt=2**63)]
+)
 #: Text, or chat messages (for generate, with a model that has a chat template).
 Text = str | list[ChatMessage]
 Params = dict[str, Any]
