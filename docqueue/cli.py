@@ -9,6 +9,7 @@
     docqueue jobs [--state running|finished|cancelled] [--model M] [--name N]
     docqueue cancel JOB | docqueue delete JOB | docqueue prune [--older-than DAYS]
     docqueue dead-letters list | show ID | purge [ID...] [--all] | replay [ID...] [--all]
+    docqueue serve [--host 127.0.0.1] [--port 8000]                   # the HTTP API
 
 Errors are reported as one line on stderr and an exit code, never a traceback; the
 exit codes are :class:`docqueue.errors.ExitCode`.
@@ -819,6 +820,54 @@ def dead_letters_replay(ids: DeadLetterIds = None, every: AllOpt = False) -> Non
     print(f"{len(replayed)} dead letters replayed")
     if refused:
         raise typer.Exit(ExitCode.SOME_FAILED)
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            help="Address to listen on; anything but loopback needs DOCQUEUE_API_TOKENS",
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="critical, error, warning, info, debug or trace")
+    ] = "info",
+) -> None:
+    """Serve the HTTP API (needs DOCQUEUE_REDIS_URL and DOCQUEUE_DATABASE_URL)."""
+    try:
+        from docqueue.api.auth import bind_problem
+        from docqueue.api.server import LOG_LEVELS
+        from docqueue.api.server import serve as run_server
+    except ImportError as exc:
+        raise fail(
+            f'docqueue serve needs the api extra ({_one_line(exc)}): pip install "docqueue[api]"'
+        ) from None
+    if log_level.lower() not in LOG_LEVELS:
+        raise fail(f"--log-level {log_level!r}: use one of {', '.join(LOG_LEVELS)}")
+    settings = settings_or_exit()
+    if problem := bind_problem(host, settings):
+        raise fail(problem)
+    if "database_url" not in settings.model_fields_set:
+        raise fail(
+            "set DOCQUEUE_DATABASE_URL to the database the workers use: the API records "
+            "jobs there, and workers on another database could not run them"
+        )
+    client = client_or_exit(settings)
+    from redis.exceptions import RedisError
+
+    try:
+        client.redis.ping()
+    except (RedisError, OSError) as exc:
+        raise fail(f"cannot reach Redis: {_one_line(exc)}", ExitCode.SERVICE) from None
+    try:
+        listening = run_server(settings, client, host, port, log_level.lower())
+    finally:
+        client.close()
+    if not listening:
+        raise fail(f"could not listen on {host}:{port} (see the line above)", ExitCode.SERVICE)
 
 
 @app.command()

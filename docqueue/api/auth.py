@@ -1,0 +1,74 @@
+"""Bearer tokens, and where the API may listen without one.
+
+Tokens come from the ``api_tokens`` setting (``DOCQUEUE_API_TOKENS``), never from a
+URL or the command line (where ``ps`` would show them), and are compared in constant
+time.  Several may be valid at once, so a new one can be rolled out before the old
+one is dropped.  Without any, every request is let in, which is why ``docqueue
+serve`` then listens on loopback only (:func:`bind_problem`).
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import socket
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from docqueue.api.errors import ApiError
+from docqueue.config import Settings
+
+bearer = HTTPBearer(
+    auto_error=False,
+    description="A token from DOCQUEUE_API_TOKENS, as `Authorization: Bearer <token>`",
+)
+CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+async def require_token(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> None:
+    """Let the request in when it carries one of the configured tokens (or none are
+    configured); else 401.  Async: a comparison needs no worker thread."""
+    settings: Settings = request.app.state.settings
+    if not settings.api_tokens:
+        return
+    if credentials is None:
+        raise ApiError(
+            401,
+            "no bearer token: send the header Authorization: Bearer <token>",
+            "Authorization",
+            CHALLENGE,
+        )
+    given = credentials.credentials.encode()
+    # Every token is compared, so the time taken says nothing about which matched.
+    matches = [
+        hmac.compare_digest(given, t.get_secret_value().encode()) for t in settings.api_tokens
+    ]
+    if not any(matches):
+        raise ApiError(401, "the bearer token is not valid", "Authorization", CHALLENGE)
+
+
+def bind_problem(host: str, settings: Settings) -> str | None:
+    """Why the API must not listen on ``host``: without a token, anything but
+    loopback would let whoever reaches the host read and submit documents."""
+    if settings.api_tokens or is_loopback(host):
+        return None
+    return (
+        f"refusing to listen on {host} without a token: anyone who can reach it could "
+        "read and submit documents; set DOCQUEUE_API_TOKENS (a JSON list, or tokens "
+        "separated by commas) or listen on 127.0.0.1"
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address ``host`` stands for is a loopback address."""
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError):
+        return False
+    addresses = {str(info[4][0]).split("%")[0] for info in infos}
+    return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)

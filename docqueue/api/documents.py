@@ -1,0 +1,114 @@
+"""One document on the interactive lane: submit it and, optionally, wait a few
+seconds for its result in the same request.
+
+Waiting blocks a thread (the Client waits on Redis pub/sub and SQL), so it runs in
+worker threads of its own, at most :data:`MAX_WAITING` at a time, and never on
+the event loop or in the pool the other routes use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from docqueue.api.deps import (
+    ClientDep,
+    IdempotencyKey,
+    Wait,
+    checked_wait,
+    existing_job,
+    request_digest,
+)
+from docqueue.api.errors import ApiError
+from docqueue.api.models import known_model
+from docqueue.api.schemas import DocumentCreate, DocumentOut
+from docqueue.producer.client import (
+    Client,
+    DocumentCancelled,
+    DocumentFailed,
+    JobHandle,
+    ResultHandle,
+)
+
+router = APIRouter(prefix="/api", tags=["documents"])
+
+#: Requests that may wait for a result at the same time (each holds a thread).
+MAX_WAITING = 256
+PENDING: dict[int | str, dict[str, Any]] = {
+    202: {"model": DocumentOut, "description": "Not computed yet: poll or wait again"}
+}
+
+
+@router.post("/documents", summary="Submit one document; wait for its result", responses=PENDING)
+async def submit_document(
+    body: DocumentCreate,
+    request: Request,
+    response: Response,
+    client: ClientDep,
+    key: IdempotencyKey = None,
+    wait: Wait = 0.0,
+) -> DocumentOut:
+    """Queued on the model's interactive lane, which workers serve first.  With
+    `wait`, the answer comes when the result does (200), or after `wait` seconds
+    with status pending (202): then poll `GET /api/documents/{job_id}`."""
+    checked_wait(request, wait)
+    handle = await run_in_threadpool(_submit, client, body, key)
+    if handle.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return await _answer(request, response, client, handle, wait)
+
+
+def _submit(client: Client, body: DocumentCreate, key: str | None) -> ResultHandle:
+    known_model(client, body.model, body.task)
+    return client.submit(
+        body.text_for_client(),
+        task=body.task,
+        model=body.model,
+        params=body.params,
+        id=None if body.id is None else str(body.id),
+        idempotency_key=key,
+        input_digest=request_digest("document", body.model_dump(mode="json")) if key else None,
+    )
+
+
+@router.get(
+    "/documents/{job_id}", summary="A submitted document's result; wait for it", responses=PENDING
+)
+async def read_document(
+    job_id: str, request: Request, response: Response, client: ClientDep, wait: Wait = 0.0
+) -> DocumentOut:
+    checked_wait(request, wait)
+    job = await run_in_threadpool(existing_job, job_id, client)
+    lane = (await run_in_threadpool(job.info)).lane
+    if lane != "interactive":
+        raise ApiError(
+            404, f"job {job_id} is a job of many documents: read GET /api/jobs/{job_id}/results"
+        )
+    return await _answer(request, response, client, ResultHandle(client, job_id, 0), wait)
+
+
+async def _answer(
+    request: Request, response: Response, client: Client, handle: ResultHandle, wait: float
+) -> DocumentOut:
+    if wait > 0:
+        waiters = request.app.state.waiters
+        await anyio.to_thread.run_sync(_wait, handle, wait, limiter=waiters)
+    row = await run_in_threadpool(handle.read)
+    if row is None:
+        response.status_code = 202
+        why = await run_in_threadpool(JobHandle(client, handle.job_id).why_waiting)
+        return DocumentOut(
+            job_id=handle.job_id, status="pending", result=None, warning=why[2:] or None
+        )
+    return DocumentOut(job_id=handle.job_id, status=row["status"], result=row)
+
+
+def _wait(handle: ResultHandle, seconds: float) -> None:
+    """Until the document has its outcome or ``seconds`` pass (what it is, is read
+    after)."""
+    with contextlib.suppress(TimeoutError, DocumentFailed, DocumentCancelled):
+        handle.result(timeout=seconds)
