@@ -150,3 +150,57 @@ class Tombstone(Base):
 
     job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     deleted_at: Mapped[float] = mapped_column(Float)
+
+
+class StoredFile(Base):
+    """A file uploaded through the OpenAI-compatible ``POST /v1/files``: kept in the
+    database (in :class:`FileChunk` rows), so every API process behind a load
+    balancer sees it."""
+
+    __tablename__ = "dq_files"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(32))
+    filename: Mapped[str] = mapped_column(String(1024))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[float] = mapped_column(Float)
+    #: The Idempotency-Key of the upload that created it, and a digest of that
+    #: request (purpose, name, content) to refuse the key for another upload.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), index=True, unique=True)
+    digest: Mapped[str | None] = mapped_column(String(64))
+
+
+class FileChunk(Base):
+    """One piece of a stored file, in order (``n`` = 0, 1, 2, ...)."""
+
+    __tablename__ = "dq_file_chunks"
+
+    file_id: Mapped[str] = mapped_column(
+        ForeignKey("dq_files.id", ondelete="CASCADE"), primary_key=True
+    )
+    n: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Batch(Base):
+    """An OpenAI-compatible batch: the docqueue job that runs its lines, and what
+    the OpenAI batch object says besides the job's own state."""
+
+    __tablename__ = "dq_batches"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("dq_jobs.id", ondelete="CASCADE"), unique=True, index=True
+    )
+    input_file_id: Mapped[str] = mapped_column(String(64))
+    endpoint: Mapped[str] = mapped_column(String(64))
+    completion_window: Mapped[str] = mapped_column(String(16))
+    #: The caller's metadata (up to 16 string pairs).
+    batch_metadata: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON)
+    #: How the response bodies are shaped (e.g. the embeddings' encoding_format).
+    options: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: The first lines that could not be read, as OpenAI's batch errors.
+    errors: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    created_at: Mapped[float] = mapped_column(Float, index=True)
+    expires_at: Mapped[float] = mapped_column(Float)
+    expired_at: Mapped[float | None] = mapped_column(Float)
