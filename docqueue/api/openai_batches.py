@@ -1,0 +1,318 @@
+"""OpenAI-compatible batches: create one from an uploaded file, read it, list them,
+cancel it.  A batch is an ordinary docqueue job underneath (created with
+:meth:`Client.submit_many`: durable, resumable, one result per line); the batch
+row adds what OpenAI's batch object says besides the job's own state."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Response
+from pydantic import Field, StringConstraints
+
+from docqueue.api.batch_lines import (
+    ENDPOINTS,
+    Plan,
+    Reader,
+    endpoint_problem,
+    first_plan,
+    split_lines,
+)
+from docqueue.api.deps import ClientDep, IdempotencyKey, request_digest
+from docqueue.api.errors import ApiError
+from docqueue.api.jobs import REPLAYED
+from docqueue.api.models import known_model
+from docqueue.api.openai_files import UPLOADED
+from docqueue.api.schemas import NoNul, _Out, _Strict
+from docqueue.db import files as store
+from docqueue.producer.client import Client, JobHandle, UnknownJob
+
+router = APIRouter(prefix="/v1", tags=["openai-batch"])
+
+#: The only completion window (OpenAI's too); a batch not finished by then expires.
+WINDOW_SECONDS = {"24h": 24 * 3600.0}
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64), NoNul]
+MetadataValue = Annotated[str, StringConstraints(max_length=512), NoNul]
+Status = Literal[
+    "validating",
+    "failed",
+    "in_progress",
+    "finalizing",
+    "completed",
+    "expired",
+    "cancelling",
+    "cancelled",
+]
+
+
+class BatchCreate(_Strict):
+    input_file_id: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    """A file uploaded with purpose batch."""
+    endpoint: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    """/v1/embeddings, /v1/chat/completions, /v1/completions, /v1/docqueue/classify or
+    /v1/docqueue/summarize."""
+    completion_window: Literal["24h"]
+    metadata: dict[MetadataKey, MetadataValue] | None = Field(None, max_length=16)
+    output_expires_after: dict[str, Any] | None = None
+    """Accepted for the SDKs' sake; docqueue keeps results until the job is pruned."""
+
+
+class RequestCounts(_Out):
+    total: int
+    completed: int
+    """Requests that succeeded (lines of the output file)."""
+    failed: int
+    """Requests that failed, were refused or were cancelled (lines of the error file)."""
+
+
+class BatchErrorOut(_Out):
+    code: str | None = None
+    line: int | None = None
+    message: str | None = None
+    param: str | None = None
+
+
+class BatchErrors(_Out):
+    object: Literal["list"] = "list"
+    data: list[BatchErrorOut]
+
+
+class BatchOut(_Out):
+    """OpenAI's batch object."""
+
+    id: str
+    object: Literal["batch"] = "batch"
+    endpoint: str
+    model: str
+    errors: BatchErrors | None
+    input_file_id: str
+    completion_window: str
+    status: Status
+    output_file_id: str | None
+    error_file_id: str | None
+    created_at: int
+    in_progress_at: int | None
+    expires_at: int | None
+    finalizing_at: int | None = None
+    completed_at: int | None
+    failed_at: int | None = None
+    expired_at: int | None
+    cancelling_at: int | None
+    cancelled_at: int | None
+    request_counts: RequestCounts
+    metadata: dict[str, str] | None
+
+
+class BatchList(_Out):
+    object: Literal["list"] = "list"
+    data: list[BatchOut]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+@router.post("/batches", summary="Create a batch from an uploaded file, as OpenAI's")
+def create_batch(
+    body: BatchCreate, response: Response, client: ClientDep, key: IdempotencyKey = None
+) -> BatchOut:
+    """Every line of the file is in SQL and queued when this returns.  The file's
+    lines must all name the same model and parameters; a line that cannot run gets
+    a line in the error file that names it."""
+    if problem := endpoint_problem(body.endpoint):
+        raise ApiError(422, problem, "endpoint")
+    info = _input_file(client, body.input_file_id)
+    cap = client.settings.max_new_tokens_cap
+    plan = first_plan(_lines(client, info.id), body.endpoint, cap)
+    if isinstance(plan, str):
+        raise ApiError(422, f"file {info.id}: no line can run ({plan})", "input_file_id")
+    known_model(client, plan.model, ENDPOINTS[body.endpoint])
+    digest = request_digest("batch", body.model_dump(mode="json")) if key else None
+    batch, replayed = _create(client, body, info, plan, key, digest)
+    if replayed:
+        response.headers[REPLAYED] = "true"
+    return batch_out(client, batch)
+
+
+def _input_file(client: Client, file_id: str) -> store.FileInfo:
+    info = None
+    if UPLOADED.match(file_id):
+        with client.db.connect() as conn:
+            info = store.get_file(conn, file_id)
+    if info is None:
+        raise ApiError(404, f"input_file_id: no file {file_id!r}", "input_file_id")
+    if info.purpose != "batch":
+        raise ApiError(
+            422, f"file {file_id} has purpose {info.purpose}, not batch", "input_file_id"
+        )
+    return info
+
+
+def _lines(client: Client, file_id: str) -> Any:
+    return split_lines(store.file_chunks(client.db.connect, file_id))
+
+
+def _create(
+    client: Client,
+    body: BatchCreate,
+    info: store.FileInfo,
+    plan: Plan,
+    key: str | None,
+    digest: str | None,
+) -> tuple[store.BatchInfo, bool]:
+    """Queue the lines as a job, then add the batch row; a failure part way deletes
+    the job (nothing half-created)."""
+    job_id = uuid.uuid4().hex
+    reader = Reader(body.endpoint, plan, client.settings.max_new_tokens_cap)
+    try:
+        handle = client.submit_many(
+            reader.records(_lines(client, info.id)),
+            task=ENDPOINTS[body.endpoint],
+            model=plan.model,
+            params=plan.params,
+            name=f"batch_{job_id}",
+            source=info.filename,
+            job_id=job_id,
+            idempotency_key=key,
+            input_digest=digest,
+        )
+        with client.db.begin() as conn:
+            batch = store.batch_of_job(conn, handle.id)
+            if batch is None:
+                batch = _batch_row(handle.id, body, info, plan, reader.errors)
+                store.add_batch(conn, batch)
+    except Exception:
+        with contextlib.suppress(UnknownJob):
+            client.job(job_id).delete()
+        raise
+    return batch, handle.replayed
+
+
+def _batch_row(
+    job_id: str, body: BatchCreate, info: store.FileInfo, plan: Plan, errors: list[Any]
+) -> store.BatchInfo:
+    now = time.time()
+    return store.BatchInfo(
+        id=f"batch_{job_id}",
+        job_id=job_id,
+        input_file_id=info.id,
+        endpoint=body.endpoint,
+        completion_window=body.completion_window,
+        batch_metadata=body.metadata,
+        options=plan.options,
+        errors=errors,
+        created_at=now,
+        expires_at=now + WINDOW_SECONDS[body.completion_window],
+        expired_at=None,
+    )
+
+
+@router.get("/batches/{batch_id}", summary="A batch, as OpenAI's batch object")
+def get_batch(batch_id: str, client: ClientDep) -> BatchOut:
+    return batch_out(client, _batch(client, batch_id))
+
+
+@router.get("/batches", summary="List batches, newest first")
+def list_batches(
+    client: ClientDep,
+    after: Annotated[
+        str | None, Query(max_length=64, description="The last id of the page before")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> BatchList:
+    with client.db.connect() as conn:
+        found = store.list_batches(conn, after, limit + 1)
+    data = []
+    for batch in found[:limit]:
+        with contextlib.suppress(UnknownJob):  # its job deleted meanwhile
+            data.append(batch_out(client, batch))
+    return BatchList(
+        data=data,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+        has_more=len(found) > limit,
+    )
+
+
+@router.post("/batches/{batch_id}/cancel", summary="Cancel a batch: what is not run yet")
+def cancel_batch(batch_id: str, client: ClientDep) -> BatchOut:
+    """Lines not yet run are cancelled (the error file lists them as
+    batch_cancelled); finished ones stay in the output file.  Cancelling a finished
+    batch changes nothing."""
+    batch = _batch(client, batch_id)
+    try:
+        client.job(batch.job_id).cancel()
+    except UnknownJob:
+        raise ApiError(404, f"no batch {batch_id!r}", "batch_id") from None
+    return batch_out(client, batch)
+
+
+def _batch(client: Client, batch_id: str) -> store.BatchInfo:
+    batch = None
+    if len(batch_id) <= 64:
+        with client.db.connect() as conn:
+            batch = store.get_batch(conn, batch_id)
+    if batch is None:
+        raise ApiError(404, f"no batch {batch_id[:80]!r}", "batch_id")
+    return batch
+
+
+def batch_out(client: Client, batch: store.BatchInfo) -> BatchOut:
+    """The batch object, from the batch row and its job's status.  A batch still
+    running past its window expires here: its job is cancelled."""
+    handle = client.job(batch.job_id)
+    if batch.expired_at is None and time.time() > batch.expires_at:
+        batch = _expire(client, handle, batch)
+    status = handle.status()
+    progress, job = status.progress, status.job
+    state = progress.state
+    counts = RequestCounts(
+        total=progress.total if progress.total is not None else progress.enqueued,
+        completed=progress.done,
+        failed=progress.failed + progress.cancelled,
+    )
+    running = state == "running"
+    return BatchOut(
+        id=batch.id,
+        endpoint=batch.endpoint,
+        model=job.model,
+        errors=BatchErrors(data=[BatchErrorOut(**e) for e in batch.errors])
+        if batch.errors
+        else None,
+        input_file_id=batch.input_file_id,
+        completion_window=batch.completion_window,
+        status=_status(state, batch),
+        output_file_id=f"file-{job.id}-output" if not running and counts.completed else None,
+        error_file_id=f"file-{job.id}-errors" if not running and counts.failed else None,
+        created_at=int(batch.created_at),
+        in_progress_at=int(batch.created_at),
+        expires_at=int(batch.expires_at),
+        completed_at=int(job.created_at + status.elapsed) if state == "finished" else None,
+        expired_at=_int(batch.expired_at),
+        cancelling_at=_int(job.cancelled_at) if batch.expired_at is None else None,
+        cancelled_at=_int(job.cancelled_at) if batch.expired_at is None else None,
+        request_counts=counts,
+        metadata=batch.batch_metadata,
+    )
+
+
+def _status(state: str, batch: store.BatchInfo) -> Status:
+    if batch.expired_at is not None:
+        return "expired"
+    return {"running": "in_progress", "finished": "completed", "cancelled": "cancelled"}[state]  # type: ignore[return-value]
+
+
+def _expire(client: Client, handle: JobHandle, batch: store.BatchInfo) -> store.BatchInfo:
+    if handle.progress().state != "running":
+        return batch
+    now = time.time()
+    handle.cancel()
+    with client.db.begin() as conn:
+        store.mark_expired(conn, batch.id, now)
+        return store.get_batch(conn, batch.id) or batch
+
+
+def _int(value: float | None) -> int | None:
+    return None if value is None else int(value)

@@ -1,0 +1,249 @@
+"""The OpenAI-compatible Batch API as an OpenAI SDK user meets it: the official
+``openai`` package against a real ``docqueue serve``, real workers, real Redis and
+SQL (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import test_api
+from conftest import wait_until
+from test_api import GONE, TOKEN, register_gone_model
+
+from docqueue.config import Settings
+from docqueue.db import make_engine
+from docqueue.db.schema import Batch, Job, StoredFile
+
+#: A real `docqueue serve` process, as tests/test_api.py starts it.
+serve = test_api.serve
+#: The docqueue extensions, which the SDK's types do not list.
+CLASSIFY: Any = "/v1/docqueue/classify"
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, sample_texts) -> str:
+    from docqueue.testing import build_causal_lm
+
+    return str(build_causal_lm(tmp_path_factory.mktemp("tiny-llama"), sample_texts, kind="llama"))
+
+
+def sdk(server: Any, token: str = TOKEN) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=token, max_retries=0, timeout=60)
+
+
+def jsonl(lines: list[Any]) -> bytes:
+    return b"".join(
+        (line if isinstance(line, bytes) else json.dumps(line).encode()) + b"\n" for line in lines
+    )
+
+
+def chat_line(custom_id: str, text: str, **body: Any) -> dict[str, Any]:
+    messages = [{"role": "user", "content": text}]
+    body = {"model": "chat", "messages": messages, "max_tokens": 4, **body}
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
+
+
+def wait_batch(client: openai.OpenAI, batch_id: str, timeout: float = 60) -> Any:
+    found: list[Any] = []
+
+    def done() -> bool:
+        found[:] = [client.batches.retrieve(batch_id)]
+        return found[0].status not in ("validating", "in_progress", "finalizing", "cancelling")
+
+    wait_until(done, timeout, f"batch {batch_id}")
+    return found[0]
+
+
+def lines_of(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    assert file_id is not None
+    return [json.loads(line) for line in client.files.content(file_id).text.splitlines()]
+
+
+def counts(settings: Settings) -> tuple[int, int, int]:
+    """Jobs, batches and files in the database."""
+    engine = make_engine(settings.database())
+    with engine.connect() as conn:
+        jobs, batches, files = (
+            len(conn.execute(table.__table__.select()).all()) for table in (Job, Batch, StoredFile)
+        )
+    engine.dispose()
+    return jobs, batches, files
+
+
+def test_a_batch_runs_every_line_and_names_the_ones_that_cannot(
+    serve, start_worker, tiny_classifier, tiny_llama
+):
+    start_worker({"chat": tiny_llama, "tiny": tiny_classifier})
+    client = sdk(serve())
+
+    good = [chat_line(f"req-{i}", f"Question number {i}?") for i in range(6)]
+    lines: list[Any] = [*good[:3], b"{not json", chat_line("hot", "Hi", frequency_penalty=1.5)]
+    lines += [chat_line("other-model", "Hi", model="tiny"), chat_line("params", "Hi", max_tokens=9)]
+    lines += good[3:]
+    uploaded = client.files.create(file=("chat.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
+    assert uploaded.purpose == "batch" and uploaded.bytes == len(jsonl(lines))
+    assert client.files.retrieve(uploaded.id).filename == "chat.jsonl"
+    assert client.files.content(uploaded.id).content == jsonl(lines)
+
+    batch = client.batches.create(
+        input_file_id=uploaded.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"team": "support"},
+    )
+    assert batch.status == "in_progress" and batch.metadata == {"team": "support"}
+    assert batch.request_counts is not None and batch.request_counts.total == len(lines)
+    assert batch.errors is not None and [e.line for e in batch.errors.data or []] == [4, 5, 6, 7]
+
+    finished = wait_batch(client, batch.id)
+    assert finished.status == "completed" and finished.completed_at is not None
+    assert finished.request_counts.model_dump() == {"total": 10, "completed": 6, "failed": 4}
+    output = lines_of(client, finished.output_file_id)
+    assert [line["custom_id"] for line in output] == [f"req-{i}" for i in range(6)]
+    for line in output:
+        assert line["error"] is None and line["response"]["status_code"] == 200
+        completion = openai.types.chat.ChatCompletion.model_validate(line["response"]["body"])
+        assert completion.object == "chat.completion" and completion.model == "chat"
+        assert isinstance(completion.choices[0].message.content, str)
+
+    errors = lines_of(client, finished.error_file_id)
+    assert [line["custom_id"] for line in errors] == [None, "hot", "other-model", "params"]
+    messages = [line["response"]["body"]["error"]["message"] for line in errors]
+    assert messages[0].startswith("line 4: malformed JSON")
+    assert messages[1].startswith("line 5: body.frequency_penalty=1.5 is not supported")
+    assert messages[2].startswith("line 6: body.model 'tiny' differs from the batch's model")
+    assert messages[3].startswith("line 7: parameters")
+    assert {line["response"]["status_code"] for line in errors} == {400}
+    assert client.files.retrieve(finished.output_file_id).purpose == "batch_output"
+
+    classify = [
+        {
+            "custom_id": f"c{i}",
+            "method": "POST",
+            "url": "/v1/docqueue/classify",
+            "body": {"model": "tiny", "input": f"text {i}"},
+        }
+        for i in range(3)
+    ]
+    second = client.files.create(file=("c.jsonl", io.BytesIO(jsonl(classify))), purpose="batch")
+    created = client.batches.create(
+        input_file_id=second.id, endpoint=CLASSIFY, completion_window="24h"
+    )
+    done = wait_batch(client, created.id)
+    bodies = [line["response"]["body"] for line in lines_of(client, done.output_file_id)]
+    assert [b["object"] for b in bodies] == ["docqueue.classification"] * 3
+    assert all(isinstance(b["label"], str) for b in bodies) and done.error_file_id is None
+
+    listed = client.batches.list(limit=1)
+    assert [b.id for b in listed.data] == [created.id] and listed.has_more
+    assert [b.id for b in client.batches.list()] == [created.id, batch.id]  # the cursor pages
+
+
+def test_a_cancelled_batch_lists_its_lines_in_the_error_file(serve, settings):
+    register_gone_model(settings)  # accepted, never run: nothing is computed
+    client = sdk(serve())
+    lines = [
+        {
+            "custom_id": f"x{i}",
+            "url": "/v1/docqueue/classify",
+            "body": {"model": GONE, "input": "t"},
+        }
+        for i in range(4)
+    ]
+    uploaded = client.files.create(file=("x.jsonl", jsonl(lines)), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint=CLASSIFY, completion_window="24h"
+    )
+    assert batch.status == "in_progress"
+    cancelled = client.batches.cancel(batch.id)
+    assert cancelled.status == "cancelled" and cancelled.cancelled_at is not None
+    assert cancelled.output_file_id is None
+    errors = lines_of(client, cancelled.error_file_id)
+    assert [line["custom_id"] for line in errors] == ["x0", "x1", "x2", "x3"]
+    assert {line["error"]["code"] for line in errors} == {"batch_cancelled"}
+    assert all(line["response"] is None for line in errors)
+
+
+def test_bad_requests_are_clear_4xx_and_create_nothing(serve, settings):
+    register_gone_model(settings)
+    server = serve(DOCQUEUE_API_MAX_UPLOAD_BYTES="4096")
+    client = sdk(server)
+    line = {"custom_id": "a", "url": "/v1/docqueue/classify", "body": {"model": GONE, "input": "t"}}
+
+    with pytest.raises(openai.AuthenticationError):
+        sdk(server, "wrong-token-0123456789abcdef").files.create(
+            file=("a.jsonl", jsonl([line])), purpose="batch"
+        )
+    with pytest.raises(openai.APIStatusError) as big:
+        client.files.create(file=("big.jsonl", jsonl([line] * 100)), purpose="batch")
+    assert big.value.status_code == 413 and "4,096 bytes" in big.value.message
+    with pytest.raises(openai.UnprocessableEntityError) as purpose:
+        client.files.create(file=("a.jsonl", jsonl([line])), purpose="fine-tune")
+    assert "purpose 'fine-tune'" in purpose.value.message
+
+    uploaded = client.files.create(file=("a.jsonl", jsonl([line])), purpose="batch")
+    unknown_model = {**line, "body": {"model": "nosuch", "input": "t"}}
+    other = client.files.create(file=("b.jsonl", jsonl([unknown_model])), purpose="batch")
+    bad = client.files.create(file=("c.jsonl", jsonl([b"[1, 2", b"7"])), purpose="batch")
+    before = counts(settings)
+
+    with pytest.raises(openai.UnprocessableEntityError) as endpoint:
+        client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/moderations", completion_window="24h"
+        )
+    assert "endpoint '/v1/moderations' is not supported" in endpoint.value.message
+    with pytest.raises(openai.UnprocessableEntityError) as model:
+        client.batches.create(input_file_id=other.id, endpoint=CLASSIFY, completion_window="24h")
+    assert "unknown model nosuch" in model.value.message
+    with pytest.raises(openai.UnprocessableEntityError) as unreadable:
+        client.batches.create(input_file_id=bad.id, endpoint=CLASSIFY, completion_window="24h")
+    assert "no line can run (line 1: malformed JSON" in unreadable.value.message
+    with pytest.raises(openai.NotFoundError):
+        client.batches.create(
+            input_file_id="file-" + "0" * 32, endpoint="/v1/embeddings", completion_window="24h"
+        )
+    with pytest.raises(openai.NotFoundError):
+        client.batches.retrieve("batch_nosuch")
+    with pytest.raises(openai.NotFoundError):
+        client.files.content("file-nosuch")
+    assert counts(settings) == before
+
+    raw = httpx.post(
+        f"{server.url}/v1/batches",
+        json={"input_file_id": uploaded.id, "endpoint": "/v1/embeddings"},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert raw.status_code == 422 and raw.json()["error"]["param"] == "completion_window"
+    assert TOKEN not in server.log()
+
+
+def test_an_idempotency_key_gives_the_same_file_and_batch(serve, settings):
+    register_gone_model(settings)
+    client = sdk(serve())
+    line = {"custom_id": "a", "url": "/v1/docqueue/classify", "body": {"model": GONE, "input": "t"}}
+    key = {"Idempotency-Key": "k-1"}
+    files = [
+        client.files.create(file=("a.jsonl", jsonl([line])), purpose="batch", extra_headers=key)
+        for _ in range(2)
+    ]
+    assert files[0].id == files[1].id
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.files.create(
+            file=("a.jsonl", jsonl([line, line])), purpose="batch", extra_headers=key
+        )
+    batches = [
+        client.batches.create(
+            input_file_id=files[0].id,
+            endpoint=CLASSIFY,
+            completion_window="24h",
+            extra_headers={"Idempotency-Key": "b-1"},
+        )
+        for _ in range(2)
+    ]
+    assert batches[0].id == batches[1].id
+    assert counts(settings)[:2] == (1, 1)
