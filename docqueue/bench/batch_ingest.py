@@ -64,10 +64,10 @@ def main() -> None:
             databases.append(("PostgreSQL", args.postgres))
         for label, url in databases:
             settings = Settings(
-                redis_url=args.redis_url,  # type: ignore[arg-type]
-                database_url=url,  # type: ignore[arg-type]
+                redis_url=args.redis_url,
+                database_url=url,
                 max_queued_messages=10**7,
-                api_tokens=[TOKEN],  # type: ignore[list-item]
+                api_tokens=[TOKEN],
             )
             measure(label, settings, batch_file, texts, args.lines, args.rounds, directory)
 
