@@ -267,7 +267,7 @@ def _after(cursor: str | None) -> int:
     responses={200: {"content": {"application/x-ndjson": {}}}},
 )
 def download_jsonl(job: JobDep) -> StreamingResponse:
-    lines = (json.dumps(row, ensure_ascii=False) + "\n" for row in _rows(job))
+    lines = (json.dumps(row, ensure_ascii=False) + "\n" for row in every_row(job))
     return _download(lines, job, "jsonl", "application/x-ndjson")
 
 
@@ -279,11 +279,11 @@ def download_jsonl(job: JobDep) -> StreamingResponse:
 )
 def download_csv(job: JobDep) -> StreamingResponse:
     info = job.info()
-    records = csv_records(_rows(job), csv_columns(info.task, info.params))
+    records = csv_records(every_row(job), csv_columns(info.task, info.params))
     return _download(records, job, "csv", "text/csv; charset=utf-8")
 
 
-def _rows(job: JobHandle) -> Iterator[dict[str, Any]]:
+def every_row(job: JobHandle) -> Iterator[dict[str, Any]]:
     """Every row, read a page at a time (no connection held between pages)."""
     after = -1
     while rows := job.results_page(after, DOWNLOAD_ROWS):
@@ -296,11 +296,11 @@ def _rows(job: JobHandle) -> Iterator[dict[str, Any]]:
 def _download(texts: Iterable[str], job: JobHandle, ext: str, media: str) -> StreamingResponse:
     disposition = f'attachment; filename="{job.id}.{ext}"'
     return StreamingResponse(
-        _chunks(texts), media_type=media, headers={"Content-Disposition": disposition}
+        in_chunks(texts), media_type=media, headers={"Content-Disposition": disposition}
     )
 
 
-def _chunks(texts: Iterable[str]) -> Iterator[bytes]:
+def in_chunks(texts: Iterable[str]) -> Iterator[bytes]:
     """Rows joined into chunks of about :data:`DOWNLOAD_CHUNK` bytes: the response
     pulls each chunk from a worker thread, so one row at a time would be slow."""
     buffer: list[str] = []

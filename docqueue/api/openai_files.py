@@ -22,7 +22,7 @@ from docqueue.api import uploads
 from docqueue.api.batch_output import error_lines, output_lines
 from docqueue.api.deps import ClientDep, IdempotencyKey
 from docqueue.api.errors import ApiError, ErrorOut
-from docqueue.api.jobs import REPLAYED, _chunks, _rows
+from docqueue.api.jobs import REPLAYED, every_row, in_chunks
 from docqueue.api.limits import too_large
 from docqueue.api.schemas import _Out
 from docqueue.db import files as store
@@ -236,8 +236,8 @@ def _batch_of(client: Client, job_id: str, file_id: str) -> tuple[store.BatchInf
 def _made_chunks(
     client: Client, batch: store.BatchInfo, kind: str, model: str, created: int
 ) -> Iterator[bytes]:
-    rows = _rows(client.job(batch.job_id))
+    rows = every_row(client.job(batch.job_id))
     lines = (
         output_lines(rows, batch, model, created) if kind == "output" else error_lines(rows, batch)
     )
-    return _chunks(lines)
+    return in_chunks(lines)
