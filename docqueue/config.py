@@ -114,6 +114,10 @@ class Settings(BaseSettings):
     api_max_upload_bytes: int = Field(1024 * 1024 * 1024, ge=1024)
     #: The longest a request may wait for a document's result, in seconds.
     api_max_wait: float = Field(60.0, ge=0)
+    #: How long a synchronous OpenAI-compatible request (/v1/embeddings,
+    #: /v1/completions, /v1/chat/completions) waits for its results, in seconds;
+    #: after that it answers 504 naming the queued jobs, which finish anyway.
+    api_sync_timeout: float = Field(60.0, gt=0)
 
     @field_validator("api_tokens", mode="before")
     @classmethod

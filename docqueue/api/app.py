@@ -9,7 +9,16 @@ import anyio
 from fastapi import Depends, FastAPI
 
 from docqueue import __version__
-from docqueue.api import documents, errors, jobs, models, openai_batches, openai_files
+from docqueue.api import (
+    dead_letters,
+    documents,
+    errors,
+    jobs,
+    models,
+    openai_batches,
+    openai_files,
+    openai_sync,
+)
 from docqueue.api.auth import require_token
 from docqueue.api.limits import BodyLimit
 from docqueue.config import Settings
@@ -39,7 +48,15 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
         request_bytes=settings.api_max_request_bytes,
         upload_bytes=settings.api_max_upload_bytes,
     )
-    for module in (jobs, documents, models, openai_files, openai_batches):
+    for module in (
+        jobs,
+        documents,
+        models,
+        dead_letters,
+        openai_files,
+        openai_batches,
+        openai_sync,
+    ):
         app.include_router(
             module.router, dependencies=[Depends(require_token)], responses=errors.RESPONSES
         )

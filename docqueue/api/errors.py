@@ -40,6 +40,7 @@ KINDS = {
     415: "unsupported_media_type",
     422: "invalid_request",
     503: "unavailable",
+    504: "timeout",
 }
 
 

@@ -1,0 +1,175 @@
+"""The HTTP API's cost, measured against the Python Client in the same run.
+
+    python -m docqueue.bench.http [--rate 20] [--count 300] [--seconds 10] [--senders 16]
+
+Starts (unless DOCQUEUE_REDIS_URL / DOCQUEUE_DATABASE_URL name them) an embedded Redis
+and a SQLite file, a worker serving a tiny classifier built on the spot, and a real
+``docqueue serve``; then
+
+* latency: single documents at a fixed rate, alternately ``POST /api/documents?wait=``
+  over HTTP and ``Client.submit`` + ``result()``, each submitted and waited for; the
+  percentiles of both and their difference;
+* throughput: ``--senders`` concurrent HTTP clients submitting single documents
+  (``wait=0``) for ``--seconds``: accepted submissions per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from docqueue.bench import load_corpus
+from docqueue.bench.endtoend import services
+from docqueue.config import Settings, settings_env
+from docqueue.launcher import LocalWorkers
+from docqueue.producer.client import Client
+
+TOKEN = "bench-token-0123456789abcdef"
+MODEL = "bench"
+SAMPLE = Path(__file__).with_name("pydocs-sample.jsonl")
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return {"p50": cuts[49], "p95": cuts[94], "p99": cuts[98]}
+
+
+def start_server(settings: Settings, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCQUEUE_")}
+    env |= settings_env(settings) | {"DOCQUEUE_API_TOKENS": json.dumps([TOKEN])}
+    argv = [sys.executable, "-m", "docqueue", "serve", "--port", str(port), "--log-level", "error"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/openapi.json", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"docqueue serve did not answer; see {log}")
+
+
+def latency(
+    http: httpx.Client, client: Client, texts: list[str], rate: float, count: int
+) -> dict[str, list[float]]:
+    """``count`` documents at ``rate`` per second, alternating HTTP and the Client."""
+    timings: dict[str, list[float]] = {"http": [], "client": []}
+    lock = threading.Lock()
+
+    def over_http(text: str) -> None:
+        started = time.perf_counter()
+        body = {"task": "classify", "model": MODEL, "text": text}
+        answer = http.post("/api/documents", params={"wait": 30}, json=body)
+        assert answer.status_code == 200, answer.text
+        with lock:
+            timings["http"].append(time.perf_counter() - started)
+
+    def through_client(text: str) -> None:
+        started = time.perf_counter()
+        client.submit(text, task="classify", model=MODEL).result(timeout=30)
+        with lock:
+            timings["client"].append(time.perf_counter() - started)
+
+    arms: list[Callable[[str], None]] = [over_http, through_client]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(64) as pool:
+        futures = []
+        for i in range(count):
+            time.sleep(max(0.0, start + i / rate - time.perf_counter()))
+            futures.append(pool.submit(arms[i % 2], texts[i % len(texts)]))
+        for future in futures:
+            future.result()
+    return timings
+
+
+def throughput(url: str, texts: list[str], senders: int, seconds: float) -> float:
+    """Accepted single-document submissions per second over HTTP."""
+    done = [0] * senders
+    stop = time.perf_counter() + seconds
+
+    def send(index: int) -> None:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
+            while time.perf_counter() < stop:
+                text = texts[(index + done[index] * senders) % len(texts)]
+                body = {"task": "classify", "model": MODEL, "text": text}
+                answer = http.post("/api/documents", json=body)
+                assert answer.status_code in (200, 202), answer.text
+                done[index] += 1
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(senders) as pool:
+        list(pool.map(send, range(senders)))
+    return sum(done) / (time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=20.0, help="documents per second")
+    parser.add_argument("--count", type=int, default=400, help="documents, half each way")
+    parser.add_argument("--seconds", type=float, default=10.0, help="throughput run")
+    parser.add_argument("--senders", type=int, default=16, help="concurrent HTTP clients")
+    args = parser.parse_args(argv)
+
+    from docqueue.testing import build_classifier
+
+    texts = load_corpus(SAMPLE)
+    with tempfile.TemporaryDirectory() as tmp, services(Settings(), Path(tmp)) as settings:
+        directory = Path(tmp)
+        model_dir = build_classifier(directory / "model", texts)
+        workers = LocalWorkers(settings, {MODEL: str(model_dir)}, log_dir=directory, name="w")
+        proc = None
+        try:
+            workers.processes[0].wait_ready()
+            proc, url = start_server(settings, directory / "serve.log")
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            with Client(settings) as client, httpx.Client(base_url=url, headers=headers) as http:
+                latency(http, client, texts, args.rate, 20)  # warm-up
+                timings = latency(http, client, texts, args.rate, args.count)
+                report(timings, settings, args)
+                rate = throughput(url, texts, args.senders, args.seconds)
+                print(f"sustained submissions over HTTP ({args.senders} senders): {rate:.0f}/s")
+        finally:
+            if proc is not None:
+                proc.terminate()
+                proc.wait(15)
+            for worker in workers.processes:
+                worker.kill()
+
+
+def report(timings: dict[str, list[float]], settings: Settings, args: argparse.Namespace) -> None:
+    database = settings.database().split(":")[0]
+    print(f"{os.cpu_count()} CPUs; database {database}; {args.rate:g} documents/s, {args.count}")
+    got = {arm: percentiles(values) for arm, values in timings.items()}
+    print(f"{'ms':8} {'p50':>8} {'p95':>8} {'p99':>8}")
+    for arm in ("client", "http"):
+        print(f"{arm:8}" + "".join(f" {got[arm][p] * 1000:8.1f}" for p in ("p50", "p95", "p99")))
+    print(
+        f"{'added':8}"
+        + "".join(
+            f" {(got['http'][p] - got['client'][p]) * 1000:8.1f}" for p in ("p50", "p95", "p99")
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
