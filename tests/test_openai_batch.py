@@ -96,7 +96,9 @@ def test_a_batch_runs_every_line_and_names_the_ones_that_cannot(
         completion_window="24h",
         metadata={"team": "support"},
     )
-    assert batch.status == "in_progress" and batch.metadata == {"team": "support"}
+    # a fast worker may finish the batch before create returns
+    assert batch.status in ("in_progress", "completed")
+    assert batch.metadata == {"team": "support"}
     assert batch.request_counts is not None and batch.request_counts.total == len(lines)
     assert batch.errors is not None and [e.line for e in batch.errors.data or []] == [4, 5, 6, 7]
 
