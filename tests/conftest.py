@@ -32,6 +32,21 @@ PG_URL = os.environ.get("DOCQUEUE_TEST_DATABASE_URL")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 
 
+#: Fixtures that start worker or server processes: a test using one is end to end.
+END_TO_END = {"start_worker", "serve"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """End-to-end tests run on SQLite in the README's quick pass and on PostgreSQL
+    in the slow pass (``pytest -m slow``, which CI runs too); tests of the database
+    layer itself run on both in every pass."""
+    for item in items:
+        params = getattr(item, "callspec", None)
+        on_postgres = params is not None and params.params.get("database_url") == "postgresql"
+        if on_postgres and END_TO_END & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     redis = os.environ.get("DOCQUEUE_TEST_REDIS_URL") or "embedded redis-server"
     return [f"docqueue: redis {redis}; databases {', '.join(BACKENDS)}"]
