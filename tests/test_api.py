@@ -516,3 +516,13 @@ def test_bad_input_is_a_clear_4xx_and_leaves_nothing(serve, settings):
 
     assert job_ids(http) == []  # nothing half-created
     assert "Traceback" not in server.log()
+
+
+def test_an_idempotency_digest_takes_a_lone_surrogate():
+    """JSON can carry a lone surrogate (``"\\ud800"``): the digest of a request with an
+    Idempotency-Key must not fail before the document check can refuse it (a 500)."""
+    from docqueue.api.deps import request_digest
+
+    assert request_digest("document", {"text": "a\ud800"}) != request_digest(
+        "document", {"text": "a"}
+    )

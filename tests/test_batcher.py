@@ -193,3 +193,29 @@ def test_buffer_remove_takes_only_the_unwanted_items_by_group():
     taken = buffer.take(timeout=0)
     assert taken is not None and [i.name for i in taken[1]] == ["y1"]
     assert buffer.take(timeout=0) is None
+
+
+def test_intake_rounds_take_turns_so_single_documents_cannot_starve_bulk_work():
+    """An interactive round holds interactive deliveries only (a single document must
+    not wait for bulk tokenizing), and bulk and interactive rounds alternate: with a
+    single document arriving before every round, bulk still gets every other one."""
+    from docqueue.config import Settings
+    from docqueue.protocol import BatchMessage
+    from docqueue.worker.engine import INTAKE_ROUND_BYTES, Engine
+    from docqueue.worker.store import MemoryStore
+
+    def message(lane: str, n: int, chars: int) -> BatchMessage:
+        items = [(i, "x" * chars) for i in range(n)]
+        return BatchMessage(
+            job="a" * 32, task="classify", model="m", lane=lane, items=items, enqueued_at=0.0
+        )
+
+    engine = Engine(runners={}, settings=Settings(), store=MemoryStore(), worker_id="test")
+    for _ in range(3):  # each a round's worth of bulk
+        engine.submit(message("bulk", 64, INTAKE_ROUND_BYTES // 64))
+    rounds = []
+    for _ in range(8):
+        engine.submit(message("interactive", 1, 20))  # a steady stream of single documents
+        taken = engine._next_deliveries()
+        rounds.append("".join(sorted({"i" if d.interactive else "b" for d in taken})))
+    assert rounds == ["i", "b", "i", "b", "i", "b", "i", "i"]

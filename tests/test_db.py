@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import event as sa_event
 from sqlalchemy import func, select
 
 from docqueue.db import jobs as ledger
@@ -364,3 +365,35 @@ def test_documents_have_digests_and_older_ones_are_compared_by_their_text(engine
         assert stored[(new, 0)].matches("new text") and not stored[(new, 0)].matches("new")
     finally:
         migrate(engine)
+
+
+def test_a_database_that_refuses_every_write_holds_the_rows_instead_of_dropping_them(
+    engine, database_url
+):
+    """Refused rows are salvaged one by one; but when the database refuses even the
+    error rows (read-only after a failover, a missing privilege) it is the database,
+    not the rows: the store raises StoreUnavailable, so the writer holds the rows and
+    acks nothing, as in an outage."""
+    from docqueue.worker.store import SqlStore, StoreUnavailable
+
+    if not database_url.startswith("postgresql"):
+        pytest.skip("a read-only session needs PostgreSQL")
+    job = new_job(engine, n=2)
+    read_only = make_engine(database_url)
+
+    @sa_event.listens_for(read_only, "connect")
+    def _read_only(dbapi_connection, _record):  # every session of this engine
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SET default_transaction_read_only = on")
+        dbapi_connection.commit()  # a SET in a transaction rolled back would not hold
+
+    try:
+        with pytest.raises(StoreUnavailable):
+            SqlStore(read_only).commit([ok(job, 0, "held"), ok(job, 1, "held too")])
+    finally:
+        read_only.dispose()
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Result)).scalar() == 0
+    SqlStore(engine).commit([ok(job, 0, "held"), ok(job, 1, "held too")])  # later, it is back
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Result)).scalar() == 2

@@ -22,6 +22,7 @@ from docqueue.producer.client import (
     Client,
     DocumentCancelled,
     JobHandle,
+    PublishFailed,
     UnknownJob,
 )
 from docqueue.protocol import queue_name
@@ -520,3 +521,36 @@ def test_retention_setting_reads_days_and_inf():
     assert Settings(retention_days="inf").retention_days == float("inf")
     with pytest.raises(ValueError):
         Settings(retention_days=0)
+
+
+def test_a_retry_with_the_same_idempotency_key_sends_what_the_first_call_could_not(
+    client, settings, start_worker, tiny_classifier, sample_texts
+):
+    """The first calls save their jobs but cannot publish (Redis unreachable); a
+    retry with the same key returns the same job and publishes what is pending, so
+    the retry a backend is told to make does finish the work."""
+    unreachable = Client(make_settings("redis://127.0.0.1:1/0", settings.database()))
+    try:
+        with pytest.raises(PublishFailed) as single:
+            unreachable.submit(
+                "one document", task="classify", model="tiny", idempotency_key="single-1"
+            )
+        with pytest.raises(PublishFailed) as bulk:
+            unreachable.submit_many(
+                sample_texts[:100], task="classify", model="tiny", idempotency_key="bulk-1"
+            )
+    finally:
+        unreachable.close()
+    start_worker({"tiny": tiny_classifier})
+    handle = client.submit(
+        "one document", task="classify", model="tiny", idempotency_key="single-1"
+    )
+    assert handle.replayed and handle.job_id == single.value.job_id
+    assert handle.result(timeout=30)["label"]
+    job = client.submit_many(
+        sample_texts[:100], task="classify", model="tiny", idempotency_key="bulk-1"
+    )
+    assert job.replayed and job.id == bulk.value.job_id
+    job.wait(timeout=60)
+    progress = job.progress()
+    assert (progress.total, progress.done) == (100, 100)

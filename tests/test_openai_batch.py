@@ -249,3 +249,13 @@ def test_an_idempotency_key_gives_the_same_file_and_batch(serve, settings):
     ]
     assert batches[0].id == batches[1].id
     assert counts(settings)[:2] == (1, 1)
+
+
+def test_a_line_nested_too_deep_is_one_line_error():
+    """A line nested thousands deep is an error naming it, not a RecursionError."""
+    from docqueue.api.batch_lines import LineError, _custom_id, parse
+
+    line = b'{"custom_id": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(LineError, match="malformed JSON"):
+        parse(line, "/v1/chat/completions")
+    assert _custom_id(line) is None

@@ -91,7 +91,7 @@ def parse(line: bytes, endpoint: str) -> Request:
     """The request a line makes; raises :class:`LineError` naming what is wrong."""
     try:
         request = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise LineError(f"malformed JSON ({exc})") from None
     if not isinstance(request, dict):
         raise LineError(f"a line is a JSON object, not {type(request).__name__}")
@@ -328,6 +328,6 @@ def _custom_id(line: bytes) -> str | None:
     """The custom_id of a line that could not run, when it can be read."""
     try:
         value = json.loads(line).get("custom_id")
-    except (ValueError, UnicodeDecodeError, AttributeError):
+    except (ValueError, UnicodeDecodeError, AttributeError, RecursionError):
         return None
     return value if isinstance(value, str) else None

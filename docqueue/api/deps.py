@@ -74,5 +74,6 @@ def request_digest(kind: str, body: Any) -> str:
 def digester(kind: str, body: Any) -> Any:
     """A sha256 fed with the request's kind and body (canonical JSON); an upload
     feeds its file after."""
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # ASCII: a lone surrogate (which JSON can carry) must not break the digest
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(f"{kind}\n{canonical}\n".encode())

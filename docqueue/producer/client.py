@@ -337,6 +337,9 @@ class Client:
 
         earlier = self._create_once(idempotency_key, input_digest, "interactive", create)
         if earlier is not None:
+            # The first call may have failed to publish: send it again if still pending
+            # (a document that then runs twice still has one row).
+            self.resume(earlier.id)
             return ResultHandle(self, earlier.id, 0, replayed=True)
         assert checked.doc is not None  # checked.error is None
         try:
@@ -400,6 +403,10 @@ class Client:
 
         earlier = self._create_once(idempotency_key, input_digest, "bulk", create)
         if earlier is not None:
+            # The first call may have stopped part way: publish what it left pending
+            # and add the rest of the same documents.
+            if earlier.total is None and earlier.cancelled_at is None:
+                self.resume(earlier.id, chunk_size, documents)
             return JobHandle(self, earlier.id, replayed=True)
         handle = JobHandle(self, new_id)
         handle.rejected = self._add(new_id, task, model, params, documents, 0, chunk_size)

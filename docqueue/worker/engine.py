@@ -84,6 +84,8 @@ class Engine:
         self._parked: list[tuple[float, Delivery]] = []
         self._returns: OrderedDict[str, int] = OrderedDict()
         self._draining = False
+        #: The next intake round is bulk's (rounds take turns while both wait).
+        self._bulk_turn = False
         #: Deliveries not yet admitted (or parked) plus documents without a committed row.
         self._in_flight = 0
         self._in_flight_lock = threading.Lock()
@@ -173,6 +175,9 @@ class Engine:
                     log.exception(
                         "intake failed on %d messages; they stay unacked", len(deliveries)
                     )
+                # polled at most once a second: a busy intake still hears of cancels
+                self._drop_ended(self.jobs.poll())
+                self._return_parked()
 
     def _compute_loop(self) -> None:
         import torch
@@ -204,17 +209,29 @@ class Engine:
     # --- one step of each --------------------------------------------------------------
 
     def _next_deliveries(self) -> list[Delivery]:
-        """Every waiting interactive delivery, in a round of their own (admitted with
-        bulk ones, a single document would wait for their tokenizing); else bulk ones
-        up to a round's worth."""
-        taken: list[Delivery] = []
+        """Interactive and bulk rounds take turns.  An interactive round takes every
+        waiting interactive delivery and nothing else (admitted with bulk ones, a
+        single document would wait for their tokenizing); a bulk round takes bulk
+        ones up to INTAKE_ROUND_BYTES.  Taking turns, a steady stream of single
+        documents cannot starve bulk work, and a single document waits for one
+        short bulk round at most."""
+        if self._bulk_turn:
+            self._bulk_turn = False
+            if bulk := self._bulk_round():
+                return bulk
+        interactive: list[Delivery] = []
         while True:
             try:
-                taken.append(self._interactive.get_nowait())
+                interactive.append(self._interactive.get_nowait())
             except queue.Empty:
                 break
-        if taken:
-            return taken
+        if interactive:
+            self._bulk_turn = True
+            return interactive
+        return self._bulk_round()
+
+    def _bulk_round(self) -> list[Delivery]:
+        taken: list[Delivery] = []
         size = 0
         while size < INTAKE_ROUND_BYTES:
             try:

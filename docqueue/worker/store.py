@@ -15,6 +15,7 @@ from sqlalchemy.exc import (
     DBAPIError,
     DisconnectionError,
     InterfaceError,
+    InternalError,
     OperationalError,
     SQLAlchemyError,
 )
@@ -47,7 +48,10 @@ def is_outage(exc: BaseException) -> bool:
     refused, locked, timed out), rather than that it refuses these rows."""
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
-    return isinstance(exc, (OperationalError, InterfaceError, DisconnectionError, PoolTimeout))
+    # InternalError: e.g. a PostgreSQL that turned read-only after a failover.
+    return isinstance(
+        exc, (OperationalError, InterfaceError, InternalError, DisconnectionError, PoolTimeout)
+    )
 
 
 def _unless_refused(exc: Exception) -> None:
@@ -78,7 +82,9 @@ class SqlStore:
             except Exception as exc:
                 _unless_refused(exc)
                 rows = self._salvage(rows, exc)
-        log.error("dropping %d results the database keeps refusing", len(rows))
+        # Refused even as error rows: not the rows but the database (no privilege, a
+        # schema it does not have).  Held and retried like an outage, never acked.
+        raise StoreUnavailable(f"the database refused {len(rows)} results three times")
 
     @staticmethod
     def _without_impossible_keys(rows: Sequence[ResultRow]) -> list[ResultRow]:
