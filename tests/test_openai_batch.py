@@ -84,6 +84,7 @@ def test_a_batch_runs_every_line_and_names_the_ones_that_cannot(
     good = [chat_line(f"req-{i}", f"Question number {i}?") for i in range(6)]
     lines: list[Any] = [*good[:3], b"{not json", chat_line("hot", "Hi", frequency_penalty=1.5)]
     lines += [chat_line("other-model", "Hi", model="tiny"), chat_line("params", "Hi", max_tokens=9)]
+    lines += [chat_line("x" * 600, "Hi")]  # an id longer than docqueue keeps
     lines += good[3:]
     uploaded = client.files.create(file=("chat.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
     assert uploaded.purpose == "batch" and uploaded.bytes == len(jsonl(lines))
@@ -100,11 +101,11 @@ def test_a_batch_runs_every_line_and_names_the_ones_that_cannot(
     assert batch.status in ("in_progress", "completed")
     assert batch.metadata == {"team": "support"}
     assert batch.request_counts is not None and batch.request_counts.total == len(lines)
-    assert batch.errors is not None and [e.line for e in batch.errors.data or []] == [4, 5, 6, 7]
+    assert batch.errors is not None and [e.line for e in batch.errors.data or []] == [4, 5, 6, 7, 8]
 
     finished = wait_batch(client, batch.id)
     assert finished.status == "completed" and finished.completed_at is not None
-    assert finished.request_counts.model_dump() == {"total": 10, "completed": 6, "failed": 4}
+    assert finished.request_counts.model_dump() == {"total": 11, "completed": 6, "failed": 5}
     output = lines_of(client, finished.output_file_id)
     assert [line["custom_id"] for line in output] == [f"req-{i}" for i in range(6)]
     for line in output:
@@ -114,12 +115,13 @@ def test_a_batch_runs_every_line_and_names_the_ones_that_cannot(
         assert isinstance(completion.choices[0].message.content, str)
 
     errors = lines_of(client, finished.error_file_id)
-    assert [line["custom_id"] for line in errors] == [None, "hot", "other-model", "params"]
+    assert [line["custom_id"] for line in errors] == [None, "hot", "other-model", "params", None]
     messages = [line["response"]["body"]["error"]["message"] for line in errors]
     assert messages[0].startswith("line 4: malformed JSON")
     assert messages[1].startswith("line 5: body.frequency_penalty=1.5 is not supported")
     assert messages[2].startswith("line 6: body.model 'tiny' differs from the batch's model")
     assert messages[3].startswith("line 7: parameters")
+    assert messages[4].startswith("line 8: id") and "512" in messages[4]
     assert {line["response"]["status_code"] for line in errors} == {400}
     assert client.files.retrieve(finished.output_file_id).purpose == "batch_output"
 

@@ -12,12 +12,13 @@ what the batch's error file reports for it.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from docqueue.params import InvalidParams, validate_params
-from docqueue.producer.documents import Record
+from docqueue.producer.documents import Record, check
 
 #: Supported endpoints, and the docqueue task each runs.
 ENDPOINTS = {
@@ -282,10 +283,14 @@ class Reader:
             try:
                 request = parse(line, self.endpoint)
                 self._check_plan(request)
+                record = Record(request.text, request.custom_id)
+                # the Client's own document check, here so that its refusal names the line
+                if problem := check(record, task=self.task, max_chars=sys.maxsize).error:
+                    raise LineError(problem)
             except (LineError, InvalidParams) as exc:
                 yield self._refused(number, line, exc)
                 continue
-            yield Record(request.text, request.custom_id)
+            yield record
 
     def _check_plan(self, request: Request) -> None:
         plan = self.plan
