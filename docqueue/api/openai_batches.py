@@ -25,7 +25,7 @@ from docqueue.api.deps import ClientDep, IdempotencyKey, request_digest
 from docqueue.api.errors import ApiError
 from docqueue.api.jobs import REPLAYED
 from docqueue.api.models import known_model
-from docqueue.api.openai_files import UPLOADED
+from docqueue.api.openai_files import uploaded_file
 from docqueue.api.schemas import NoNul, _Out, _Strict
 from docqueue.db import files as store
 from docqueue.producer.client import Client, JobHandle, UnknownJob
@@ -137,10 +137,7 @@ def create_batch(
 
 
 def _input_file(client: Client, file_id: str) -> store.FileInfo:
-    info = None
-    if UPLOADED.match(file_id):
-        with client.db.connect() as conn:
-            info = store.get_file(conn, file_id)
+    info = uploaded_file(client, file_id)
     if info is None:
         raise ApiError(404, f"input_file_id: no file {file_id!r}", "input_file_id")
     if info.purpose != "batch":

@@ -210,11 +210,16 @@ def file_content(file_id: str, client: ClientDep) -> StreamingResponse:
     return StreamingResponse(chunks, media_type="application/jsonl")
 
 
+def uploaded_file(client: Client, file_id: str) -> store.FileInfo | None:
+    """The uploaded file ``file_id`` names, or None (also for an id of another shape)."""
+    if not UPLOADED.match(file_id):
+        return None
+    with client.db.connect() as conn:
+        return store.get_file(conn, file_id)
+
+
 def _uploaded(client: Client, file_id: str) -> store.FileInfo:
-    info = None
-    if UPLOADED.match(file_id):
-        with client.db.connect() as conn:
-            info = store.get_file(conn, file_id)
+    info = uploaded_file(client, file_id)
     if info is None:
         raise ApiError(404, f"no file {file_id[:80]!r}", "file_id")
     return info
