@@ -2,13 +2,16 @@
 their validated parameters, how many are in flight, and (after running out of
 memory) the most rows and cost a batch of the group may have.
 
-Kept only while documents are in flight, so a worker that sees many parameter
-combinations over its life does not accumulate state for each.
+Parameters and counts are kept only while documents are in flight, so a worker that
+sees many parameter combinations over its life does not accumulate state for each.
+Limits learned from running out of memory outlive that (in a small LRU): a queue that
+drains between two arrivals must not make the worker run out of memory again.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,12 +20,14 @@ from docqueue.worker.runners import Runner
 from docqueue.worker.work import GroupKey
 
 
+#: Groups whose out-of-memory limits are remembered after their documents are done.
+REMEMBERED_LIMITS = 256
+
+
 @dataclass
 class _Group:
     params: dict[str, Any]
     in_flight: int = 0
-    #: (rows, cost) a batch stays under after an out-of-memory error.
-    limit: tuple[int, int] | None = None
 
 
 class Groups:
@@ -30,6 +35,8 @@ class Groups:
 
     def __init__(self) -> None:
         self._groups: dict[GroupKey, _Group] = {}
+        #: (rows, cost) a batch of the group stays under after an out-of-memory error.
+        self._limits: OrderedDict[GroupKey, tuple[int, int]] = OrderedDict()
         self._lock = threading.Lock()
 
     def enter(self, key: GroupKey, params: dict[str, Any], documents: int) -> None:
@@ -52,8 +59,8 @@ class Groups:
         return self._groups[key].params
 
     def limit(self, key: GroupKey) -> tuple[int, int] | None:
-        group = self._groups.get(key)
-        return group.limit if group else None
+        with self._lock:
+            return self._limits.get(key)
 
     def shape(self, key: GroupKey, runner: Runner) -> Shape:
         """The runner's batch shape for the group, within any limit learned."""
@@ -71,7 +78,9 @@ class Groups:
         shape = runner.shape(self.params(key))
         cost = shape.cost(rows, longest)
         with self._lock:
-            group = self._groups[key]
-            max_rows, budget = group.limit or (shape.max_rows, shape.budget)
-            group.limit = (min(max_rows, max(1, rows // 2)), min(budget, max(1, cost // 2)))
+            max_rows, budget = self._limits.get(key) or (shape.max_rows, shape.budget)
+            self._limits[key] = (min(max_rows, max(1, rows // 2)), min(budget, max(1, cost // 2)))
+            self._limits.move_to_end(key)
+            while len(self._limits) > REMEMBERED_LIMITS:
+                self._limits.popitem(last=False)
         return self.shape(key, runner)
