@@ -19,7 +19,6 @@ from docqueue.worker.batcher import Shape
 from docqueue.worker.runners import Runner
 from docqueue.worker.work import GroupKey
 
-
 #: Groups whose out-of-memory limits are remembered after their documents are done.
 REMEMBERED_LIMITS = 256
 
