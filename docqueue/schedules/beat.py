@@ -51,7 +51,7 @@ def next_run(schedule: Schedule, last_started: float | None) -> float:
         last_started = time.time() if schedule.cron is None else time.time() - 60
     last = datetime.fromtimestamp(last_started, tz=timezone.utc)
     remaining = celery_schedule(schedule).remaining_estimate(last)
-    return max(time.time(), last_started + remaining.total_seconds())
+    return time.time() + max(0.0, remaining.total_seconds())
 
 
 class LeasedScheduler(Scheduler):

@@ -102,7 +102,7 @@ def schedule_run(
         schedule = file.get(name)
     except ScheduleError as exc:
         raise fail(str(exc)) from None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    _log_to_stderr()
     with client_or_exit(settings) as client:
         outcome = run_schedule(client, schedule, file.beat.lease_seconds)
     out.print(
@@ -123,6 +123,11 @@ def schedule_beat(config: ConfigOpt = None) -> None:
     from docqueue.schedules.beat import start_beat
 
     settings, file = _load(config)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    _log_to_stderr()
     client = client_or_exit(settings)
     start_beat(client, file, client.redis_url)
+
+
+def _log_to_stderr() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
