@@ -48,10 +48,15 @@ def celery_schedule(schedule: Schedule) -> Any:
 def next_run(schedule: Schedule, last_started: float | None) -> float:
     """When beat will next run ``schedule`` (epoch seconds; now when overdue)."""
     if last_started is None:
-        last_started = time.time() if schedule.cron is None else time.time() - 60
+        last_started = _never_run(schedule) or time.time() - 60
     last = datetime.fromtimestamp(last_started, tz=timezone.utc)
     remaining = celery_schedule(schedule).remaining_estimate(last)
     return time.time() + max(0.0, remaining.total_seconds())
+
+
+def _never_run(schedule: Schedule) -> float | None:
+    """An interval schedule that never ran is due at once; a cron one at its time."""
+    return time.time() - schedule.every if schedule.every is not None else None
 
 
 class LeasedScheduler(Scheduler):
@@ -75,7 +80,8 @@ class LeasedScheduler(Scheduler):
     def setup_schedule(self) -> None:
         for schedule in self.file.schedule:
             last = state.last_run(self.client.db, schedule.name, ran=True)
-            last_run_at = datetime.fromtimestamp(last.started_at, tz=timezone.utc) if last else None
+            started = last.started_at if last else _never_run(schedule)
+            last_run_at = datetime.fromtimestamp(started, tz=timezone.utc) if started else None
             self.schedule[schedule.name] = ScheduleEntry(
                 name=schedule.name,
                 task=TASK,
