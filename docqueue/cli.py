@@ -34,6 +34,7 @@ from rich.markup import escape
 
 from docqueue.config import Settings, redact
 from docqueue.errors import ExitCode, one_line
+from docqueue.schedules.cli import schedule_app
 from docqueue.tasks import task_list
 
 if TYPE_CHECKING:
@@ -690,6 +691,7 @@ dead_letters_app = typer.Typer(
     help="Messages set aside because they could not be run: list, show, purge, replay.",
 )
 app.add_typer(dead_letters_app, name="dead-letters")
+app.add_typer(schedule_app, name="schedule")
 DeadLetterIds = Annotated[list[int] | None, typer.Argument(help="Dead letter ids")]
 AllOpt = Annotated[bool, typer.Option("--all", help="Every dead letter")]
 

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     #: SQLAlchemy URL of the result store.
     database_url: SecretStr = SecretStr("sqlite:///docqueue.db")
 
+    #: The schedules file `docqueue schedule` reads (TOML; see README, "Schedules").
+    schedules: str = "schedules.toml"
+
     # --- producer ----------------------------------------------------------------
     #: Documents per bulk message.
     chunk_size: int = Field(64, ge=1, le=4096)

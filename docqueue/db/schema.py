@@ -204,3 +204,61 @@ class Batch(Base):
     created_at: Mapped[float] = mapped_column(Float, index=True)
     expires_at: Mapped[float] = mapped_column(Float)
     expired_at: Mapped[float | None] = mapped_column(Float)
+
+
+class ScheduleRun(Base):
+    """One run of a schedule: what it took, which jobs it made, how it ended."""
+
+    __tablename__ = "dq_schedule_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    schedule: Mapped[str] = mapped_column(String(100), index=True)
+    #: running, succeeded, failed, skipped (the previous run was still going) or
+    #: abandoned (its beat stopped; the next run finished its work).
+    state: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+    #: The jobs the run made (one per task), named before they are created so that a
+    #: run cut short can be finished by the next.
+    job_ids: Mapped[list[str]] = mapped_column(JSON)
+    #: Where the source stands once this run's documents are written back: a
+    #: table's watermark and key, or a directory's files as read.
+    mark_to: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    documents: Mapped[int] = mapped_column(Integer, default=0)
+    reused: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    message: Mapped[str | None] = mapped_column(Text)
+
+
+class ScheduleMark(Base):
+    """Where a schedule's source stands, and the run that holds it now."""
+
+    __tablename__ = "dq_schedule_marks"
+
+    schedule: Mapped[str] = mapped_column(String(100), primary_key=True)
+    #: A table source's last (watermark, key) written back; None before the first.
+    mark: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: The run under way (None when none is), and when it last said it is alive.
+    running_run: Mapped[int | None] = mapped_column(Integer)
+    heartbeat_at: Mapped[float | None] = mapped_column(Float)
+
+
+class ScheduleFile(Base):
+    """A file a directory schedule has annotated, as it was then."""
+
+    __tablename__ = "dq_schedule_files"
+
+    schedule: Mapped[str] = mapped_column(String(100), primary_key=True)
+    path: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    digest: Mapped[str] = mapped_column(String(64))
+
+
+class BeatLease(Base):
+    """The one beat allowed to run schedules: others wait for its lease to lapse."""
+
+    __tablename__ = "dq_beat_lease"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[float] = mapped_column(Float)

@@ -1,0 +1,202 @@
+"""One run of a schedule: claim it, finish the work of a run whose beat stopped,
+read what is new, submit it (one job per task), wait, write the results back, and
+only then move the source's mark.  A run that fails leaves the mark where it was,
+so the next run takes the same documents again (and, with reuse, computes only
+those without a result).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine
+
+from docqueue.db.engine import make_engine
+from docqueue.errors import one_line
+from docqueue.producer.client import Client, JobHandle, UnknownJob
+from docqueue.schedules import sources, state
+from docqueue.schedules.config import DirectorySource, Schedule, TableSource
+from docqueue.schedules.writeback import prefixes, row_values, target_table, upsert
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    run_id: int
+    state: str
+    documents: int = 0
+    reused: int = 0
+    failed: int = 0
+    message: str | None = None
+
+
+def run_schedule(client: Client, schedule: Schedule, stale_after: float) -> Outcome:
+    """Run ``schedule`` now, unless its previous run is still going (then the run is
+    recorded as skipped).  Never raises for a failed run: the outcome says why."""
+    db = client.db
+    run_id = state.start_run(db, schedule.name)
+    claim = state.claim(db, schedule.name, run_id, stale_after)
+    if claim is None:
+        message = "the previous run is still going"
+        log.warning("schedule %s: not started, %s", schedule.name, message)
+        state.finish(db, schedule.name, run_id, state.SKIPPED, message=message, release=False)
+        return Outcome(run_id, state.SKIPPED, message=message)
+    stop_beating = _heartbeat(db, schedule.name, run_id, stale_after / 3)
+    try:
+        counts = _Counts()
+        if claim.abandoned is not None and claim.abandoned.job_ids:
+            log.info("schedule %s: finishing run %d first", schedule.name, claim.abandoned.id)
+            _finish_abandoned(client, schedule, claim.abandoned, counts)
+        _run_new(client, schedule, run_id, counts)
+    except Exception as exc:  # the run fails; the mark stays where it was
+        message = one_line(exc)
+        log.error("schedule %s: run %d failed: %s", schedule.name, run_id, message)
+        state.finish(db, schedule.name, run_id, state.FAILED, message=message, **counts.fields())
+        return Outcome(run_id, state.FAILED, message=message, **counts.fields())
+    finally:
+        stop_beating.set()
+    state.finish(db, schedule.name, run_id, state.SUCCEEDED, **counts.fields())
+    log.info("schedule %s: run %d done, %s", schedule.name, run_id, counts)
+    return Outcome(run_id, state.SUCCEEDED, **counts.fields())
+
+
+@dataclass
+class _Counts:
+    documents: int = 0
+    reused: int = 0
+    failed: int = 0
+
+    def fields(self) -> dict[str, Any]:
+        return {"documents": self.documents, "reused": self.reused, "failed": self.failed}
+
+    def __str__(self) -> str:
+        return f"{self.documents} documents ({self.reused} reused, {self.failed} failed)"
+
+
+def _run_new(client: Client, schedule: Schedule, run_id: int, counts: _Counts) -> None:
+    new = _read_new(client.db, schedule)
+    if not new.records:
+        return
+    job_ids = [uuid.uuid4().hex for _ in schedule.tasks]
+    state.plan(client.db, run_id, job_ids, new.mark_to)
+    _submit_wait_write(client, schedule, new, job_ids, counts, resume=False)
+    state.advance(client.db, schedule.name, new.mark_to)
+
+
+def _finish_abandoned(
+    client: Client, schedule: Schedule, abandoned: state.Run, counts: _Counts
+) -> None:
+    """Finish what a run cut short planned: the same documents, the same jobs (a job
+    that exists is resumed: what it computed is kept, what it missed is computed)."""
+    if abandoned.mark_to is None:
+        return
+    if isinstance(schedule.source, TableSource):
+        before = state.mark(client.db, schedule.name)
+        again = sources.read_table(schedule.source, before, upto=abandoned.mark_to)
+    else:
+        again = sources.read_files(schedule.source, abandoned.mark_to.get("files") or {})
+    again.mark_to = abandoned.mark_to
+    _submit_wait_write(client, schedule, again, abandoned.job_ids, counts, resume=True)
+    state.advance(client.db, schedule.name, abandoned.mark_to)
+
+
+def _read_new(db: Engine, schedule: Schedule) -> sources.NewDocuments:
+    if isinstance(schedule.source, TableSource):
+        return sources.read_table(schedule.source, state.mark(db, schedule.name))
+    assert isinstance(schedule.source, DirectorySource)
+    changed = sources.changed_files(schedule.source, state.known_files(db, schedule.name))
+    return sources.read_files(schedule.source, changed)
+
+
+def _submit_wait_write(
+    client: Client,
+    schedule: Schedule,
+    new: sources.NewDocuments,
+    job_ids: list[str],
+    counts: _Counts,
+    *,
+    resume: bool,
+) -> None:
+    jobs = [
+        _start(client, spec, job_id, new, schedule.name, resume)
+        for spec, job_id in zip(schedule.tasks, job_ids, strict=True)
+    ]
+    for job in jobs:
+        job.wait(timeout=schedule.timeout)
+    written = _write_back(schedule, new, jobs)
+    counts.documents += written
+    for job in jobs:
+        progress = job.progress()
+        counts.failed += progress.failed
+        counts.reused += getattr(progress, "reused", 0)
+
+
+def _start(
+    client: Client, spec: Any, job_id: str, new: sources.NewDocuments, name: str, resume: bool
+) -> JobHandle:
+    if resume:
+        try:
+            client.resume(job_id, documents=iter(new.records))
+            return client.job(job_id)
+        except UnknownJob:
+            pass  # the run stopped before creating it
+    return client.submit_many(
+        iter(new.records),
+        task=spec.task,
+        model=spec.model,
+        params=spec.params,
+        job_id=job_id,
+        name=f"schedule:{name}",
+    )
+
+
+def _write_back(schedule: Schedule, new: sources.NewDocuments, jobs: list[JobHandle]) -> int:
+    url = schedule.into.url or (
+        schedule.source.url if isinstance(schedule.source, TableSource) else None
+    )
+    engine = make_engine(url.get_secret_value()) if url else jobs[0].client.db
+    key_column = schedule.source.key if isinstance(schedule.source, TableSource) else "key"
+    try:
+        target = target_table(engine, schedule.into.table, key_column, new.keys[0], schedule.tasks)
+        return upsert(engine, target, key_column, _rows(schedule, new, jobs, key_column))
+    finally:
+        if url:
+            engine.dispose()
+
+
+def _rows(
+    schedule: Schedule, new: sources.NewDocuments, jobs: list[JobHandle], key_column: str
+) -> Iterator[dict[str, Any]]:
+    """One row per document, each task's columns side by side (every job holds the
+    same documents in the same order)."""
+    streams = [job.results() for job in jobs]
+    tasks = zip(prefixes(schedule.tasks), schedule.tasks, strict=True)
+    columns = list(tasks)
+    for results in zip(*streams, strict=True):
+        row: dict[str, Any] = {key_column: new.keys[results[0]["seq"]]}
+        for (prefix, spec), result in zip(columns, results, strict=True):
+            row.update(row_values(result, prefix, spec.task))
+        yield row
+
+
+def _heartbeat(db: Engine, schedule: str, run_id: int, every: float) -> threading.Event:
+    """Keep telling SQL the run is alive until the returned event is set."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            try:
+                if not state.heartbeat(db, schedule, run_id):
+                    log.warning("schedule %s: run %d lost its claim", schedule, run_id)
+                    return
+            except Exception as exc:  # the database is away: try again next time
+                log.warning("schedule %s: heartbeat failed: %s", schedule, one_line(exc))
+
+    threading.Thread(target=beat, name=f"run-{run_id}-heartbeat", daemon=True).start()
+    return stop

@@ -1,0 +1,343 @@
+"""Scheduled pipelines: schedules from a TOML file, sources read for what is new, results
+upserted into the user's table, runs recorded, one beat at a time.  Real worker, real
+Redis, real SQL (the user's own database is a separate SQLite file or PostgreSQL)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import wait_until
+from sqlalchemy import create_engine, text
+
+from docqueue.config import settings_env
+from docqueue.producer.client import UnknownJob
+from docqueue.schedules import state
+from docqueue.schedules.config import ScheduleError, load
+from docqueue.schedules.run import run_schedule
+
+LEASE = 3.0
+
+
+def write_config(path: Path, body: str, lease: float = LEASE) -> Path:
+    path.write_text(f"[beat]\nlease_seconds = {lease}\n\n{body}", encoding="utf-8")
+    return path
+
+
+def table_schedule(
+    app_url: str, *, every: str = "1h", limit: int = 10_000, model: str = "tiny"
+) -> str:
+    return f"""
+[[schedule]]
+name = "tickets"
+every = "{every}"
+task = "classify"
+model = "{model}"
+timeout = 60
+
+[schedule.source]
+url = "{app_url}"
+table = "tickets"
+key = "id"
+watermark = "updated_at"
+text = "body"
+limit = {limit}
+
+[schedule.into]
+table = "ticket_labels"
+"""
+
+
+def make_tickets(app_url: str, rows: list[tuple[int, int, str]]) -> None:
+    engine = create_engine(app_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE TABLE IF NOT EXISTS tickets"
+                " (id INTEGER PRIMARY KEY, updated_at INTEGER, body TEXT)"
+            )
+        )
+        for row in rows:
+            conn.execute(
+                text("INSERT INTO tickets VALUES (:i, :u, :b)"),
+                {"i": row[0], "u": row[1], "b": row[2]},
+            )
+    engine.dispose()
+
+
+def labels(app_url: str) -> dict[int, dict[str, Any]]:
+    engine = create_engine(app_url)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT * FROM ticket_labels ORDER BY id")).mappings().all()
+    engine.dispose()
+    return {row["id"]: dict(row) for row in rows}
+
+
+def alone(client, model: str, texts: list[str]) -> list[str]:
+    """The labels the same model gives the texts in a job of their own."""
+    job = client.submit_many(texts, task="classify", model=model)
+    job.wait(timeout=60)
+    return [row["label"] for row in job.results()]
+
+
+@pytest.fixture
+def app_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'app.db'}"
+
+
+def test_a_schedules_file_with_a_mistake_is_refused_naming_the_schedule(tmp_path):
+    bad = {
+        'every = "1h"\ncron = "0 * * * *"': "give either every",
+        'cron = "61 * * * *"': "cron '61 * * * *'",
+        'every = "soon"': "every 'soon'",
+    }
+    for when, expected in bad.items():
+        config = write_config(
+            tmp_path / "s.toml",
+            f'[[schedule]]\nname = "nightly"\n{when}\ntask = "classify"\nmodel = "m"\n'
+            'source = { directory = "in" }\ninto = { table = "out" }\n',
+        )
+        with pytest.raises(ScheduleError) as refused:
+            load(config)
+        assert "schedule 'nightly'" in str(refused.value) and expected in str(refused.value)
+    config = write_config(
+        tmp_path / "s.toml",
+        '[[schedule]]\nname = "x"\nevery = 5\ntask = "translate"\nmodel = "m"\n'
+        'source = { url = "sqlite://", table = "t", key = "id", watermark = "w", text = "b" }\n'
+        'into = { table = "out; DROP TABLE t" }\n',
+    )
+    with pytest.raises(ScheduleError, match="schedule 'x'"):
+        load(config)
+
+
+@pytest.mark.slow
+def test_a_table_schedule_writes_back_new_rows_only_and_skips_none_sharing_a_watermark(
+    client, start_worker, tiny_classifier, app_url, tmp_path
+):
+    start_worker({"tiny": tiny_classifier})
+    texts = [
+        "refund my invoice",
+        "the site is down",
+        "great support",
+        "charged twice",
+        "slow pages",
+    ]
+    # Rows 2, 3 and 4 share a watermark: a run that stops after row 2 must not skip 3 and 4.
+    make_tickets(
+        app_url, [(1, 10, texts[0]), (2, 20, texts[1]), (3, 20, texts[2]), (4, 20, texts[3])]
+    )
+    schedule = load(write_config(tmp_path / "s.toml", table_schedule(app_url, limit=2))).get(
+        "tickets"
+    )
+
+    first = run_schedule(client, schedule, LEASE)
+    assert (first.state, first.documents) == ("succeeded", 2)
+    assert sorted(labels(app_url)) == [1, 2]
+    second = run_schedule(client, schedule, LEASE)
+    assert (second.state, second.documents) == ("succeeded", 2)
+    make_tickets(app_url, [(5, 20, texts[4])])  # same watermark as the last row taken
+    third = run_schedule(client, schedule, LEASE)
+    assert (third.state, third.documents) == ("succeeded", 1)
+    assert run_schedule(client, schedule, LEASE).documents == 0
+
+    written = labels(app_url)
+    assert sorted(written) == [1, 2, 3, 4, 5]
+    assert [written[i]["label"] for i in range(1, 6)] == alone(client, "tiny", texts)
+    assert all(row["error"] is None and row["score"] > 0 for row in written.values())
+    runs = state.runs(client.db, "tickets")
+    assert [r.documents for r in reversed(runs)] == [2, 2, 1, 0]
+
+
+@pytest.mark.slow
+def test_a_failed_run_leaves_the_watermark_and_a_rerun_doubles_nothing(
+    client, start_worker, tiny_classifier, app_url, tmp_path
+):
+    make_tickets(app_url, [(1, 1, "refund please"), (2, 2, "it is broken")])
+    config = write_config(
+        tmp_path / "s.toml", table_schedule(app_url).replace("timeout = 60", "timeout = 1")
+    )
+    schedule = load(config).get("tickets")
+    failed = run_schedule(client, schedule, LEASE)  # no worker yet: the run times out
+    assert failed.state == "failed" and "not finished" in (failed.message or "")
+    assert state.mark(client.db, "tickets") is None
+    start_worker({"tiny": tiny_classifier})
+    schedule = schedule.model_copy(update={"timeout": 60.0})
+    done = run_schedule(client, schedule, LEASE)
+    assert (done.state, done.documents) == ("succeeded", 2)  # the same rows again
+    assert sorted(labels(app_url)) == [1, 2]
+    with create_engine(app_url).connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM ticket_labels")).scalar() == 2
+
+
+def test_a_run_does_not_overlap_one_still_going(client, app_url, tmp_path):
+    make_tickets(app_url, [(1, 1, "hello")])
+    schedule = load(write_config(tmp_path / "s.toml", table_schedule(app_url))).get("tickets")
+    going = state.start_run(client.db, "tickets")
+    assert state.claim(client.db, "tickets", going, LEASE) is not None
+    skipped = run_schedule(client, schedule, LEASE)
+    assert skipped.state == "skipped" and "still going" in (skipped.message or "")
+    assert state.mark(client.db, "tickets") is None
+
+
+@pytest.mark.slow
+def test_a_directory_schedule_reads_new_and_changed_files_only(
+    client, start_worker, tiny_classifier, tmp_path
+):
+    start_worker({"tiny": tiny_classifier})
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "a.jsonl").write_text(
+        '{"id": "1", "text": "refund my invoice"}\n{"text": "down again"}\n'
+    )
+    config = write_config(
+        tmp_path / "s.toml",
+        f'[[schedule]]\nname = "inbox"\nevery = 3600\ntask = "classify"\nmodel = "tiny"\n'
+        f'source = {{ directory = "{inbox}" }}\ninto = {{ table = "inbox_labels" }}\n',
+    )
+    schedule = load(config).get("inbox")
+    assert run_schedule(client, schedule, LEASE).documents == 2
+    assert run_schedule(client, schedule, LEASE).documents == 0  # nothing new
+    (inbox / "b.jsonl").write_text('{"id": "x", "text": "thanks a lot"}\n')
+    (inbox / "a.jsonl").write_text('{"id": "1", "text": "refund my invoice now"}\n')
+    assert run_schedule(client, schedule, LEASE).documents == 2  # b is new, a changed
+    with client.db.connect() as conn:
+        keys = sorted(conn.execute(text("SELECT key FROM inbox_labels")).scalars())
+    assert keys == ["a.jsonl:1", "a.jsonl:2", "b.jsonl:x"]
+
+
+def beat(settings, config: Path, tmp_path: Path, name: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCQUEUE_")}
+    with (tmp_path / f"{name}.log").open("w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "docqueue", "schedule", "beat", "--config", str(config)],
+            env={**env, **settings_env(settings)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+@pytest.mark.slow
+def test_beat_runs_a_schedule_every_second_and_only_one_beat_leads(
+    client, settings, start_worker, tiny_classifier, app_url, tmp_path
+):
+    start_worker({"tiny": tiny_classifier})
+    make_tickets(app_url, [(1, 1, "refund my invoice")])
+    config = write_config(tmp_path / "s.toml", table_schedule(app_url, every="1s"))
+    first, second = beat(settings, config, tmp_path, "one"), beat(settings, config, tmp_path, "two")
+    try:
+        wait_until(lambda: 1 in labels_or_empty(app_url), 60, "the first run to write back")
+        make_tickets(app_url, [(2, 2, "the site is down")])
+        wait_until(lambda: 2 in labels_or_empty(app_url), 60, "a later run to write back")
+        holder = state.lease_holder(client.db)
+        assert holder is not None
+
+        def succeeded() -> list[state.Run]:
+            return [r for r in state.runs(client.db, "tickets", 100) if r.state == "succeeded"]
+
+        # (a run writes back, then records itself)
+        wait_until(lambda: sum(r.documents for r in succeeded()) >= 2, 30, "runs recorded")
+        every_run = [(r.state, r.documents, r.message) for r in state.runs(client.db, "tickets")]
+        # each row once, whichever run took it
+        assert sum(r.documents for r in succeeded()) == 2, every_run
+        assert len([r for r in succeeded() if r.documents]) == 2, every_run
+        listed = subprocess.run(
+            [sys.executable, "-m", "docqueue", "schedule", "list", "--config", str(config)],
+            env={**os.environ, **settings_env(settings)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert listed.returncode == 0, listed.stderr
+        assert (
+            "tickets" in listed.stdout and "succeeded" in listed.stdout and "leads" in listed.stdout
+        )
+        # The leader stops: the other takes over when the lease lapses.
+        leader = first if str(first.pid) in holder[0].split(":")[1] else second
+        other = second if leader is first else first
+        leader.send_signal(signal.SIGTERM)
+        leader.wait(30)
+        make_tickets(app_url, [(3, 3, "thank you")])
+        wait_until(lambda: 3 in labels_or_empty(app_url), 60, "the other beat to take over")
+        new_holder = state.lease_holder(client.db)
+        assert new_holder is not None and f":{other.pid}:" in new_holder[0]
+    finally:
+        for proc in (first, second):
+            proc.terminate()
+            proc.wait(30)
+
+
+def labels_or_empty(app_url: str) -> dict[int, dict[str, Any]]:
+    try:
+        return labels(app_url)
+    except Exception:
+        return {}
+
+
+@pytest.mark.slow
+def test_killed_beat_and_worker_the_next_run_finishes_exactly_what_was_missed(
+    client, settings, start_worker, tiny_classifier, tmp_path, database_url
+):
+    if not database_url.startswith("postgresql"):
+        pytest.skip("the kill drill runs on PostgreSQL")
+    app_url = database_url.replace("postgresql://", "postgresql+psycopg://", 1)
+    texts = [f"ticket number {i}: my invoice is wrong" for i in range(400)]
+    make_tickets(app_url, [(i, i, t) for i, t in enumerate(texts)])
+    config = write_config(tmp_path / "s.toml", table_schedule(app_url, every="1h"))
+    worker = start_worker(
+        {"tiny": tiny_classifier},
+        runners={"tiny": "faulty_runners:SlowClassifier"},
+        max_batch_rows=8,
+    )
+    runner = beat(settings, config, tmp_path, "killed")  # an interval never run: due now
+    job_ids: list[str] = []
+
+    def some_done() -> bool:
+        nonlocal job_ids
+        last = state.last_run(client.db, "tickets")
+        job_ids = last.job_ids if last else []
+        try:
+            return bool(job_ids) and client.job(job_ids[0]).progress().done >= 16
+        except UnknownJob:  # named, not created yet
+            return False
+
+    wait_until(some_done, 60, "the run to be part way")
+    runner.kill()
+    worker.proc.kill()
+    runner.wait(10)
+    worker.proc.wait(10)
+    done_before = client.job(job_ids[0]).progress().done
+    with client.db.connect() as conn:
+        first_workers = set(
+            conn.execute(
+                text("SELECT DISTINCT worker_id FROM dq_results WHERE job_id = :j"),
+                {"j": job_ids[0]},
+            ).scalars()
+        )
+    assert 16 <= done_before < 400
+    start_worker({"tiny": tiny_classifier})
+    time.sleep(LEASE)  # the killed run is not heard from: it is abandoned
+    schedule = load(config).get("tickets")
+    outcome = run_schedule(client, schedule, LEASE)
+    assert outcome.state == "succeeded"
+    assert outcome.documents == 400  # the abandoned run's rows, written back by this run
+    written = labels(app_url)
+    assert sorted(written) == list(range(400))
+    # The job was resumed, not redone: the new worker computed exactly what was missed.
+    with client.db.connect() as conn:
+        workers = (
+            conn.execute(
+                text("SELECT worker_id FROM dq_results WHERE job_id = :j"), {"j": job_ids[0]}
+            )
+            .scalars()
+            .all()
+        )
+    assert len(workers) == 400
+    assert sum(w not in first_workers for w in workers) == 400 - done_before
+    runs = {r.id: r.state for r in state.runs(client.db, "tickets")}
+    assert sorted(runs.values()) == ["abandoned", "succeeded"]
