@@ -9,14 +9,15 @@ serve`` then listens on loopback only (:func:`bind_problem`).
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import socket
+import time
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from docqueue.api import session
 from docqueue.api.errors import ApiError
 from docqueue.config import Settings
 
@@ -37,18 +38,18 @@ async def require_token(
     if not settings.api_tokens:
         return
     if credentials is None:
+        cookie = request.cookies.get(session.COOKIE)
+        if cookie is not None and session.valid(cookie, settings.api_tokens, time.time()):
+            session.check_csrf(request)
+            return
         raise ApiError(
             401,
-            "no bearer token: send the header Authorization: Bearer <token>",
+            "no bearer token: send the header Authorization: Bearer <token>"
+            + (" (the page's session is not valid or expired: log in again)" if cookie else ""),
             "Authorization",
             CHALLENGE,
         )
-    given = credentials.credentials.encode()
-    # Every token is compared, so the time taken says nothing about which matched.
-    matches = [
-        hmac.compare_digest(given, t.get_secret_value().encode()) for t in settings.api_tokens
-    ]
-    if not any(matches):
+    if session.matching_token(credentials.credentials, settings.api_tokens) is None:
         raise ApiError(401, "the bearer token is not valid", "Authorization", CHALLENGE)
 
 
