@@ -7,6 +7,7 @@ const JOBS_SHOWN = 20;
 const HEADERS = { "X-Docqueue-Page": "1" };  // see docqueue/api/session.py
 const finished = new Map();  // job id -> its last status, once it stopped changing
 let selected = null;  // the job whose errors and recent results are shown
+let pinned = false;  // chosen by a click; else the newest job is shown
 let timer = null;
 
 class Unauthorized extends Error {}
@@ -74,7 +75,7 @@ function jobRow(job) {
   row.append(
     el("td", job.name || job.id.slice(0, 12), "job-name"),
     el("td", `${job.task} · ${job.model}`),
-    el("td", job.state + (job.warning ? " ⚠" : ""), "state"),
+    el("td", job.state, job.warning ? "state warn" : "state"),
     progressCell(p, total),
     el("td", job.docs_per_second === null ? "–" : job.docs_per_second.toFixed(1), "num rate"),
     el("td", job.state === "running" ? duration(job.eta_seconds) : "–", "num eta"),
@@ -82,7 +83,7 @@ function jobRow(job) {
     cancelCell(job),
   );
   if (job.warning) row.title = job.warning;
-  row.addEventListener("click", () => { selected = job.id; refresh(); });
+  row.addEventListener("click", () => { selected = job.id; pinned = true; refresh(); });
   return row;
 }
 
@@ -93,9 +94,10 @@ function progressCell(p, total) {
   bar.value = p.done + p.failed + p.cancelled;
   const count = el("span", null, "count");
   count.append(
-    el("span", p.done, "done"), " done, ",
-    el("span", p.pending, "pending"), " pending of ",
-    el("span", p.total ?? "…", "total"),
+    el("span", p.done, "done"), " done · ",
+    el("span", p.pending, "pending"), " pending",
+    ...(p.cancelled ? [" · ", el("span", p.cancelled, "cancelled"), " cancelled"] : []),
+    " · of ", el("span", p.total ?? "…", "total"),
   );
   cell.append(bar, count);
   return cell;
@@ -123,22 +125,24 @@ function cancelCell(job) {
 
 async function drawJobs() {
   const jobs = await jobStatuses();
+  if (!pinned || !jobs.some((job) => job.id === selected)) {
+    selected = jobs.length ? jobs[0].id : null;
+    pinned = false;
+  }
   fill($("#jobs tbody"), jobs.map(jobRow));
   $("#jobs-empty").hidden = jobs.length > 0;
-  if (selected === null && jobs.length) selected = jobs[0].id;
-  if (!jobs.some((job) => job.id === selected)) selected = jobs.length ? jobs[0].id : null;
-  await drawDetail();
+  await drawDetail(jobs.find((job) => job.id === selected));
 }
 
-async function drawDetail() {
-  $("#job-detail").hidden = selected === null;
-  if (selected === null) return;
-  const id = encodeURIComponent(selected);
+async function drawDetail(job) {
+  $("#job-detail").hidden = !job;
+  if (!job) return;
+  const id = encodeURIComponent(job.id);
   const [errors, recent] = await Promise.all([
     api(`/api/jobs/${id}/results?status=failed&limit=5`),
-    api(`/api/jobs/${id}/recent?limit=8`),
+    api(`/api/jobs/${id}/recent?limit=5`),
   ]);
-  $("#detail-id").textContent = selected;
+  $("#detail-id").textContent = job.name ? `${job.name} (${job.id})` : job.id;
   fill($("#errors tbody"), errors.data.map((r) => resultRow(r, r.error, "error")));
   fill($("#recent tbody"), recent.data.map((r) => resultRow(r, summary(r))));
 }
@@ -147,14 +151,16 @@ function summary(row) {
   if (row.status === "failed") return `failed: ${row.error}`;
   const { id, seq, status, embedding, ...fields } = row;
   if (embedding) fields.embedding = `[${embedding.length} floats]`;
+  // numbers to three decimals, nested ones too: a row fits on a line or two
+  const short = (_, value) => (typeof value === "number" ? Number(value.toFixed(3)) : value);
   return Object.entries(fields)
-    .map(([key, value]) => `${key}: ${typeof value === "number" ? value.toFixed(3) : JSON.stringify(value)}`)
+    .map(([key, value]) => `${key}: ${typeof value === "string" ? value : JSON.stringify(value, short)}`)
     .join(", ");
 }
 
 function resultRow(row, text, className) {
   const tr = el("tr");
-  tr.append(el("td", row.seq, "num"), el("td", row.id ?? ""), el("td", text, `cell-text ${className || ""}`));
+  tr.append(el("td", row.seq), el("td", row.id ?? ""), el("td", text, `cell-text ${className || ""}`));
   return tr;
 }
 
@@ -212,17 +218,23 @@ function handle(error) {
   return true;
 }
 
+let drawing = false;  // one redraw at a time: a click during one asks for another
+let redraw = false;
+
 async function refresh() {
+  if (drawing) { redraw = true; return; }
+  drawing = true;
   clearTimeout(timer);
-  let again = true;
+  let poll = true;
   try {
     await Promise.all([drawJobs(), drawWorkers(), drawDeadLetters()]);
     show(true);
     $("#updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   } catch (error) {
-    again = handle(error);
+    poll = handle(error);
   }
-  if (again) timer = setTimeout(refresh, POLL_MS);
+  drawing = false;
+  if (redraw) { redraw = false; refresh(); } else if (poll) timer = setTimeout(refresh, POLL_MS);
 }
 
 async function login(event) {
