@@ -33,15 +33,7 @@ serve = test_api.serve  # the fixture: a real `docqueue serve`
 PAGE = {session.CSRF_HEADER: "1"}
 
 
-def login(server: test_api.Server, token: str = TOKEN) -> httpx.Client:
-    """A client holding the session cookie a login gave (and no bearer token)."""
-    http = server.http(token=None)
-    answer = http.post("/api/session", json={"token": token}, headers=PAGE)
-    assert answer.status_code == 200, answer.text
-    return http
-
-
-def test_the_page_logs_in_once_and_its_cookie_holds_no_token(serve, settings):
+def test_the_page_logs_in_once_with_a_cookie_that_holds_no_token(serve, settings):
     register_gone_model(settings)
     server = serve()
     anonymous = server.http(token=None)
@@ -89,6 +81,10 @@ def test_the_page_logs_in_once_and_its_cookie_holds_no_token(serve, settings):
     stranger.cookies.set(session.COOKIE, forged)
     assert "not valid or expired" in error_of(stranger.get("/api/jobs"), 401)["message"]
 
+    # what the page reads besides jobs (one server for all: each start costs seconds)
+    reads_workers(http, settings)
+    reads_errors_and_recent_results(http)
+
     logout = http.delete("/api/session", headers=PAGE)
     assert 'docqueue_session=""' in logout.headers["set-cookie"]
     error_of(http.get("/api/jobs"), 401)
@@ -107,9 +103,8 @@ def test_a_session_lasts_until_it_expires_or_its_token_is_dropped():
     assert not session.valid("", [token], now=0) and not session.valid("a.b.c.d", [token], now=0)
 
 
-def test_workers_errors_and_recent_results_as_the_page_reads_them(serve, settings):
-    register_gone_model(settings)  # a stopped worker: listed only with ?all=true
-    http = login(serve())
+def reads_workers(http: httpx.Client, settings: Settings) -> None:
+    """GET /api/workers: the live ones (the stopped worker of GONE only with ?all)."""
     engine = make_engine(settings.database())
     with engine.begin() as conn:
         beat(
@@ -142,6 +137,9 @@ def test_workers_errors_and_recent_results_as_the_page_reads_them(serve, setting
     assert [w["id"] for w in every] == ["gpu-worker", "stopped-worker"]
     assert not every[1]["alive"] and every[1]["mean_batch_size"] is None
 
+
+def reads_errors_and_recent_results(http: httpx.Client) -> None:
+    """A job's error rows (results filtered by status) and its recent results."""
     documents = ["fine", "", "also fine", "more", ""]
     job = http.post(
         "/api/jobs",
@@ -162,8 +160,9 @@ def test_workers_errors_and_recent_results_as_the_page_reads_them(serve, setting
 
 # --- the page in a real browser ---------------------------------------------------------
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
+#: Debian's packages chromium and chromium-driver.
+CHROMIUM = "chromium"
+CHROMEDRIVER = "chromedriver"
 #: Set (to 1) where a missing chromium must fail the browser test, not skip it (CI).
 REQUIRE_BROWSER = "DOCQUEUE_REQUIRE_BROWSER"
 #: Where to copy the screenshot as well (docs/page.png in the README is made so).
@@ -174,8 +173,11 @@ SCREENSHOT = "DOCQUEUE_PAGE_SCREENSHOT"
 def browser() -> Iterator[Any]:
     """Headless chromium driven through chromedriver, both Debian's (nothing is
     downloaded at run time)."""
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not shutil.which(p)]
-    if missing:
+    chromium, chromedriver = shutil.which(CHROMIUM), shutil.which(CHROMEDRIVER)
+    missing = [
+        name for name, path in ((CHROMIUM, chromium), (CHROMEDRIVER, chromedriver)) if not path
+    ]
+    if missing or chromium is None or chromedriver is None:
         why = f"{' and '.join(missing)} missing: apt-get install chromium chromium-driver"
         if os.environ.get(REQUIRE_BROWSER) == "1":
             pytest.fail(f"{why} ({REQUIRE_BROWSER}=1)")
@@ -184,11 +186,11 @@ def browser() -> Iterator[Any]:
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
+    options.binary_location = chromium
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
         options.add_argument(argument)
     options.add_argument("--window-size=1280,1150")
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver = webdriver.Chrome(options=options, service=Service(chromedriver))
     driver.implicitly_wait(0)
     yield driver
     driver.quit()

@@ -4,7 +4,8 @@ Tokens come from the ``api_tokens`` setting (``DOCQUEUE_API_TOKENS``), never fro
 URL or the command line (where ``ps`` would show them), and are compared in constant
 time.  Several may be valid at once, so a new one can be rolled out before the old
 one is dropped.  Without any, every request is let in, which is why ``docqueue
-serve`` then listens on loopback only (:func:`bind_problem`).
+serve`` then listens on loopback only (:func:`bind_problem`).  The live page logs
+in once and sends a signed session cookie instead (:mod:`docqueue.api.session`).
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ async def require_token(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> None:
-    """Let the request in when it carries one of the configured tokens (or none are
-    configured); else 401.  Async: a comparison needs no worker thread."""
+    """Let the request in when it carries one of the configured tokens, or else the
+    page's valid session cookie (with its header when it changes something), or
+    when none are configured; else 401.  Async: a comparison needs no worker thread."""
     settings: Settings = request.app.state.settings
     if not settings.api_tokens:
         return
