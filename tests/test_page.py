@@ -248,8 +248,8 @@ def click(driver: Any, selector: str) -> None:
 
 @pytest.mark.slow
 def test_the_page_in_a_browser_follows_a_job_and_cancels_another(
-    serve, settings, start_worker, tiny_classifier, sample_texts, browser, tmp_path
-):
+    browser, serve, settings, start_worker, tiny_classifier, sample_texts, tmp_path
+):  # browser first: without chromium, skip (or fail) before starting anything
     from selenium.webdriver.common.by import By
 
     register_gone_model(settings)
