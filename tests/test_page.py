@@ -100,7 +100,8 @@ def test_a_session_lasts_until_it_expires_or_its_token_is_dropped():
     assert not session.valid(value.replace("v1.", "v2.", 1), [token], now=1000.0)
     later = str(expires + 10**6)
     assert not session.valid(value.replace(str(expires), later), [token], now=1000.0)
-    assert not session.valid("", [token], now=0) and not session.valid("a.b.c.d", [token], now=0)
+    for garbage in ("", "a.b.c.d", "v1.\u00b2.x.y", "v1..x.y", value + "."):
+        assert not session.valid(garbage, [token], now=0)
 
 
 def reads_workers(http: httpx.Client, settings: Settings) -> None:

@@ -77,7 +77,7 @@ def valid(value: str, tokens: Sequence[SecretStr], now: float) -> bool:
     keys (each is tried, in constant time)."""
     payload, _, signature = value.rpartition(".")
     parts = payload.split(".")
-    if len(parts) != 3 or parts[0] != _VERSION or not parts[1].isdigit():
+    if len(parts) != 3 or parts[0] != _VERSION or not (parts[1].isascii() and parts[1].isdigit()):
         return False
     if int(parts[1]) < now:
         return False

@@ -406,7 +406,11 @@ def recent_outcomes(conn: Connection, job_id: str, limit: int) -> list[Outcome]:
     (what the live page shows as recent results)."""
     query = (
         _outcome_query(inner=True)
-        .where(Item.job_id == job_id, Result.worker_id.is_not(None))
+        .where(
+            Item.job_id == job_id,
+            Result.worker_id.is_not(None),
+            Result.finished_at.is_not(None),  # PostgreSQL sorts NULL first when descending
+        )
         .order_by(Result.finished_at.desc(), Item.seq.desc())
         .limit(limit)
     )
