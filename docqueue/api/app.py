@@ -18,6 +18,9 @@ from docqueue.api import (
     openai_batches,
     openai_files,
     openai_sync,
+    page,
+    session,
+    workers,
 )
 from docqueue.api.auth import require_token
 from docqueue.api.limits import BodyLimit
@@ -27,7 +30,9 @@ from docqueue.producer.client import Client
 DESCRIPTION = """Queue documents for Hugging Face models and read their results.
 
 Send `Authorization: Bearer <token>` (a token of `DOCQUEUE_API_TOKENS`) with every
-request.  Errors are JSON, `{"error": {"message", "type", "param"}}`, with a 4xx status.
+request.  The live page at `/` logs in once (`POST /api/session`) and sends a signed
+session cookie instead.  Errors are JSON, `{"error": {"message", "type", "param"}}`,
+with a 4xx status.
 """
 
 
@@ -52,6 +57,7 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
         jobs,
         documents,
         models,
+        workers,
         dead_letters,
         openai_files,
         openai_batches,
@@ -60,4 +66,6 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
         app.include_router(
             module.router, dependencies=[Depends(require_token)], responses=errors.RESPONSES
         )
+    app.include_router(session.router, responses=errors.RESPONSES)
+    page.install(app)
     return app

@@ -4,19 +4,21 @@ Tokens come from the ``api_tokens`` setting (``DOCQUEUE_API_TOKENS``), never fro
 URL or the command line (where ``ps`` would show them), and are compared in constant
 time.  Several may be valid at once, so a new one can be rolled out before the old
 one is dropped.  Without any, every request is let in, which is why ``docqueue
-serve`` then listens on loopback only (:func:`bind_problem`).
+serve`` then listens on loopback only (:func:`bind_problem`).  The live page logs
+in once and sends a signed session cookie instead (:mod:`docqueue.api.session`).
 """
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import socket
+import time
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from docqueue.api import session
 from docqueue.api.errors import ApiError
 from docqueue.config import Settings
 
@@ -31,24 +33,25 @@ async def require_token(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> None:
-    """Let the request in when it carries one of the configured tokens (or none are
-    configured); else 401.  Async: a comparison needs no worker thread."""
+    """Let the request in when it carries one of the configured tokens, or else the
+    page's valid session cookie (with its header when it changes something), or
+    when none are configured; else 401.  Async: a comparison needs no worker thread."""
     settings: Settings = request.app.state.settings
     if not settings.api_tokens:
         return
     if credentials is None:
+        cookie = request.cookies.get(session.COOKIE)
+        if cookie is not None and session.valid(cookie, settings.api_tokens, time.time()):
+            session.check_csrf(request)
+            return
         raise ApiError(
             401,
-            "no bearer token: send the header Authorization: Bearer <token>",
+            "no bearer token: send the header Authorization: Bearer <token>"
+            + (" (the page's session is not valid or expired: log in again)" if cookie else ""),
             "Authorization",
             CHALLENGE,
         )
-    given = credentials.credentials.encode()
-    # Every token is compared, so the time taken says nothing about which matched.
-    matches = [
-        hmac.compare_digest(given, t.get_secret_value().encode()) for t in settings.api_tokens
-    ]
-    if not any(matches):
+    if session.matching_token(credentials.credentials, settings.api_tokens) is None:
         raise ApiError(401, "the bearer token is not valid", "Authorization", CHALLENGE)
 
 

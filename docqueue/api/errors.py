@@ -33,6 +33,7 @@ from docqueue.producer.documents import InvalidDocument
 KINDS = {
     400: "invalid_request",
     401: "authentication",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
@@ -84,6 +85,10 @@ def error_response(
 #: The error responses every route documents (FastAPI's own 422 schema is replaced).
 RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "A missing or wrong bearer token"},
+    403: {
+        "model": ErrorOut,
+        "description": "A change sent with the page's session cookie but without its header",
+    },
     422: {"model": ErrorOut, "description": "Input that cannot be run, named in the message"},
 }
 

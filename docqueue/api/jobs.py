@@ -26,6 +26,7 @@ from docqueue.api.models import known_model
 from docqueue.api.schemas import (
     Cancelled,
     Deleted,
+    DocumentStatus,
     JobBrief,
     JobCreate,
     JobList,
@@ -242,14 +243,24 @@ def job_results(
         str | None, Query(max_length=20, description="next_cursor of the page before")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    status: Annotated[
+        DocumentStatus | None,
+        Query(description="Only the documents in this state (failed: a sample of errors)"),
+    ] = None,
 ) -> ResultsPage:
     """Every document of the job has one row: pending ones say so.  Wait for the job
     to finish to read every result."""
     after = _after(cursor)
-    rows = job.results_page(after, limit + 1)
+    rows = job.results_page(after, limit + 1, status)
     more = len(rows) > limit
     rows = rows[:limit]
     return ResultsPage(data=rows, next_cursor=str(rows[-1]["seq"]) if more else None)
+
+
+@router.get("/jobs/{job_id}/recent", summary="The documents workers computed last, newest first")
+def recent_results(job: JobDep, limit: Annotated[int, Query(ge=1, le=100)] = 10) -> ResultsPage:
+    """Rows as the results pages give them; next_cursor is always None."""
+    return ResultsPage(data=job.recent(limit), next_cursor=None)
 
 
 def _after(cursor: str | None) -> int:

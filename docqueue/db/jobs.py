@@ -8,7 +8,17 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, delete, exists, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
 
 from docqueue.db.schema import CANCELLED, DONE, FAILED, PENDING, Item, Job, Result, Tombstone
 
@@ -368,47 +378,74 @@ def outcomes(
     seqs: Sequence[int] | None = None,
     batch: int = 2000,
     after: int = -1,
+    status: str | None = None,
 ) -> Iterator[Outcome]:
     """Each item with its result (if any), in sequence order from the first after
-    ``after``, read in pages of ``batch``."""
+    ``after``, read in pages of ``batch``; only those with ``status`` if given."""
     last = after
     while True:
         query = (
-            select(
-                Item.seq,
-                Item.user_id,
-                Item.status,
-                Item.error,
-                Item.truncated,
-                Item.duplicate_id,
-                Result.output,
-                Result.embedding,
-                Result.error,
-                Result.worker_id,
-            )
-            .outerjoin(Result, (Result.job_id == Item.job_id) & (Result.seq == Item.seq))
+            _outcome_query()
             .where(Item.job_id == job_id, Item.seq > last)
             .order_by(Item.seq)
             .limit(batch)
         )
         if seqs is not None:
             query = query.where(Item.seq.in_(seqs))
+        if status is not None:
+            query = query.where(Item.status == status)
         rows = conn.execute(query).all()
-        for r in rows:
-            yield Outcome(
-                seq=r[0],
-                user_id=r[1],
-                status=r[2],
-                output=r[6],
-                embedding=r[7],
-                error=r[8] or r[3],
-                truncated=r[4],
-                duplicate_id=r[5],
-                worker_id=r[9],
-            )
+        yield from (_outcome(r) for r in rows)
         if len(rows) < batch:
             return
         last = rows[-1][0]
+
+
+def recent_outcomes(conn: Connection, job_id: str, limit: int) -> list[Outcome]:
+    """The ``limit`` documents of the job that workers finished last, newest first
+    (what the live page shows as recent results)."""
+    query = (
+        _outcome_query(inner=True)
+        .where(
+            Item.job_id == job_id,
+            Result.worker_id.is_not(None),
+            Result.finished_at.is_not(None),  # PostgreSQL sorts NULL first when descending
+        )
+        .order_by(Result.finished_at.desc(), Item.seq.desc())
+        .limit(limit)
+    )
+    return [_outcome(r) for r in conn.execute(query)]
+
+
+def _outcome_query(inner: bool = False) -> Select[Any]:
+    on = (Result.job_id == Item.job_id) & (Result.seq == Item.seq)
+    columns = select(
+        Item.seq,
+        Item.user_id,
+        Item.status,
+        Item.error,
+        Item.truncated,
+        Item.duplicate_id,
+        Result.output,
+        Result.embedding,
+        Result.error,
+        Result.worker_id,
+    )
+    return columns.join(Result, on) if inner else columns.outerjoin(Result, on)
+
+
+def _outcome(r: Any) -> Outcome:
+    return Outcome(
+        seq=r[0],
+        user_id=r[1],
+        status=r[2],
+        output=r[6],
+        embedding=r[7],
+        error=r[8] or r[3],
+        truncated=r[4],
+        duplicate_id=r[5],
+        worker_id=r[9],
+    )
 
 
 @dataclass(frozen=True)

@@ -574,11 +574,15 @@ class Client:
             ledger.forget_tombstones(conn, now - max(keep, self.settings.visibility_timeout))
         return deleted
 
+    def every_worker(self) -> list[WorkerState]:
+        """Every worker that ever beat, live or not, newest heartbeat first."""
+        with self.db.connect() as conn:
+            return every_worker(conn)
+
     def models(self) -> list[ServedModel]:
         """The models live workers serve, by name, with the tasks they do."""
         now = time.time()
-        with self.db.connect() as conn:
-            every = every_worker(conn)
+        every = self.every_worker()
         live = [w for w in every if w.alive(now, self.settings.heartbeat_timeout)]
         served = []
         for name in sorted({name for w in live for name in w.models}):
@@ -956,12 +960,21 @@ class JobHandle:
             for outcome in ledger.outcomes(conn, self.id):
                 yield export_row(outcome)
 
-    def results_page(self, after: int = -1, limit: int = 100) -> list[dict[str, Any]]:
+    def results_page(
+        self, after: int = -1, limit: int = 100, status: str | None = None
+    ) -> list[dict[str, Any]]:
         """Up to ``limit`` documents in input order from the first whose seq is above
-        ``after``, as :meth:`results` gives them (a page: one short read)."""
+        ``after``, as :meth:`results` gives them (a page: one short read); only those
+        with ``status`` (pending, done, failed, cancelled) if given."""
         with self.client.db.connect() as conn:
-            outcomes = ledger.outcomes(conn, self.id, batch=limit, after=after)
+            outcomes = ledger.outcomes(conn, self.id, batch=limit, after=after, status=status)
             return [export_row(o) for o in itertools.islice(outcomes, limit)]
+
+    def recent(self, limit: int = 10) -> list[dict[str, Any]]:
+        """The ``limit`` documents workers computed last, newest first, as
+        :meth:`results` gives them."""
+        with self.client.db.connect() as conn:
+            return [export_row(o) for o in ledger.recent_outcomes(conn, self.id, limit)]
 
     def export(
         self, out: str | Path, on_row: Callable[[dict[str, Any]], None] | None = None
