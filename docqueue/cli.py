@@ -80,6 +80,13 @@ JobNameOpt = Annotated[
     typer.Option("--name", help="A name for the job (docqueue jobs --name NAME finds it)"),
 ]
 IdFieldOpt = Annotated[str, typer.Option("--id-field", help="Field holding your document id")]
+CallbackOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--callback-url",
+        help="POST the job's summary here when it finishes (a host of DOCQUEUE_WEBHOOK_HOSTS)",
+    ),
+]
 
 
 def fail(message: str, code: int = ExitCode.USAGE) -> typer.Exit:
@@ -192,6 +199,7 @@ def annotate(
             "instead of starting over",
         ),
     ] = None,
+    callback_url: CallbackOpt = None,
 ) -> None:
     """Annotate a file end to end: starts Redis, the SQLite ledger and workers itself."""
     from docqueue.annotate import AnnotateError
@@ -228,6 +236,7 @@ def annotate(
             id_field=id_field,
             device=device,
             job_name=name,
+            callback_url=callback_url,
         )
     except (InvalidParams, InputError) as exc:
         raise fail(str(exc)) from None
@@ -249,6 +258,8 @@ def annotate(
         err.print(f"  {who}: {row['error']}", soft_wrap=True, markup=False)
     if progress.cancelled:
         err.print(f"  {progress.cancelled} documents cancelled", soft_wrap=True)
+    if summary.webhook:
+        err.print(summary.webhook, soft_wrap=True, markup=False)
     incomplete = progress.failed or progress.cancelled
     raise typer.Exit(ExitCode.SOME_FAILED if incomplete else ExitCode.OK)
 
@@ -361,6 +372,7 @@ def enqueue(
     text_field: TextFieldOpt = "text",
     id_field: IdFieldOpt = "id",
     name: JobNameOpt = None,
+    callback_url: CallbackOpt = None,
 ) -> None:
     """Queue a file of documents as one job; prints the job id."""
     from docqueue.params import InvalidParams
@@ -390,6 +402,7 @@ def enqueue(
             name=name,
             # what `docqueue resume` checks the file against, should this stop part way
             input_digest=input_digest(path, task, model, params, text_field, id_field),
+            callback_url=callback_url,
         )
     except (InvalidParams, InputError) as exc:
         raise fail(str(exc)) from None

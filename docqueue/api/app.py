@@ -23,6 +23,7 @@ from docqueue.api.auth import require_token
 from docqueue.api.limits import BodyLimit
 from docqueue.config import Settings
 from docqueue.producer.client import Client
+from docqueue.webhooks import SenderThread
 
 DESCRIPTION = """Queue documents for Hugging Face models and read their results.
 
@@ -37,7 +38,14 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.waiters = anyio.CapacityLimiter(documents.MAX_WAITING)
-        yield
+        # Deliveries of jobs cancelled here (or finished while no worker runs) go
+        # out from here too; claims keep senders from sending one twice at once.
+        sender = SenderThread(client.db, settings)
+        sender.start()
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(sender.stop)
 
     app = FastAPI(title="docqueue", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings

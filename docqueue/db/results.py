@@ -12,6 +12,7 @@ instead of cancelled); an error does not turn it ``failed``, it stays ``cancelle
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from sqlalchemy import ARRAY, Connection, Integer, Update, and_, any_, bindparam
 from sqlalchemy.sql import Insert
 
 from docqueue.db.schema import CANCELLED, DONE, FAILED, Item, Result
+from docqueue.db.webhooks import lock_hooked, record_deliveries
 
 
 @dataclass
@@ -151,9 +153,15 @@ def _one_per_item(rows: Sequence[ResultRow]) -> list[ResultRow]:
 
 
 def record_results(conn: Connection, rows: Sequence[ResultRow]) -> None:
-    """Upsert results and mirror each item's status, in the caller's transaction."""
+    """Upsert results and mirror each item's status, in the caller's transaction;
+    write the webhook delivery of each job this finishes."""
     if not rows:
         return
+    jobs = {r.job_id for r in rows}
+    if conn.dialect.name == "postgresql":
+        # Before the items: a transaction that cancels the job locks the job, then
+        # its items; the same order here cannot deadlock with it.
+        lock_hooked(conn, jobs)
     _upsert_rows(conn, rows)
     _mark_done(conn, [r for r in rows if r.ok])
     failed = [
@@ -169,6 +177,7 @@ def record_results(conn: Connection, rows: Sequence[ResultRow]) -> None:
     ]
     if failed:
         conn.execute(_MARK_FAILED, failed)
+    record_deliveries(conn, jobs, time.time())
 
 
 _MARK_ONE_DONE = (
