@@ -836,6 +836,29 @@ def dead_letters_replay(ids: DeadLetterIds = None, every: AllOpt = False) -> Non
 
 
 @app.command()
+def health(
+    worker: Annotated[
+        bool,
+        typer.Option("--worker", help="Also require a live worker heartbeat from this host"),
+    ] = False,
+) -> None:
+    """Exit 0 when the database and Redis answer (and, with --worker, a worker on this
+    host beats); else exit 3 saying what is wrong.  For container health checks."""
+    import socket
+
+    from docqueue.health import problem
+
+    client = client_or_exit(settings_or_exit())
+    try:
+        found = problem(client, socket.gethostname() if worker else None)
+    finally:
+        client.close()
+    if found is not None:
+        raise fail(found, ExitCode.SERVICE)
+    print("ok")
+
+
+@app.command()
 def serve(
     host: Annotated[
         str,

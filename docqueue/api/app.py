@@ -13,6 +13,7 @@ from docqueue.api import (
     dead_letters,
     documents,
     errors,
+    health,
     jobs,
     models,
     openai_batches,
@@ -68,4 +69,5 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
         app.include_router(
             module.router, dependencies=[Depends(require_token)], responses=errors.RESPONSES
         )
+    app.include_router(health.router)  # no token: load balancers and health checks
     return app
