@@ -167,6 +167,25 @@ class Settings(BaseSettings):
                 raise ValueError(f"token {number}: use printable ASCII characters without spaces")
         return tokens
 
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _secret_or_none(cls, value: Any) -> Any:
+        """An empty variable (``DOCQUEUE_WEBHOOK_SECRET=``, what docker-compose passes
+        for one left unset) means no secret, not an empty one."""
+        if isinstance(value, str) and value.strip() == "":
+            return None
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _strong_secret(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is not None and len(secret.get_secret_value()) < MIN_TOKEN_CHARS:
+            raise ValueError(
+                f"use at least {MIN_TOKEN_CHARS} characters: python -c 'import secrets; "
+                "print(secrets.token_urlsafe())'"
+            )
+        return secret
+
     def redis(self) -> str | None:
         return self.redis_url.get_secret_value() if self.redis_url else None
 
