@@ -12,6 +12,9 @@ import compose
 import yaml
 from conftest import ROOT
 
+from docqueue.config import Settings
+from docqueue.protocol import bulk_queue, interactive_queue
+
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 VALIDATOR = Path(compose.__file__).parent / "docker-compose"
 #: What the operator puts in .env (the API refuses to start without a token).
@@ -142,3 +145,48 @@ def test_every_service_has_a_health_check_and_the_database_a_volume():
     # Webhooks are off unless the operator sets them; workers and the API share them.
     for name in ("api", "worker-gpu0"):
         assert services[name]["environment"]["DOCQUEUE_WEBHOOK_HOSTS"] == ""
+
+
+# --- the Kubernetes example (DEPLOYMENT.md) -------------------------------------------
+
+MANIFESTS = ROOT / "deploy" / "kubernetes" / "docqueue.yaml"
+
+
+def manifests() -> dict[tuple[str, str], dict]:
+    return {
+        (d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(MANIFESTS.read_text())
+    }
+
+
+def test_the_kubernetes_example_scales_workers_on_the_queues_docqueue_uses():
+    found = manifests()
+    worker = found["Deployment", "docqueue-worker-sentiment"]
+    scaled = found["ScaledObject", "docqueue-worker-sentiment"]
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "docqueue-worker-sentiment"
+    (container,) = worker["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["command"][:2] == ["docqueue", "worker"]
+    models = json.loads(found["ConfigMap", "docqueue"]["data"]["DOCQUEUE_MODELS"])
+    lists = {t["metadata"]["listName"] for t in scaled["spec"]["triggers"]}
+    assert {t["type"] for t in scaled["spec"]["triggers"]} == {"redis"}
+    assert lists == {bulk_queue("classify", "sentiment"), interactive_queue("sentiment")}
+    assert set(models) == {"sentiment"}
+    grace = float(found["ConfigMap", "docqueue"]["data"]["DOCQUEUE_SHUTDOWN_GRACE"])
+    assert worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > grace
+
+
+def test_the_kubernetes_example_configures_docqueue_with_settings_it_has():
+    found = manifests()
+    variables = set(found["Secret", "docqueue"]["stringData"]) | set(
+        found["ConfigMap", "docqueue"]["data"]
+    )
+    fields = {f"DOCQUEUE_{name.upper()}" for name in Settings.model_fields}
+    assert variables <= fields, variables - fields
+    api = found["Deployment", "docqueue-api"]
+    (container,) = api["spec"]["template"]["spec"]["containers"]
+    assert container["command"][:2] == ["docqueue", "serve"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    service = found["Service", "docqueue-api"]
+    assert service["spec"]["selector"] == api["spec"]["template"]["metadata"]["labels"]
+    auth = found["TriggerAuthentication", "docqueue-redis"]["spec"]["secretTargetRef"][0]
+    assert auth["key"] in found["Secret", auth["name"]]["stringData"]
