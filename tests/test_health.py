@@ -42,7 +42,8 @@ def test_health_needs_the_database_and_redis_and_for_a_worker_its_heartbeat(clie
 def test_the_health_command_passes_in_a_worker_container(redis_url, sqlite_url, tmp_path):
     """What the compose file's worker health check runs (SQLite only: a process
     start costs seconds here)."""
-    with Client(make_settings(redis_url, sqlite_url)) as client:
+    # a heartbeat timeout longer than the process takes to start on a loaded machine
+    with Client(make_settings(redis_url, sqlite_url, heartbeat_timeout=300)) as client:
         with client.db.begin() as conn:
             beat(
                 conn,

@@ -23,7 +23,7 @@ from sqlalchemy import ARRAY, Connection, Integer, Update, and_, any_, bindparam
 from sqlalchemy.sql import Insert
 
 from docqueue.db.schema import CANCELLED, DONE, FAILED, Item, Result
-from docqueue.db.webhooks import lock_hooked, record_deliveries
+from docqueue.db.webhooks import lock_hooked, write_deliveries
 
 
 @dataclass
@@ -158,10 +158,11 @@ def record_results(conn: Connection, rows: Sequence[ResultRow]) -> None:
     if not rows:
         return
     jobs = {r.job_id for r in rows}
-    if conn.dialect.name == "postgresql":
-        # Before the items: a transaction that cancels the job locks the job, then
-        # its items; the same order here cannot deadlock with it.
-        lock_hooked(conn, jobs)
+    # PostgreSQL: lock the jobs with a callback before their items, the order of a
+    # transaction that cancels a job, so the two cannot deadlock.  SQLite: after the
+    # writes (one writer at a time; a transaction that reads first may not get to
+    # write).
+    hooked = lock_hooked(conn, jobs) if conn.dialect.name == "postgresql" else None
     _upsert_rows(conn, rows)
     _mark_done(conn, [r for r in rows if r.ok])
     failed = [
@@ -177,7 +178,7 @@ def record_results(conn: Connection, rows: Sequence[ResultRow]) -> None:
     ]
     if failed:
         conn.execute(_MARK_FAILED, failed)
-    record_deliveries(conn, jobs, time.time())
+    write_deliveries(conn, lock_hooked(conn, jobs) if hooked is None else hooked, time.time())
 
 
 _MARK_ONE_DONE = (

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, insert, or_, select, update
+from sqlalchemy import Connection, delete, insert, or_, select, update
 
 from docqueue.db import jobs as ledger
 from docqueue.db.schema import Job, WebhookDelivery
@@ -45,8 +45,13 @@ def lock_hooked(conn: Connection, job_ids: Iterable[str]) -> list[str]:
 def record_deliveries(conn: Connection, job_ids: Iterable[str], now: float) -> int:
     """Write the delivery of each of ``job_ids`` that has a callback, is finished
     and has none yet; returns how many were written."""
+    return write_deliveries(conn, lock_hooked(conn, job_ids), now)
+
+
+def write_deliveries(conn: Connection, hooked: list[str], now: float) -> int:
+    """:func:`record_deliveries` for jobs already locked by :func:`lock_hooked`."""
     written = 0
-    for job_id in lock_hooked(conn, job_ids):
+    for job_id in hooked:
         if conn.execute(select(WebhookDelivery.id).where(WebhookDelivery.job_id == job_id)).first():
             continue
         job = ledger.get_job(conn, job_id)
@@ -216,3 +221,13 @@ def of_job(conn: Connection, job_id: str) -> DeliveryState | None:
         ).where(WebhookDelivery.job_id == job_id)
     ).first()
     return DeliveryState(*row) if row else None
+
+
+def forget(conn: Connection, created_before: float) -> int:
+    """Delete deliveries created before ``created_before`` that are done with (sent
+    or given up); returns how many."""
+    return conn.execute(
+        delete(WebhookDelivery).where(
+            WebhookDelivery.created_at < created_before, WebhookDelivery.next_at.is_(None)
+        )
+    ).rowcount

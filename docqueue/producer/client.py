@@ -31,7 +31,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from docqueue import deadletters
 from docqueue.config import Settings
 from docqueue.db import jobs as ledger
-from docqueue.db import make_engine, migrate
+from docqueue.db import make_engine, migrate, webhooks
 from docqueue.db.jobs import JOB_STATES, JobInfo, JobSummary, Progress
 from docqueue.db.workers import WorkerState, every_worker, workers_serving
 from docqueue.deadletters import DeadLetter
@@ -564,7 +564,8 @@ class Client:
         (default: the ``retention_days`` setting) days ago, texts and results, each
         leaving a tombstone; forget tombstones older than that (but never younger
         than the visibility timeout, so a message still out there finds its
-        tombstone).  Running jobs are kept.  Returns the ids deleted."""
+        tombstone), and webhook deliveries sent or given up that long ago.  Running
+        jobs are kept.  Returns the ids deleted."""
         days = self.settings.retention_days if older_than_days is None else older_than_days
         if not days > 0:
             raise ValueError(f"older than {days} days: use a number of days above 0")
@@ -584,6 +585,7 @@ class Client:
                 break
         with self.db.begin() as conn:
             ledger.forget_tombstones(conn, now - max(keep, self.settings.visibility_timeout))
+            webhooks.forget(conn, now - keep)
         return deleted
 
     def models(self) -> list[ServedModel]:
