@@ -23,7 +23,7 @@ from sqlalchemy import ARRAY, Connection, Integer, Update, and_, any_, bindparam
 from sqlalchemy.sql import Insert
 
 from docqueue.db.schema import CANCELLED, DONE, FAILED, Item, Result
-from docqueue.db.webhooks import lock_hooked, write_deliveries
+from docqueue.db.webhooks import Callbacks, write_deliveries
 
 
 @dataclass
@@ -152,12 +152,16 @@ def _one_per_item(rows: Sequence[ResultRow]) -> list[ResultRow]:
     return list(chosen.values())
 
 
-def record_results(conn: Connection, rows: Sequence[ResultRow]) -> None:
+def record_results(
+    conn: Connection, rows: Sequence[ResultRow], callbacks: Callbacks | None = None
+) -> None:
     """Upsert results and mirror each item's status, in the caller's transaction;
-    write the webhook delivery of each job this finishes."""
+    write the webhook delivery of each job this finishes (``callbacks``: what the
+    caller knows of which jobs have one)."""
     if not rows:
         return
     jobs = {r.job_id for r in rows}
+    lock_hooked = Callbacks().lock_hooked if callbacks is None else callbacks.lock_hooked
     # PostgreSQL: lock the jobs with a callback before their items, the order of a
     # transaction that cancels a job, so the two cannot deadlock.  SQLite: after the
     # writes (one writer at a time; a transaction that reads first may not get to
