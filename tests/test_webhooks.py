@@ -225,6 +225,10 @@ def test_cancelled_and_refused_jobs_are_posted_too(lite: Client, receiver: Recei
     assert len(receiver.requests) == 2
     with lite.db.begin() as conn:  # what prune forgets: deliveries done with
         assert rows.forget(conn, time.time() + 1) == 2
+    unsent = lite.submit_many([""], task="classify", model="m", callback_url=receiver.url)
+    assert deliveries(lite, unsent.id) == 1
+    unsent.delete()  # e.g. the API refusing a job none of whose documents can run
+    assert deliveries(lite, unsent.id) == 0
 
 
 def test_two_writers_finishing_a_job_at_once_write_one_delivery(client: Client, receiver: Receiver):

@@ -10,7 +10,17 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, delete, exists, func, insert, select, update
 
-from docqueue.db.schema import CANCELLED, DONE, FAILED, PENDING, Item, Job, Result, Tombstone
+from docqueue.db.schema import (
+    CANCELLED,
+    DONE,
+    FAILED,
+    PENDING,
+    Item,
+    Job,
+    Result,
+    Tombstone,
+    WebhookDelivery,
+)
 
 #: What ``jobs`` can filter on: a job is cancelled once cancelled, else finished when
 #: every document is done or failed, else running (still enqueuing, or computing).
@@ -315,6 +325,9 @@ def delete_job(conn: Connection, job_id: str, now: float) -> int | None:
     drop its late messages.  Returns the number of documents deleted; None for no
     such job."""
     conn.execute(delete(Result).where(Result.job_id == job_id))
+    # Its webhook too, sent or not: a deleted job (one the API refused, say) is
+    # not announced.
+    conn.execute(delete(WebhookDelivery).where(WebhookDelivery.job_id == job_id))
     deleted = conn.execute(delete(Item).where(Item.job_id == job_id)).rowcount
     if not conn.execute(delete(Job).where(Job.id == job_id)).rowcount:
         return None

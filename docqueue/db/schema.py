@@ -218,7 +218,8 @@ class WebhookDelivery(Base):
 
     #: The delivery id the receiver sees (X-Docqueue-Delivery, and in the body).
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    #: No foreign key: a job deleted after it finished still gets its delivery.
+    #: Not a foreign key: rows go with their job in ``delete_job`` (explicitly, like
+    #: results), and deliveries done with are forgotten by ``prune``.
     job_id: Mapped[str] = mapped_column(String(32), unique=True)
     url: Mapped[str] = mapped_column(String(2048))
     #: The exact bytes sent and signed, every attempt the same.
