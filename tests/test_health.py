@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import time
 
+import pytest
 from conftest import make_settings
 from test_cli import docqueue, no_traceback
 
@@ -39,6 +40,7 @@ def test_health_needs_the_database_and_redis_and_for_a_worker_its_heartbeat(clie
         assert (problem(cut_off) or "").startswith("Redis is unreachable: ")
 
 
+@pytest.mark.slow  # a process start: 4 to 10 s on the loaded 2-core machine
 def test_the_health_command_passes_in_a_worker_container(redis_url, sqlite_url, tmp_path):
     """What the compose file's worker health check runs (SQLite only: a process
     start costs seconds here)."""
