@@ -19,11 +19,13 @@ import pytest
 from conftest import make_settings, wait_until
 from sqlalchemy import func, select
 from test_api import GONE, error_of, register_gone_model, serve  # noqa: F401 -- a fixture
+from test_cli import TICKETS, docqueue, no_traceback
 
-from docqueue.config import Settings
+from docqueue.config import Settings, settings_env
 from docqueue.db import webhooks as rows
 from docqueue.db.results import ResultRow
 from docqueue.db.schema import WebhookDelivery
+from docqueue.errors import ExitCode
 from docqueue.producer.client import Client
 from docqueue.webhooks import (
     DELIVERY_HEADER,
@@ -371,3 +373,25 @@ def test_a_worker_killed_before_it_sent_leaves_the_delivery_to_the_next(
     assert body["delivery_id"] == state.id
     assert body["job"]["progress"]["done"] == 20
     assert len(receiver.delivered()) == 1
+
+
+@pytest.mark.slow  # a process start: seconds on the loaded 2-core machine
+def test_enqueue_refuses_a_host_not_allowed_in_one_line(settings: Settings, tmp_path):
+    result = docqueue(
+        "enqueue",
+        str(TICKETS),
+        "--model",
+        "m",
+        "--callback-url",
+        "http://10.0.0.5/hook",
+        cwd=tmp_path,
+        env=settings_env(settings),
+    )
+    no_traceback(result)
+    assert result.returncode == ExitCode.USAGE
+    assert result.stderr.strip() == (
+        "error: callback host '10.0.0.5' is not allowed: add it to DOCQUEUE_WEBHOOK_HOSTS "
+        "(allowed now: 127.0.0.1)"
+    )
+    with Client(settings) as client:
+        assert client.jobs() == []
