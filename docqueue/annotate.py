@@ -27,6 +27,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from docqueue.config import Settings, redact
+from docqueue.db import webhooks
 from docqueue.errors import ExitCode, one_line
 from docqueue.launcher import LocalWorkers, device_problem, pick_devices, serve_redis
 from docqueue.producer.client import Client, JobHandle, UnknownJob
@@ -34,6 +35,7 @@ from docqueue.producer.client import Progress as JobProgress
 from docqueue.producer.readers import input_digest, read_documents
 from docqueue.producer.results import OutputError, check_output
 from docqueue.tasks import TASKS_BY_FAMILY, cannot_do
+from docqueue.webhooks import Sender, check_callback_url
 from docqueue.worker.models import ModelUnavailable, family_of, locate
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,8 @@ class Summary:
     seconds: float
     written: int
     errors: list[dict[str, Any]]
+    #: What became of the job's webhook delivery (None: the job had no callback).
+    webhook: str | None = None
 
 
 def model_name_for(source: str) -> str:
@@ -77,12 +81,15 @@ def annotate(
     id_field: str | None = "id",
     device: str | None = None,
     job_name: str | None = None,
+    callback_url: str | None = None,
 ) -> Summary:
     """``job_name``: a rerun with the same name and the same input (file content,
     fields, task, model, parameters) resumes the earlier job instead of starting
     over; the same name with another input starts a new job."""
     started = time.monotonic()
     # Everything that can be checked here is checked before anything starts.
+    if callback_url is not None:
+        check_callback_url(callback_url, settings)
     documents = read_documents(path, text_field=text_field, id_field=id_field)
     try:
         check_output(out)
@@ -124,6 +131,7 @@ def annotate(
                 job_id=job_id,
                 name=job_name,
                 input_digest=digest,
+                callback_url=callback_url,
             )
         devices = pick_devices(device)
         board.phase(f"loading model {source} on {', '.join(devices)}")
@@ -143,6 +151,7 @@ def annotate(
             )
         finally:
             workers.stop(settings.shutdown_grace)
+        webhook = _webhook_outcome(client, job_id)
         job = client.job(job_id)
         if final.total and final.failed == final.total and job.status().computed == 0:
             first = next(job.results())
@@ -167,7 +176,26 @@ def annotate(
             ) from None
         finally:
             client.close()
-    return Summary(job_id, final, time.monotonic() - started, written, errors)
+    return Summary(job_id, final, time.monotonic() - started, written, errors, webhook)
+
+
+def _webhook_outcome(client: Client, job_id: str) -> str | None:
+    """The job's webhook, attempted here if its workers stopped before they sent
+    it (annotate runs nothing after it returns): one line saying what happened."""
+    with client.db.connect() as conn:
+        state = webhooks.of_job(conn, job_id)
+    if state is not None and state.delivered_at is None and state.failed_at is None:
+        Sender(client.db, client.settings).run_once()
+        with client.db.connect() as conn:
+            state = webhooks.of_job(conn, job_id)
+    if state is None:
+        return None
+    if state.delivered_at is not None:
+        return f"webhook delivery {state.id} sent"
+    return (
+        f"webhook delivery {state.id} not sent ({state.last_error}); a worker or "
+        f"`docqueue serve` on {redact(client.settings.database())} retries it"
+    )
 
 
 def check_task(source: str, task: str, settings: Settings, *, local_only: bool) -> None:

@@ -81,6 +81,13 @@ JobNameOpt = Annotated[
     typer.Option("--name", help="A name for the job (docqueue jobs --name NAME finds it)"),
 ]
 IdFieldOpt = Annotated[str, typer.Option("--id-field", help="Field holding your document id")]
+CallbackOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--callback-url",
+        help="POST the job's summary here when it finishes (a host of DOCQUEUE_WEBHOOK_HOSTS)",
+    ),
+]
 
 
 def fail(message: str, code: int = ExitCode.USAGE) -> typer.Exit:
@@ -193,6 +200,7 @@ def annotate(
             "instead of starting over",
         ),
     ] = None,
+    callback_url: CallbackOpt = None,
 ) -> None:
     """Annotate a file end to end: starts Redis, the SQLite ledger and workers itself."""
     from docqueue.annotate import AnnotateError
@@ -229,6 +237,7 @@ def annotate(
             id_field=id_field,
             device=device,
             job_name=name,
+            callback_url=callback_url,
         )
     except (InvalidParams, InputError) as exc:
         raise fail(str(exc)) from None
@@ -250,6 +259,8 @@ def annotate(
         err.print(f"  {who}: {row['error']}", soft_wrap=True, markup=False)
     if progress.cancelled:
         err.print(f"  {progress.cancelled} documents cancelled", soft_wrap=True)
+    if summary.webhook:
+        err.print(summary.webhook, soft_wrap=True, markup=False)
     incomplete = progress.failed or progress.cancelled
     raise typer.Exit(ExitCode.SOME_FAILED if incomplete else ExitCode.OK)
 
@@ -362,6 +373,7 @@ def enqueue(
     text_field: TextFieldOpt = "text",
     id_field: IdFieldOpt = "id",
     name: JobNameOpt = None,
+    callback_url: CallbackOpt = None,
 ) -> None:
     """Queue a file of documents as one job; prints the job id."""
     from docqueue.params import InvalidParams
@@ -391,6 +403,7 @@ def enqueue(
             name=name,
             # what `docqueue resume` checks the file against, should this stop part way
             input_digest=input_digest(path, task, model, params, text_field, id_field),
+            callback_url=callback_url,
         )
     except (InvalidParams, InputError) as exc:
         raise fail(str(exc)) from None
@@ -822,6 +835,29 @@ def dead_letters_replay(ids: DeadLetterIds = None, every: AllOpt = False) -> Non
     print(f"{len(replayed)} dead letters replayed")
     if refused:
         raise typer.Exit(ExitCode.SOME_FAILED)
+
+
+@app.command()
+def health(
+    worker: Annotated[
+        bool,
+        typer.Option("--worker", help="Also require a live worker heartbeat from this host"),
+    ] = False,
+) -> None:
+    """Exit 0 when the database and Redis answer (and, with --worker, a worker on this
+    host beats); else exit 3 saying what is wrong.  For container health checks."""
+    import socket
+
+    from docqueue.health import problem
+
+    client = client_or_exit(settings_or_exit())
+    try:
+        found = problem(client, socket.gethostname() if worker else None)
+    finally:
+        client.close()
+    if found is not None:
+        raise fail(found, ExitCode.SERVICE)
+    print("ok")
 
 
 @app.command()

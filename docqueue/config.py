@@ -122,7 +122,29 @@ class Settings(BaseSettings):
     #: after that it answers 504 naming the queued jobs, which finish anyway.
     api_sync_timeout: float = Field(60.0, gt=0)
 
-    @field_validator("api_tokens", mode="before")
+    # --- completion webhooks -------------------------------------------------------
+    #: Hosts a job's callback URL may name: a JSON list or names separated by commas
+    #: ("hooks.example.com", or "*.example.com" for its subdomains).  Any other host
+    #: is refused when the job is created.  Empty: no callbacks at all.
+    webhook_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: The shared secret deliveries are signed with (HMAC-SHA256 of the body, in the
+    #: X-Docqueue-Signature header).  Jobs with a callback are refused without one.
+    webhook_secret: SecretStr | None = None
+    #: Attempts at one delivery before it is given up (logged at ERROR, kept in SQL).
+    webhook_max_attempts: int = Field(10, ge=1)
+    #: Seconds before the first retry; each retry waits twice as long, up to
+    #: ``webhook_max_backoff``.
+    webhook_backoff: float = Field(2.0, gt=0)
+    webhook_max_backoff: float = Field(600.0, gt=0)
+    #: Seconds one POST may take before it counts as a failed attempt.
+    webhook_timeout: float = Field(10.0, gt=0)
+    #: How long a sender holds a delivery it claimed; another sender takes it after
+    #: that (a sender that died).  Must exceed ``webhook_timeout``.
+    webhook_lease: float = Field(60.0, gt=0)
+    #: How often senders look for due deliveries, in seconds.
+    webhook_poll_interval: float = Field(1.0, gt=0)
+
+    @field_validator("api_tokens", "webhook_hosts", mode="before")
     @classmethod
     def _token_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -147,6 +169,25 @@ class Settings(BaseSettings):
             if not (text.isascii() and text.isprintable()) or " " in text:
                 raise ValueError(f"token {number}: use printable ASCII characters without spaces")
         return tokens
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _secret_or_none(cls, value: Any) -> Any:
+        """An empty variable (``DOCQUEUE_WEBHOOK_SECRET=``, what docker-compose passes
+        for one left unset) means no secret, not an empty one."""
+        if isinstance(value, str) and value.strip() == "":
+            return None
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _strong_secret(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is not None and len(secret.get_secret_value()) < MIN_TOKEN_CHARS:
+            raise ValueError(
+                f"use at least {MIN_TOKEN_CHARS} characters: python -c 'import secrets; "
+                "print(secrets.token_urlsafe())'"
+            )
+        return secret
 
     def redis(self) -> str | None:
         return self.redis_url.get_secret_value() if self.redis_url else None

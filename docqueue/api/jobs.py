@@ -38,6 +38,7 @@ from docqueue.api.schemas import (
 from docqueue.params import validate_params
 from docqueue.producer.client import Client, JobHandle, UnknownJob
 from docqueue.producer.results import csv_columns, csv_records
+from docqueue.webhooks import check_callback_url
 
 router = APIRouter(prefix="/api", tags=["jobs"])
 
@@ -74,6 +75,7 @@ def create_job(
         key=key,
         digest=digest,
         param="documents",
+        callback_url=body.callback_url,
     )
     return _created(handle, response)
 
@@ -140,6 +142,7 @@ async def upload_job(
                 key=key,
                 digest=digest.hexdigest() if key else None,
                 param="file",
+                callback_url=fields.callback_url,
             )
         )
         return await run_in_threadpool(_created, handle, response)
@@ -150,6 +153,8 @@ async def upload_job(
 def _check_fields(client: Client, fields: UploadFields) -> None:
     """What can be refused before the file is read: the model and the parameters."""
     known_model(client, fields.model, fields.task)
+    if fields.callback_url is not None:
+        check_callback_url(fields.callback_url, client.settings)
     validate_params(
         fields.task, fields.params, max_new_tokens_cap=client.settings.max_new_tokens_cap
     )
@@ -167,6 +172,7 @@ def _submit(
     key: str | None,
     digest: str | None,
     param: str,
+    callback_url: str | None = None,
 ) -> JobHandle:
     """Queue the documents as a job with :meth:`Client.submit_many`.  Nothing is left
     behind when it fails part way (a service down), or when every document is
@@ -183,6 +189,7 @@ def _submit(
             job_id=job_id,
             idempotency_key=key,
             input_digest=digest,
+            callback_url=callback_url,
         )
         if not handle.replayed:
             _refuse_if_none_can_run(handle, param)

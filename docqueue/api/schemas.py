@@ -40,6 +40,7 @@ UserId = (
     Annotated[str, StringConstraints(max_length=512), NoNul]
     | Annotated[int, Field(ge=-(2**63), lt=2**63)]
 )
+CallbackUrl = Annotated[str, StringConstraints(min_length=1, max_length=2048), NoNul]
 #: Text, or chat messages (for generate, with a model that has a chat template).
 Text = str | list[ChatMessage]
 Params = dict[str, Any]
@@ -84,6 +85,9 @@ class JobCreate(_Strict):
     """Your name for the job, to find it by (GET /api/jobs?name=...)."""
     documents: list[DocumentItem] = Field(min_length=1)
     """Strings, or objects with text and id."""
+    callback_url: CallbackUrl | None = None
+    """Where to POST the job's summary when it finishes (a host the operator allowed
+    in DOCQUEUE_WEBHOOK_HOSTS); signed, see the README's Webhooks section."""
 
     def documents_for_client(self) -> list[Any]:
         """The documents as :meth:`Client.submit_many` takes them."""
@@ -126,6 +130,9 @@ class UploadFields(_Strict):
     """The JSONL field or CSV column holding the text."""
     id_field: FieldName = "id"
     """The JSONL field or CSV column holding your id for each document."""
+    callback_url: CallbackUrl | None = None
+    """Where to POST the job's summary when it finishes (a host the operator allowed
+    in DOCQUEUE_WEBHOOK_HOSTS); signed, see the README's Webhooks section."""
 
 
 # --- responses ---------------------------------------------------------------------

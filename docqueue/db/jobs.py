@@ -4,7 +4,7 @@ export and resume read back."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,17 @@ from sqlalchemy import (
     update,
 )
 
-from docqueue.db.schema import CANCELLED, DONE, FAILED, PENDING, Item, Job, Result, Tombstone
+from docqueue.db.schema import (
+    CANCELLED,
+    DONE,
+    FAILED,
+    PENDING,
+    Item,
+    Job,
+    Result,
+    Tombstone,
+    WebhookDelivery,
+)
 
 #: What ``jobs`` can filter on: a job is cancelled once cancelled, else finished when
 #: every document is done or failed, else running (still enqueuing, or computing).
@@ -71,12 +81,15 @@ def create_job(
     name: str | None = None,
     input_digest: str | None = None,
     idempotency_key: str | None = None,
+    callback_url: str | None = None,
 ) -> None:
     """Insert the job's row; raises IntegrityError when ``idempotency_key`` already
     names a job (one made by a concurrent request with that key)."""
     # The key is written only when there is one, so that a job without one is the
     # same insert on a ledger of revision 0003 (tests of migrations write those).
-    keyed = {} if idempotency_key is None else {"idempotency_key": idempotency_key}
+    keyed: dict[str, str] = {} if idempotency_key is None else {"idempotency_key": idempotency_key}
+    if callback_url is not None:
+        keyed["callback_url"] = callback_url
     conn.execute(
         insert(Job).values(
             id=job_id,
@@ -159,6 +172,7 @@ def close_job(conn: Connection, job_id: str, total: int) -> None:
         .where(Item.job_id == job_id, Item.user_id.in_(repeated))
         .values(duplicate_id=True)
     )
+    record_finished(conn, [job_id], time.time())
 
 
 @dataclass(frozen=True)
@@ -175,6 +189,7 @@ class JobInfo:
     input_digest: str | None = None
     cancelled_at: float | None = None
     idempotency_key: str | None = None
+    callback_url: str | None = None
 
 
 def get_job(conn: Connection, job_id: str) -> JobInfo | None:
@@ -290,7 +305,11 @@ def cancel_job(conn: Connection, job_id: str, now: float) -> int | None:
     job = conn.execute(select(Job.cancelled_at).where(Job.id == job_id)).first()
     if job is None:
         return None
-    return 0 if job.cancelled_at is None else _cancel_pending(conn, job_id)
+    if job.cancelled_at is None:
+        return 0
+    cancelled = _cancel_pending(conn, job_id)
+    record_finished(conn, [job_id], now)
+    return cancelled
 
 
 def _cancel_pending(conn: Connection, job_id: str) -> int:
@@ -316,6 +335,9 @@ def delete_job(conn: Connection, job_id: str, now: float) -> int | None:
     drop its late messages.  Returns the number of documents deleted; None for no
     such job."""
     conn.execute(delete(Result).where(Result.job_id == job_id))
+    # Its webhook too, sent or not: a deleted job (one the API refused, say) is
+    # not announced.
+    conn.execute(delete(WebhookDelivery).where(WebhookDelivery.job_id == job_id))
     deleted = conn.execute(delete(Item).where(Item.job_id == job_id)).rowcount
     if not conn.execute(delete(Job).where(Job.id == job_id)).rowcount:
         return None
@@ -465,3 +487,25 @@ def pace(conn: Connection, job_id: str) -> Pace:
         )
     ).one()
     return Pace(row[0], row[1], row[2])
+
+
+def timing(
+    created_at: float, progress: Progress, pace: Pace, now: float
+) -> tuple[float, float | None, float | None]:
+    """(elapsed, rate, eta) as the job status reports them: seconds from creation to
+    now (to the last result once finished), documents computed per second since
+    the first started, and seconds until the pending ones are done at that rate."""
+    end = (pace.last_finished or created_at) if progress.finished else now
+    rate = None
+    if pace.computed and pace.last_finished and pace.first_started is not None:
+        rate = pace.computed / max(pace.last_finished - pace.first_started, 1e-3)
+    eta = max(0, progress.pending) / rate if rate and not progress.finished else None
+    return max(0.0, end - created_at), rate, eta
+
+
+def record_finished(conn: Connection, job_ids: Iterable[str], now: float) -> None:
+    """Called in each transaction that can finish a job (results written, the job
+    closed, cancelled): its webhook delivery, when it has a callback."""
+    from docqueue.db.webhooks import record_deliveries
+
+    record_deliveries(conn, job_ids, now)

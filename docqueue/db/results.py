@@ -12,6 +12,7 @@ instead of cancelled); an error does not turn it ``failed``, it stays ``cancelle
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from sqlalchemy import ARRAY, Connection, Integer, Update, and_, any_, bindparam
 from sqlalchemy.sql import Insert
 
 from docqueue.db.schema import CANCELLED, DONE, FAILED, Item, Result
+from docqueue.db.webhooks import Callbacks, write_deliveries
 
 
 @dataclass
@@ -150,10 +152,21 @@ def _one_per_item(rows: Sequence[ResultRow]) -> list[ResultRow]:
     return list(chosen.values())
 
 
-def record_results(conn: Connection, rows: Sequence[ResultRow]) -> None:
-    """Upsert results and mirror each item's status, in the caller's transaction."""
+def record_results(
+    conn: Connection, rows: Sequence[ResultRow], callbacks: Callbacks | None = None
+) -> None:
+    """Upsert results and mirror each item's status, in the caller's transaction;
+    write the webhook delivery of each job this finishes (``callbacks``: what the
+    caller knows of which jobs have one)."""
     if not rows:
         return
+    jobs = {r.job_id for r in rows}
+    lock_hooked = Callbacks().lock_hooked if callbacks is None else callbacks.lock_hooked
+    # PostgreSQL: lock the jobs with a callback before their items, the order of a
+    # transaction that cancels a job, so the two cannot deadlock.  SQLite: after the
+    # writes (one writer at a time; a transaction that reads first may not get to
+    # write).
+    hooked = lock_hooked(conn, jobs) if conn.dialect.name == "postgresql" else None
     _upsert_rows(conn, rows)
     _mark_done(conn, [r for r in rows if r.ok])
     failed = [
@@ -169,6 +182,7 @@ def record_results(conn: Connection, rows: Sequence[ResultRow]) -> None:
     ]
     if failed:
         conn.execute(_MARK_FAILED, failed)
+    write_deliveries(conn, lock_hooked(conn, jobs) if hooked is None else hooked, time.time())
 
 
 _MARK_ONE_DONE = (

@@ -57,6 +57,9 @@ class Job(Base):
     #: creating another (the HTTP API's ``Idempotency-Key``); ``input_digest`` then
     #: holds the digest of the request, to refuse the same key with another one.
     idempotency_key: Mapped[str | None] = mapped_column(String(255), index=True, unique=True)
+    #: Where the job's summary is POSTed when it finishes (a host of
+    #: ``webhook_hosts``); None: nowhere.
+    callback_url: Mapped[str | None] = mapped_column(String(2048))
 
 
 class Item(Base):
@@ -262,3 +265,30 @@ class BeatLease(Base):
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     holder: Mapped[str] = mapped_column(String(128))
     expires_at: Mapped[float] = mapped_column(Float)
+
+
+class WebhookDelivery(Base):
+    """The POST of a finished job's summary to its callback URL.  Written in the
+    transaction that finishes the job (one per job: ``job_id`` is unique), sent and
+    retried by senders that claim it by setting ``lease_until``."""
+
+    __tablename__ = "dq_webhooks"
+
+    #: The delivery id the receiver sees (X-Docqueue-Delivery, and in the body).
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    #: Not a foreign key: rows go with their job in ``delete_job`` (explicitly, like
+    #: results), and deliveries done with are forgotten by ``prune``.
+    job_id: Mapped[str] = mapped_column(String(32), unique=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    #: The exact bytes sent and signed, every attempt the same.
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: When the next attempt is due; None once delivered or given up.
+    next_at: Mapped[float | None] = mapped_column(Float, index=True)
+    #: Until when the sender that claimed it holds it (None: nobody).
+    lease_until: Mapped[float | None] = mapped_column(Float)
+    delivered_at: Mapped[float | None] = mapped_column(Float)
+    #: When it was given up after ``webhook_max_attempts``.
+    failed_at: Mapped[float | None] = mapped_column(Float)
+    last_error: Mapped[str | None] = mapped_column(Text)

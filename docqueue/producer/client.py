@@ -31,7 +31,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from docqueue import deadletters
 from docqueue.config import Settings
 from docqueue.db import jobs as ledger
-from docqueue.db import make_engine, migrate
+from docqueue.db import make_engine, migrate, webhooks
 from docqueue.db.jobs import JOB_STATES, JobInfo, JobSummary, Progress
 from docqueue.db.workers import WorkerState, every_worker, workers_serving
 from docqueue.deadletters import DeadLetter
@@ -57,6 +57,7 @@ from docqueue.protocol import (
     queue_name,
 )
 from docqueue.tasks import cannot_do
+from docqueue.webhooks import check_callback_url
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -303,6 +304,7 @@ class Client:
         id: str | None = None,
         idempotency_key: str | None = None,
         input_digest: str | None = None,
+        callback_url: str | None = None,
     ) -> ResultHandle:
         """Queue one document on the model's interactive lane; returns at once.
 
@@ -310,10 +312,14 @@ class Client:
         handle is that call's document (``replayed``), provided ``input_digest`` (a
         digest of the request) is the same, else :class:`KeyReused`.
 
+        With a ``callback_url`` (a host of the ``webhook_hosts`` setting, else
+        :class:`~docqueue.webhooks.CallbackRefused`), the job's summary is POSTed
+        there when it finishes (see :mod:`docqueue.webhooks`).
+
         Raises :class:`InvalidParams` or :class:`InvalidDocument` for input that
         could never run, :class:`UnsupportedTask` when the model's live workers all
         say they cannot do ``task``."""
-        params = self._validate(task, model, params)
+        params = self._validate(task, model, params, callback_url)
         checked = check(
             as_record((id, text)), task=task, max_chars=self.settings.max_document_chars
         )
@@ -332,6 +338,7 @@ class Client:
                 total=1,
                 input_digest=input_digest,
                 idempotency_key=idempotency_key,
+                callback_url=callback_url,
             )
             ledger.add_items(conn, job_id, [_item_row(0, checked)])
 
@@ -361,6 +368,7 @@ class Client:
         name: str | None = None,
         input_digest: str | None = None,
         idempotency_key: str | None = None,
+        callback_url: str | None = None,
     ) -> JobHandle:
         """Queue a stream of documents as one job, in chunks, without holding the stream
         in memory.  Pauses while the model's queue is full (back-pressure).
@@ -379,8 +387,11 @@ class Client:
 
         With an ``idempotency_key`` that an earlier call used, nothing is added: the
         handle is that call's job (``replayed``), provided ``input_digest`` is the
-        same, else :class:`KeyReused`."""
-        params = self._validate(task, model, params)
+        same, else :class:`KeyReused`.
+
+        With a ``callback_url`` the job's summary is POSTed there when it finishes,
+        as for :meth:`submit`."""
+        params = self._validate(task, model, params, callback_url)
         if problem := name_problem(name):
             raise InvalidParams(problem)
         new_id = job_id or uuid.uuid4().hex
@@ -399,6 +410,7 @@ class Client:
                 name=name,
                 input_digest=input_digest,
                 idempotency_key=idempotency_key,
+                callback_url=callback_url,
             )
 
         earlier = self._create_once(idempotency_key, input_digest, "bulk", create)
@@ -552,7 +564,8 @@ class Client:
         (default: the ``retention_days`` setting) days ago, texts and results, each
         leaving a tombstone; forget tombstones older than that (but never younger
         than the visibility timeout, so a message still out there finds its
-        tombstone).  Running jobs are kept.  Returns the ids deleted."""
+        tombstone), and webhook deliveries sent or given up that long ago.  Running
+        jobs are kept.  Returns the ids deleted."""
         days = self.settings.retention_days if older_than_days is None else older_than_days
         if not days > 0:
             raise ValueError(f"older than {days} days: use a number of days above 0")
@@ -572,6 +585,7 @@ class Client:
                 break
         with self.db.begin() as conn:
             ledger.forget_tombstones(conn, now - max(keep, self.settings.visibility_timeout))
+            webhooks.forget(conn, now - keep)
         return deleted
 
     def every_worker(self) -> list[WorkerState]:
@@ -666,7 +680,15 @@ class Client:
             raise KeyReused(key, job.id)
         return job
 
-    def _validate(self, task: str, model: str, params: dict[str, Any] | None) -> dict[str, Any]:
+    def _validate(
+        self,
+        task: str,
+        model: str,
+        params: dict[str, Any] | None,
+        callback_url: str | None = None,
+    ) -> dict[str, Any]:
+        if callback_url is not None:
+            check_callback_url(callback_url, self.settings)
         if not is_model_name(model):
             raise InvalidParams(
                 f"model name {model!r}: use letters, digits, '.', '_' and '-' (workers map "
@@ -905,20 +927,14 @@ class JobHandle:
             raise UnknownJob(self.id)
         now = time.time()
         coverage = self.client.coverage(job.model, job.task)
-        end = (pace.last_finished or job.created_at) if progress.finished else now
-        rate = None
-        if pace.computed and pace.last_finished and pace.first_started is not None:
-            rate = pace.computed / max(pace.last_finished - pace.first_started, 1e-3)
-        eta = None
-        if rate and not progress.finished:
-            eta = max(0, progress.pending) / rate
+        elapsed, rate, eta = ledger.timing(job.created_at, progress, pace, now)
         return JobStatus(
             job,
             progress,
             coverage.doing,
             coverage.last_seen,
             problem=coverage.problem(now),
-            elapsed=max(0.0, end - job.created_at),
+            elapsed=elapsed,
             rate=rate,
             eta=eta,
             computed=pace.computed,

@@ -21,6 +21,7 @@ from docqueue.broker import make_celery, redis_client
 from docqueue.config import Settings, redact
 from docqueue.db import describe, make_engine, migrate
 from docqueue.protocol import done_channel, interactive_queue
+from docqueue.webhooks import SenderThread
 from docqueue.worker.consumer import BatchTask, EngineBridge
 from docqueue.worker.engine import Engine
 from docqueue.worker.heartbeat import Heartbeat
@@ -79,8 +80,10 @@ def run_worker(settings: Settings, redis_url: str, loglevel: str = "INFO") -> in
             "started_at": time.time(),
         },
     )
+    webhooks = SenderThread(db, settings)
     engine.start()
     heartbeat.start()
+    webhooks.start()
     log.info(
         "worker %s: broker %s, database %s, queues %s",
         worker_id,
@@ -106,6 +109,7 @@ def run_worker(settings: Settings, redis_url: str, loglevel: str = "INFO") -> in
     finally:
         engine.stop()
         heartbeat.stop()
+        webhooks.stop()
         db.dispose()
     return int(worker.exitcode or 0)
 

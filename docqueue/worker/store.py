@@ -23,6 +23,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from docqueue.db.results import ResultRow, record_results
 from docqueue.db.schema import Item
+from docqueue.db.webhooks import Callbacks
 from docqueue.errors import one_line
 from docqueue.protocol import MAX_SEQ
 
@@ -71,13 +72,14 @@ class SqlStore:
 
     def __init__(self, db: Engine) -> None:
         self.db = db
+        self.callbacks = Callbacks()
 
     def commit(self, rows: Sequence[ResultRow]) -> None:
         rows = self._without_impossible_keys(rows)
         for _ in range(3):
             try:
                 with self.db.begin() as conn:
-                    record_results(conn, rows)
+                    record_results(conn, rows, self.callbacks)
                 return
             except Exception as exc:
                 _unless_refused(exc)
@@ -141,7 +143,7 @@ class SqlStore:
         for row in rows:
             try:
                 with self.db.begin() as conn:
-                    record_results(conn, [row])
+                    record_results(conn, [row], self.callbacks)
             except Exception as exc:
                 _unless_refused(exc)
                 refused.append(
