@@ -134,8 +134,17 @@ def test_without_a_token_compose_refuses_and_names_the_variable():
     assert result.returncode != 0 and "DOCQUEUE_API_TOKENS" in result.stderr
 
 
+def test_the_schedules_profile_runs_beat_on_the_mounted_schedules_file():
+    beat = render(COMPOSE_FILE, "schedules")["beat"]
+    assert beat["command"] == ["docqueue", "schedule", "beat"]
+    (mount,) = beat["volumes"]
+    assert mount["target"] == beat["environment"]["DOCQUEUE_SCHEDULES"]
+    assert mount["source"].endswith("schedules.toml") and mount["read_only"]
+    assert beat["environment"]["DOCQUEUE_DATABASE_URL"].startswith("postgresql://")
+
+
 def test_every_service_has_a_health_check_and_the_database_a_volume():
-    services = render(COMPOSE_FILE, "cpu")
+    services = {**render(COMPOSE_FILE, "cpu"), **render(COMPOSE_FILE, "schedules")}
     for name, service in services.items():
         assert service.get("healthcheck", {}).get("test"), name
     for worker in ("worker-gpu0", "worker-cpu"):
