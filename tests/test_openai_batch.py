@@ -14,6 +14,7 @@ import pytest
 import test_api
 from conftest import wait_until
 from test_api import GONE, TOKEN, register_gone_model
+from transformers import AutoTokenizer
 
 from docqueue.config import Settings
 from docqueue.db import make_engine
@@ -79,7 +80,8 @@ def test_a_batch_runs_every_line_and_names_the_ones_that_cannot(
     serve, start_worker, tiny_classifier, tiny_llama
 ):
     start_worker({"chat": tiny_llama, "tiny": tiny_classifier})
-    client = sdk(serve())
+    server = serve()
+    client = sdk(server)
 
     good = [chat_line(f"req-{i}", f"Question number {i}?") for i in range(6)]
     lines: list[Any] = [*good[:3], b"{not json", chat_line("hot", "Hi", frequency_penalty=1.5)]
@@ -113,6 +115,17 @@ def test_a_batch_runs_every_line_and_names_the_ones_that_cannot(
         completion = openai.types.chat.ChatCompletion.model_validate(line["response"]["body"])
         assert completion.object == "chat.completion" and completion.model == "chat"
         assert isinstance(completion.choices[0].message.content, str)
+        assert completion.choices[0].finish_reason == "length"  # 4 tokens, as asked
+        assert completion.usage is not None and completion.usage.completion_tokens == 4
+    # the body the synchronous endpoint answers for the same request, usage included
+    first = chat_line("req-0", "Question number 0?")["body"]
+    sync = server.http().post("/v1/chat/completions", json=first).json()
+    body = output[0]["response"]["body"]
+    assert (body["choices"], body["usage"]) == (sync["choices"], sync["usage"])
+    template = AutoTokenizer.from_pretrained(tiny_llama).apply_chat_template(
+        first["messages"], add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"]
+    assert body["usage"]["prompt_tokens"] == len(template)
 
     errors = lines_of(client, finished.error_file_id)
     assert [line["custom_id"] for line in errors] == [None, "hot", "other-model", "params", None]
