@@ -122,9 +122,10 @@ def test_a_batch_runs_every_line_and_names_the_ones_that_cannot(
     sync = server.http().post("/v1/chat/completions", json=first).json()
     body = output[0]["response"]["body"]
     assert (body["choices"], body["usage"]) == (sync["choices"], sync["usage"])
-    template = AutoTokenizer.from_pretrained(tiny_llama).apply_chat_template(
+    template: Any = AutoTokenizer.from_pretrained(tiny_llama).apply_chat_template(
         first["messages"], add_generation_prompt=True, tokenize=True, return_dict=True
-    )["input_ids"]
+    )
+    template = template["input_ids"]
     assert body["usage"]["prompt_tokens"] == len(template)
 
     errors = lines_of(client, finished.error_file_id)
@@ -184,6 +185,7 @@ def test_a_cancelled_batch_lists_its_lines_in_the_error_file(serve, settings):
     assert [line["custom_id"] for line in errors] == ["x0", "x1", "x2", "x3"]
     assert {line["error"]["code"] for line in errors} == {"batch_cancelled"}
     assert all(line["response"] is None for line in errors)
+    files_are_listed_paged_and_deleted(client)  # this server's start serves both
 
 
 def test_bad_requests_are_clear_4xx_and_create_nothing(serve, settings):
@@ -274,3 +276,42 @@ def test_a_line_nested_too_deep_is_one_line_error():
     with pytest.raises(LineError, match="malformed JSON"):
         parse(line, "/v1/chat/completions")
     assert _custom_id(line) is None
+
+
+def files_are_listed_paged_and_deleted(client: openai.OpenAI) -> None:
+    """Through the SDK: GET /v1/files newest first or oldest first, paged with
+    after (as the SDK's iteration does), by purpose; DELETE /v1/files/{id}."""
+    before = [f.id for f in client.files.list()]
+    line = {"custom_id": "a", "url": "/v1/docqueue/classify", "body": {"model": GONE, "input": "t"}}
+    ids = [
+        client.files.create(file=(f"{n}.jsonl", jsonl([line])), purpose="batch").id for n in "abc"
+    ]
+    listed = client.files.list()
+    assert [f.id for f in listed.data] == ids[::-1] + before and not listed.has_more
+    assert [f.filename for f in listed.data[:3]] == ["c.jsonl", "b.jsonl", "a.jsonl"]
+    oldest = before[::-1] + ids
+    first = client.files.list(order="asc", limit=2)
+    assert [f.id for f in first.data] == oldest[:2] and first.has_more
+    assert [f.id for f in client.files.list(order="asc", limit=1)] == oldest  # the SDK pages
+    assert [f.id for f in client.files.list(purpose="batch", after=ids[2])] == [
+        *ids[1::-1],
+        *before,
+    ]
+    assert client.files.list(purpose="batch_output").data == []
+
+    batch = client.batches.create(input_file_id=ids[0], endpoint=CLASSIFY, completion_window="24h")
+    deleted = client.files.delete(ids[0])  # the batch's lines are all queued already
+    assert (deleted.id, deleted.object, deleted.deleted) == (ids[0], "file", True)
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(ids[0])
+    with pytest.raises(openai.NotFoundError, match="no file"):
+        client.files.delete(ids[0])
+    assert [f.id for f in client.files.list()] == ids[:0:-1] + before
+    cancelled = client.batches.cancel(batch.id)
+    assert cancelled.input_file_id == ids[0] and cancelled.request_counts is not None
+    assert cancelled.request_counts.total == 1
+    assert (
+        cancelled.error_file_id is not None and len(lines_of(client, cancelled.error_file_id)) == 1
+    )
+    with pytest.raises(openai.ConflictError, match="delete the job"):
+        client.files.delete(cancelled.error_file_id)

@@ -178,6 +178,13 @@ def _create(
         with client.db.begin() as conn:
             batch = store.batch_of_job(conn, handle.id)
             if batch is None:
+                if not store.hold_file(conn, info.id):
+                    raise ApiError(
+                        409,
+                        f"input_file_id: file {info.id} was deleted while the batch was "
+                        "created from it; nothing was created",
+                        "input_file_id",
+                    )
                 batch = _batch_row(handle.id, body, info, plan, reader.errors)
                 store.add_batch(conn, batch)
     except Exception:
