@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from typing import Any
 
 import httpx
@@ -13,6 +14,7 @@ import openai
 import pytest
 import test_api
 from conftest import wait_until
+from sqlalchemy import update
 from test_api import GONE, TOKEN, register_gone_model
 from transformers import AutoTokenizer
 
@@ -185,10 +187,11 @@ def test_a_cancelled_batch_lists_its_lines_in_the_error_file(serve, settings):
     assert [line["custom_id"] for line in errors] == ["x0", "x1", "x2", "x3"]
     assert {line["error"]["code"] for line in errors} == {"batch_cancelled"}
     assert all(line["response"] is None for line in errors)
-    files_are_listed_paged_and_deleted(client)  # this server's start serves both
+    files_are_listed_paged_and_deleted(client)  # this server's start serves the three
+    batch_past_its_window_expires(client, settings)
 
 
-def test_bad_requests_are_clear_4xx_and_create_nothing(serve, settings):
+def test_bad_requests_are_clear_4xx_or_failed_batches_and_create_no_job(serve, settings):
     register_gone_model(settings)
     server = serve(DOCQUEUE_API_MAX_UPLOAD_BYTES="4096")
     client = sdk(server)
@@ -216,12 +219,6 @@ def test_bad_requests_are_clear_4xx_and_create_nothing(serve, settings):
             input_file_id=uploaded.id, endpoint="/v1/moderations", completion_window="24h"
         )
     assert "endpoint '/v1/moderations' is not supported" in endpoint.value.message
-    with pytest.raises(openai.UnprocessableEntityError) as model:
-        client.batches.create(input_file_id=other.id, endpoint=CLASSIFY, completion_window="24h")
-    assert "unknown model nosuch" in model.value.message
-    with pytest.raises(openai.UnprocessableEntityError) as unreadable:
-        client.batches.create(input_file_id=bad.id, endpoint=CLASSIFY, completion_window="24h")
-    assert "no line can run (line 1: malformed JSON" in unreadable.value.message
     with pytest.raises(openai.NotFoundError):
         client.batches.create(
             input_file_id="file-" + "0" * 32, endpoint="/v1/embeddings", completion_window="24h"
@@ -231,6 +228,28 @@ def test_bad_requests_are_clear_4xx_and_create_nothing(serve, settings):
     with pytest.raises(openai.NotFoundError):
         client.files.content("file-nosuch")
     assert counts(settings) == before
+
+    # as OpenAI's validation: a batch that failed, saying why, and no job
+    model = client.batches.create(
+        input_file_id=other.id, endpoint=CLASSIFY, completion_window="24h"
+    )
+    assert (model.status, model.in_progress_at, model.output_file_id) == ("failed", None, None)
+    assert model.failed_at is not None and model.failed_at >= model.created_at
+    assert model.errors is not None and model.errors.data is not None
+    [error] = model.errors.data
+    assert error.code == "model_not_found" and "unknown model nosuch" in str(error.message)
+    unreadable = client.batches.create(
+        input_file_id=bad.id, endpoint=CLASSIFY, completion_window="24h"
+    )
+    assert unreadable.errors is not None and unreadable.status == "failed"
+    assert [(e.line, str(e.message)[:27]) for e in unreadable.errors.data or []] == [
+        (1, "line 1: malformed JSON (Exp"),
+        (2, "line 2: a line is a JSON ob"),
+    ]
+    assert client.batches.retrieve(model.id).status == "failed"
+    assert client.batches.cancel(model.id).status == "failed"  # nothing to cancel
+    assert [b.id for b in client.batches.list()] == [unreadable.id, model.id]
+    assert counts(settings) == (before[0], before[1] + 2, before[2])
 
     raw = httpx.post(
         f"{server.url}/v1/batches",
@@ -315,3 +334,23 @@ def files_are_listed_paged_and_deleted(client: openai.OpenAI) -> None:
     )
     with pytest.raises(openai.ConflictError, match="delete the job"):
         client.files.delete(cancelled.error_file_id)
+
+
+def batch_past_its_window_expires(client: openai.OpenAI, settings: Settings) -> None:
+    """A batch still running at expires_at (24h after creation; moved back here)
+    expires: its lines not yet run are in the error file as batch_expired."""
+    line = {"custom_id": "e", "url": "/v1/docqueue/classify", "body": {"model": GONE, "input": "t"}}
+    uploaded = client.files.create(file=("e.jsonl", jsonl([line])), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint=CLASSIFY, completion_window="24h"
+    )
+    assert batch.status == "in_progress" and batch.expires_at == batch.created_at + 24 * 3600
+    engine = make_engine(settings.database())
+    with engine.begin() as conn:
+        conn.execute(update(Batch).where(Batch.id == batch.id).values(expires_at=time.time() - 1))
+    engine.dispose()
+    expired = client.batches.retrieve(batch.id)
+    assert (expired.status, expired.cancelled_at, expired.output_file_id) == ("expired", None, None)
+    assert expired.expired_at is not None and expired.expired_at >= batch.created_at
+    [error] = lines_of(client, expired.error_file_id)
+    assert (error["custom_id"], error["error"]["code"]) == ("e", "batch_expired")

@@ -33,7 +33,7 @@ def output_lines(
 ) -> Iterator[str]:
     for row in rows:
         if row["status"] == "done":
-            line_id, request_id = request_ids(batch.job_id, row["seq"])
+            line_id, request_id = request_ids(batch.job(), row["seq"])
             body = LINE_BODIES[batch.endpoint](row, model, created, batch.options, line_id)
             response = {"status_code": 200, "request_id": request_id, "body": body}
             yield _line(line_id, row["id"], response, None)
@@ -41,7 +41,7 @@ def output_lines(
 
 def error_lines(rows: Iterator[dict[str, Any]], batch: BatchInfo) -> Iterator[str]:
     for row in rows:
-        line_id, request_id = request_ids(batch.job_id, row["seq"])
+        line_id, request_id = request_ids(batch.job(), row["seq"])
         if row["status"] == "failed":
             yield _line(line_id, row["id"], _failure(row["error"] or "failed", request_id), None)
         elif row["status"] != "done":  # cancelled, or pending in an expired batch

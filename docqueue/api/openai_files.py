@@ -313,7 +313,7 @@ def _batch_of(client: Client, job_id: str, file_id: str) -> tuple[store.BatchInf
 def _made_chunks(
     client: Client, batch: store.BatchInfo, kind: str, model: str, created: int
 ) -> Iterator[bytes]:
-    rows = every_row(client.job(batch.job_id))
+    rows = every_row(client.job(batch.job()))
     lines = (
         output_lines(rows, batch, model, created) if kind == "output" else error_lines(rows, batch)
     )

@@ -32,7 +32,8 @@ class FileInfo:
 @dataclass(frozen=True)
 class BatchInfo:
     id: str
-    job_id: str
+    #: None for a batch that failed before it had a job.
+    job_id: str | None
     input_file_id: str
     endpoint: str
     completion_window: str
@@ -42,6 +43,12 @@ class BatchInfo:
     created_at: float
     expires_at: float
     expired_at: float | None
+
+    def job(self) -> str:
+        """The id of the job that runs the lines (a failed batch has none)."""
+        if self.job_id is None:
+            raise ValueError(f"batch {self.id} failed: it has no job")
+        return self.job_id
 
 
 def store_file(
