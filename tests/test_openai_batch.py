@@ -354,3 +354,39 @@ def batch_past_its_window_expires(client: openai.OpenAI, settings: Settings) -> 
     assert expired.expired_at is not None and expired.expired_at >= batch.created_at
     [error] = lines_of(client, expired.error_file_id)
     assert (error["custom_id"], error["error"]["code"]) == ("e", "batch_expired")
+
+
+def test_a_file_held_by_a_batch_being_created_is_deleted_only_after_it(database_url):
+    """What keeps a batch from being created from a file deleted half way through
+    its reading: the creation holds the file's row while it adds the batch, and a
+    delete waits for it (or, deleted first, the creation sees it gone)."""
+    import hashlib
+    import threading
+
+    from docqueue.db import files as store
+    from docqueue.db import migrate
+
+    engine = make_engine(database_url)
+    migrate(engine)
+    info = store.FileInfo(
+        id="file-" + "1" * 32, purpose="batch", filename="a", bytes=0, created_at=0
+    )
+    with engine.begin() as conn:
+        store.store_file(conn, info, io.BytesIO(b"line\n"), hashlib.sha256(), 100)
+    deleted: list[bool] = []
+
+    def delete() -> None:
+        with engine.begin() as conn:
+            deleted.append(store.delete_file(conn, info.id))
+
+    with engine.begin() as conn:
+        assert store.hold_file(conn, info.id)
+        deleter = threading.Thread(target=delete)
+        deleter.start()
+        deleter.join(0.5)
+        assert deleted == []  # waiting for the creation to end
+    deleter.join(30)
+    assert deleted == [True]
+    with engine.begin() as conn:
+        assert not store.hold_file(conn, info.id)
+    engine.dispose()
