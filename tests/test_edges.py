@@ -94,11 +94,16 @@ def test_csv_columns_of_each_task_whatever_the_first_row(tmp_path):
     out = tmp_path / "vectors.csv"
     assert write_rows([failed, done], out, csv_columns("embed")) == 2
     lines = out.read_text().splitlines()
-    assert lines[0] == "id,seq,status,dim,embedding,error,truncated,duplicate_id"
-    assert lines[2] == 'b,1,done,2,"[0.6, 0.8]",,,'
+    assert lines[0] == "id,seq,status,dim,embedding,prompt_tokens,error,truncated,duplicate_id"
+    assert lines[2] == 'b,1,done,2,"[0.6, 0.8]",,,,'
     assert "similarities" not in csv_columns("classify")  # a classification head
     assert csv_columns("summarize")[3] == "summary_text"
-    assert csv_columns("generate")[3] == "generated_text"
+    assert csv_columns("generate")[3:7] == [
+        "generated_text",
+        "prompt_tokens",
+        "completion_tokens",
+        "finish_reason",
+    ]
     # a field the task does not declare (a runner plug-in's) is not silently dropped
     with pytest.raises(OutputError, match="fields the CSV columns do not include \\(extra\\)"):
         write_rows([{**done, "extra": 1}], tmp_path / "more.csv", csv_columns("embed"))

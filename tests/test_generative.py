@@ -29,6 +29,11 @@ def alone(path: str, task: str, docs: list, params: dict) -> list[dict]:
     return outputs
 
 
+def same_fields(rows: list[dict], expected: list[dict]) -> list[dict]:
+    """Each row's fields that its expected output has."""
+    return [{k: row.get(k) for k in want} for row, want in zip(rows, expected, strict=True)]
+
+
 def test_summaries_through_the_queue_equal_summaries_alone(
     client, start_worker, tiny_models, sample_texts
 ):
@@ -40,7 +45,8 @@ def test_summaries_through_the_queue_equal_summaries_alone(
     rows = list(job.results())
     assert [r["status"] for r in rows] == ["done"] * len(docs)
     expected = alone(tiny_models["bart"], "summarize", docs, params)
-    assert [{"summary_text": r["summary_text"]} for r in rows] == expected
+    # the text, and the tokens counted and why it stopped, as alone
+    assert same_fields(rows, expected) == expected
     # documents past the tiny model's 256-token input limit are marked truncated
     assert any(r.get("truncated") for r in rows)
     assert not all(r.get("truncated") for r in rows)
@@ -58,9 +64,9 @@ def test_generation_and_chat_through_the_queue(client, start_worker, tiny_models
     reply = client.submit(chat, task="generate", model="chat", params=params)
     job.wait(timeout=120)
     rows = list(job.results())
-    assert [{"generated_text": r["generated_text"]} for r in rows] == alone(
-        tiny_models["gpt2"], "generate", prompts, params
-    )
+    expected = alone(tiny_models["gpt2"], "generate", prompts, params)
+    assert same_fields(rows, expected) == expected
+    assert {(r["completion_tokens"], r["finish_reason"]) for r in rows} == {(8, "length")}
     answer = reply.result(timeout=60)
     from docqueue.protocol import ChatMessage
 

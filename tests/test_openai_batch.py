@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from typing import Any
 
 import httpx
@@ -13,7 +14,9 @@ import openai
 import pytest
 import test_api
 from conftest import wait_until
+from sqlalchemy import update
 from test_api import GONE, TOKEN, register_gone_model
+from transformers import AutoTokenizer
 
 from docqueue.config import Settings
 from docqueue.db import make_engine
@@ -79,7 +82,8 @@ def test_a_batch_runs_every_line_and_names_the_ones_that_cannot(
     serve, start_worker, tiny_classifier, tiny_llama
 ):
     start_worker({"chat": tiny_llama, "tiny": tiny_classifier})
-    client = sdk(serve())
+    server = serve()
+    client = sdk(server)
 
     good = [chat_line(f"req-{i}", f"Question number {i}?") for i in range(6)]
     lines: list[Any] = [*good[:3], b"{not json", chat_line("hot", "Hi", frequency_penalty=1.5)]
@@ -113,6 +117,18 @@ def test_a_batch_runs_every_line_and_names_the_ones_that_cannot(
         completion = openai.types.chat.ChatCompletion.model_validate(line["response"]["body"])
         assert completion.object == "chat.completion" and completion.model == "chat"
         assert isinstance(completion.choices[0].message.content, str)
+        assert completion.choices[0].finish_reason == "length"  # 4 tokens, as asked
+        assert completion.usage is not None and completion.usage.completion_tokens == 4
+    # the body the synchronous endpoint answers for the same request, usage included
+    first = chat_line("req-0", "Question number 0?")["body"]
+    sync = server.http().post("/v1/chat/completions", json=first).json()
+    body = output[0]["response"]["body"]
+    assert (body["choices"], body["usage"]) == (sync["choices"], sync["usage"])
+    template: Any = AutoTokenizer.from_pretrained(tiny_llama).apply_chat_template(
+        first["messages"], add_generation_prompt=True, tokenize=True, return_dict=True
+    )
+    template = template["input_ids"]
+    assert body["usage"]["prompt_tokens"] == len(template)
 
     errors = lines_of(client, finished.error_file_id)
     assert [line["custom_id"] for line in errors] == [None, "hot", "other-model", "params", None]
@@ -171,9 +187,11 @@ def test_a_cancelled_batch_lists_its_lines_in_the_error_file(serve, settings):
     assert [line["custom_id"] for line in errors] == ["x0", "x1", "x2", "x3"]
     assert {line["error"]["code"] for line in errors} == {"batch_cancelled"}
     assert all(line["response"] is None for line in errors)
+    files_are_listed_paged_and_deleted(client)  # this server's start serves the three
+    batch_past_its_window_expires(client, settings)
 
 
-def test_bad_requests_are_clear_4xx_and_create_nothing(serve, settings):
+def test_bad_requests_are_clear_4xx_or_failed_batches_and_create_no_job(serve, settings):
     register_gone_model(settings)
     server = serve(DOCQUEUE_API_MAX_UPLOAD_BYTES="4096")
     client = sdk(server)
@@ -201,12 +219,6 @@ def test_bad_requests_are_clear_4xx_and_create_nothing(serve, settings):
             input_file_id=uploaded.id, endpoint="/v1/moderations", completion_window="24h"
         )
     assert "endpoint '/v1/moderations' is not supported" in endpoint.value.message
-    with pytest.raises(openai.UnprocessableEntityError) as model:
-        client.batches.create(input_file_id=other.id, endpoint=CLASSIFY, completion_window="24h")
-    assert "unknown model nosuch" in model.value.message
-    with pytest.raises(openai.UnprocessableEntityError) as unreadable:
-        client.batches.create(input_file_id=bad.id, endpoint=CLASSIFY, completion_window="24h")
-    assert "no line can run (line 1: malformed JSON" in unreadable.value.message
     with pytest.raises(openai.NotFoundError):
         client.batches.create(
             input_file_id="file-" + "0" * 32, endpoint="/v1/embeddings", completion_window="24h"
@@ -216,6 +228,28 @@ def test_bad_requests_are_clear_4xx_and_create_nothing(serve, settings):
     with pytest.raises(openai.NotFoundError):
         client.files.content("file-nosuch")
     assert counts(settings) == before
+
+    # as OpenAI's validation: a batch that failed, saying why, and no job
+    model = client.batches.create(
+        input_file_id=other.id, endpoint=CLASSIFY, completion_window="24h"
+    )
+    assert (model.status, model.in_progress_at, model.output_file_id) == ("failed", None, None)
+    assert model.failed_at is not None and model.failed_at >= model.created_at
+    assert model.errors is not None and model.errors.data is not None
+    [error] = model.errors.data
+    assert error.code == "model_not_found" and "unknown model nosuch" in str(error.message)
+    unreadable = client.batches.create(
+        input_file_id=bad.id, endpoint=CLASSIFY, completion_window="24h"
+    )
+    assert unreadable.errors is not None and unreadable.status == "failed"
+    assert [(e.line, str(e.message)[:27]) for e in unreadable.errors.data or []] == [
+        (1, "line 1: malformed JSON (Exp"),
+        (2, "line 2: a line is a JSON ob"),
+    ]
+    assert client.batches.retrieve(model.id).status == "failed"
+    assert client.batches.cancel(model.id).status == "failed"  # nothing to cancel
+    assert [b.id for b in client.batches.list()] == [unreadable.id, model.id]
+    assert counts(settings) == (before[0], before[1] + 2, before[2])
 
     raw = httpx.post(
         f"{server.url}/v1/batches",
@@ -261,3 +295,98 @@ def test_a_line_nested_too_deep_is_one_line_error():
     with pytest.raises(LineError, match="malformed JSON"):
         parse(line, "/v1/chat/completions")
     assert _custom_id(line) is None
+
+
+def files_are_listed_paged_and_deleted(client: openai.OpenAI) -> None:
+    """Through the SDK: GET /v1/files newest first or oldest first, paged with
+    after (as the SDK's iteration does), by purpose; DELETE /v1/files/{id}."""
+    before = [f.id for f in client.files.list()]
+    line = {"custom_id": "a", "url": "/v1/docqueue/classify", "body": {"model": GONE, "input": "t"}}
+    ids = [
+        client.files.create(file=(f"{n}.jsonl", jsonl([line])), purpose="batch").id for n in "abc"
+    ]
+    listed = client.files.list()
+    assert [f.id for f in listed.data] == ids[::-1] + before and not listed.has_more
+    assert [f.filename for f in listed.data[:3]] == ["c.jsonl", "b.jsonl", "a.jsonl"]
+    oldest = before[::-1] + ids
+    first = client.files.list(order="asc", limit=2)
+    assert [f.id for f in first.data] == oldest[:2] and first.has_more
+    assert [f.id for f in client.files.list(order="asc", limit=1)] == oldest  # the SDK pages
+    assert [f.id for f in client.files.list(purpose="batch", after=ids[2])] == [
+        *ids[1::-1],
+        *before,
+    ]
+    assert client.files.list(purpose="batch_output").data == []
+
+    batch = client.batches.create(input_file_id=ids[0], endpoint=CLASSIFY, completion_window="24h")
+    deleted = client.files.delete(ids[0])  # the batch's lines are all queued already
+    assert (deleted.id, deleted.object, deleted.deleted) == (ids[0], "file", True)
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(ids[0])
+    with pytest.raises(openai.NotFoundError, match="no file"):
+        client.files.delete(ids[0])
+    assert [f.id for f in client.files.list()] == ids[:0:-1] + before
+    cancelled = client.batches.cancel(batch.id)
+    assert cancelled.input_file_id == ids[0] and cancelled.request_counts is not None
+    assert cancelled.request_counts.total == 1
+    assert (
+        cancelled.error_file_id is not None and len(lines_of(client, cancelled.error_file_id)) == 1
+    )
+    with pytest.raises(openai.ConflictError, match="delete the job"):
+        client.files.delete(cancelled.error_file_id)
+
+
+def batch_past_its_window_expires(client: openai.OpenAI, settings: Settings) -> None:
+    """A batch still running at expires_at (24h after creation; moved back here)
+    expires: its lines not yet run are in the error file as batch_expired."""
+    line = {"custom_id": "e", "url": "/v1/docqueue/classify", "body": {"model": GONE, "input": "t"}}
+    uploaded = client.files.create(file=("e.jsonl", jsonl([line])), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint=CLASSIFY, completion_window="24h"
+    )
+    assert batch.status == "in_progress" and batch.expires_at == batch.created_at + 24 * 3600
+    engine = make_engine(settings.database())
+    with engine.begin() as conn:
+        conn.execute(update(Batch).where(Batch.id == batch.id).values(expires_at=time.time() - 1))
+    engine.dispose()
+    expired = client.batches.retrieve(batch.id)
+    assert (expired.status, expired.cancelled_at, expired.output_file_id) == ("expired", None, None)
+    assert expired.expired_at is not None and expired.expired_at >= batch.created_at
+    [error] = lines_of(client, expired.error_file_id)
+    assert (error["custom_id"], error["error"]["code"]) == ("e", "batch_expired")
+
+
+def test_a_file_held_by_a_batch_being_created_is_deleted_only_after_it(database_url):
+    """What keeps a batch from being created from a file deleted half way through
+    its reading: the creation holds the file's row while it adds the batch, and a
+    delete waits for it (or, deleted first, the creation sees it gone)."""
+    import hashlib
+    import threading
+
+    from docqueue.db import files as store
+    from docqueue.db import migrate
+
+    engine = make_engine(database_url)
+    migrate(engine)
+    info = store.FileInfo(
+        id="file-" + "1" * 32, purpose="batch", filename="a", bytes=0, created_at=0
+    )
+    with engine.begin() as conn:
+        store.store_file(conn, info, io.BytesIO(b"line\n"), hashlib.sha256(), 100)
+    deleted: list[bool] = []
+
+    def delete() -> None:
+        with engine.begin() as conn:
+            deleted.append(store.delete_file(conn, info.id))
+
+    with engine.begin() as conn:
+        assert store.hold_file(conn, info.id)
+        deleter = threading.Thread(target=delete)
+        deleter.start()
+        deleter.join(0.5)
+        assert deleted == []  # waiting for the creation to end
+    deleter.join(30)
+    assert deleted == [True]
+    with engine.begin() as conn:
+        assert not store.hold_file(conn, info.id)
+    engine.dispose()

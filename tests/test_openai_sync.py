@@ -42,6 +42,12 @@ def sdk() -> Iterator[Callable[..., openai.OpenAI]]:
         client.close()
 
 
+def tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
 def native(http: httpx.Client, task: str, model: str, text: Any, **params: Any) -> dict[str, Any]:
     """The result row of one document through the native API."""
     body = {"task": task, "model": model, "text": text, "params": params}
@@ -75,7 +81,9 @@ def test_embeddings_base64_and_float_equal_the_native_result(serve, start_worker
     # batched with each other on the worker: padding moves the last bits only
     for got, want in zip(floats.data, expected, strict=True):
         assert got.embedding == pytest.approx(want, abs=1e-5)
-    assert floats.usage.prompt_tokens == 0 and floats.usage.total_tokens == 0
+    mini = tokenizer(str(packaged_embedding_model()))
+    read = sum(len(mini(t)["input_ids"]) for t in texts)
+    assert (floats.usage.prompt_tokens, floats.usage.total_tokens) == (read, read)
 
     [model] = client.models.list().data
     assert (model.id, model.object, model.owned_by) == ("mini", "model", "docqueue")
@@ -113,7 +121,15 @@ def test_completions_and_chat_with_greedy_decoding_equal_the_native_result(
     completion = client.completions.create(model="gpt2", prompt=prompts, max_tokens=8)
     assert completion.object == "text_completion" and completion.model == "gpt2"
     assert [c.text for c in completion.choices] == expected
-    assert [(c.index, c.finish_reason) for c in completion.choices] == [(0, "stop"), (1, "stop")]
+    # 8 tokens, no end of text: the token limit stopped both, and usage counts them
+    assert [(c.index, c.finish_reason) for c in completion.choices] == [
+        (0, "length"),
+        (1, "length"),
+    ]
+    read = sum(len(tokenizer(tiny_models["gpt2"])(p)["input_ids"]) for p in prompts)
+    assert completion.usage is not None
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (read, 16)
+    assert completion.usage.total_tokens == read + 16
     echoed = client.completions.create(
         model="gpt2", prompt=prompts[0], max_tokens=8, temperature=0, echo=True
     )
@@ -128,7 +144,11 @@ def test_completions_and_chat_with_greedy_decoding_equal_the_native_result(
     assert chat.object == "chat.completion" and chat.id.startswith("chatcmpl-")
     [choice] = chat.choices
     assert (choice.message.role, choice.message.content) == ("assistant", chat_expected)
-    assert choice.finish_reason == "stop"
+    assert choice.finish_reason == "length" and chat.usage is not None
+    template = tokenizer(tiny_models["llama"]).apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"]
+    assert (chat.usage.prompt_tokens, chat.usage.completion_tokens) == (len(template), 8)
     job_id = chat.id.removeprefix("chatcmpl-")  # the same result, natively
     assert http.get(f"/api/documents/{job_id}").json()["result"]["generated_text"] == chat_expected
     newer = client.chat.completions.create(
@@ -139,6 +159,11 @@ def test_completions_and_chat_with_greedy_decoding_equal_the_native_result(
         seed=3,
     )
     assert newer.choices[0].message.content is not None
+    stopped = client.completions.create(
+        model="gpt2", prompt=prompts[0], max_tokens=8, stop=[expected[0][2:4]]
+    )
+    assert stopped.choices[0].finish_reason == "stop" and stopped.usage is not None
+    assert 0 < stopped.usage.completion_tokens < 8
 
 
 def test_bad_requests_are_clear_4xx_and_queue_nothing(serve, settings, sdk):

@@ -194,6 +194,46 @@ def test_prompt_excluded_unless_asked_and_stop_strings_cut(generative):
     assert cut[0].output["generated_text"] == plain[: plain.find(stop)]
 
 
+def test_generation_records_its_tokens_and_why_it_stopped(generative, sample_texts):
+    runner = generative["gpt2"]
+    prompts = ["The socket module", sample_texts[0][:200]]
+    params = validate_params("generate", {"max_new_tokens": 5, "min_new_tokens": 5})
+    for prompt, out in zip(prompts, run(runner, prompts, params), strict=True):
+        read = len(runner.tokenizer(prompt)["input_ids"])
+        assert out.output["prompt_tokens"] == read
+        assert (out.output["completion_tokens"], out.output["finish_reason"]) == (5, "length")
+    free = {"max_new_tokens": 16, "min_new_tokens": 16}
+    plain = run(runner, [prompts[0]], validate_params("generate", free))[0].output
+    stop = plain["generated_text"][4:6]
+    cut = run(runner, [prompts[0]], validate_params("generate", {**free, "stop": [stop]}))
+    assert cut[0].output["finish_reason"] == "stop"
+    assert 0 < cut[0].output["completion_tokens"] < 16
+    bart = generative["bart"]  # writes end of text at once unless held off
+    short = validate_params("summarize", {"max_new_tokens": 4, "min_new_tokens": 4})
+    free = validate_params("summarize", {"max_new_tokens": 4})
+    [held, chosen] = [run(bart, [sample_texts[1]], p)[0].output for p in (short, free)]
+    assert (held["completion_tokens"], held["finish_reason"]) == (4, "length")
+    assert (chosen["completion_tokens"], chosen["finish_reason"]) == (1, "stop")
+    assert held["prompt_tokens"] == len(bart.tokenizer(sample_texts[1])["input_ids"])
+
+
+def test_usage_counts_an_end_of_text_token_but_not_the_filling_after_it():
+    from docqueue.worker.runners.base import Ends, usage
+
+    def counted(ids: list[int], pad: int = 0, stopped: bool = False) -> tuple[int, str]:
+        found = usage(ids, 7, Ends(frozenset({2}), pad, forced=2), 5, stopped=stopped)
+        assert found["prompt_tokens"] == 7
+        return found["completion_tokens"], found["finish_reason"]
+
+    assert counted([5, 6, 2, 0, 0]) == (3, "stop")  # end of text, then filling
+    assert counted([5, 6, 2, 2, 2], pad=2) == (3, "stop")  # the filling is end of text
+    assert counted([5, 6, 7, 8, 9]) == (5, "length")
+    assert counted([5, 6, 7, 0, 0], stopped=True) == (3, "stop")  # cut at a stop string
+    assert counted([5, 6, 7, 2, 2], pad=2, stopped=True) == (3, "stop")
+    assert counted([5, 6, 7, 8, 9], stopped=True) == (5, "stop")
+    assert counted([5, 6, 7, 8, 2]) == (5, "length")  # end of text forced at the limit
+
+
 def test_seeded_sampling_is_reproducible_and_runs_alone(generative):
     runner = generative["gpt2"]
     params = validate_params(

@@ -253,20 +253,33 @@ class Plan:
 
 def first_plan(
     lines: Iterable[tuple[int, bytes]], endpoint: str, max_new_tokens_cap: int | None
-) -> Plan | str:
-    """The plan of the first line that can run, or (none can) why the first cannot."""
+) -> Plan | list[dict[str, Any]]:
+    """The plan of the first line that can run or, when none can, the errors of
+    the first lines (OpenAI's batch ``errors``: why the batch failed)."""
     task = ENDPOINTS[endpoint]
-    first_problem = "the file has no lines"
+    errors: list[dict[str, Any]] = []
     for number, line in lines:
         try:
             request = parse(line, endpoint)
             params = validate_params(task, request.params, max_new_tokens_cap=max_new_tokens_cap)
         except (LineError, InvalidParams) as exc:
-            if first_problem == "the file has no lines":
-                first_problem = f"line {number}: {exc}"
+            if len(errors) < MAX_LISTED_ERRORS:
+                errors.append(line_error(number, exc))
             continue
         return Plan(request.model, params, request.params, request.options)
-    return first_problem
+    return errors or [
+        {"code": "empty_file", "line": None, "message": "the file has no lines", "param": None}
+    ]
+
+
+def line_error(number: int, exc: Exception) -> dict[str, Any]:
+    """A line that cannot run, as an entry of OpenAI's batch ``errors``."""
+    return {
+        "code": "invalid_request",
+        "line": number,
+        "message": f"line {number}: {exc}",
+        "param": getattr(exc, "param", None),
+    }
 
 
 class Reader:
@@ -316,17 +329,10 @@ class Reader:
             )
 
     def _refused(self, number: int, line: bytes, exc: Exception) -> Record:
-        message = f"line {number}: {exc}"
+        error = line_error(number, exc)
         if len(self.errors) < MAX_LISTED_ERRORS:
-            self.errors.append(
-                {
-                    "code": "invalid_request",
-                    "line": number,
-                    "message": message,
-                    "param": getattr(exc, "param", None),
-                }
-            )
-        return Record(None, _custom_id(line), message)
+            self.errors.append(error)
+        return Record(None, _custom_id(line), error["message"])
 
 
 def _custom_id(line: bytes) -> str | None:

@@ -21,14 +21,15 @@ from docqueue.api.batch_lines import (
     first_plan,
     split_lines,
 )
+from docqueue.api.batch_object import BatchList, BatchOut, batch_out
 from docqueue.api.deps import ClientDep, IdempotencyKey, request_digest
 from docqueue.api.errors import ApiError
 from docqueue.api.jobs import REPLAYED
 from docqueue.api.models import known_model
 from docqueue.api.openai_files import uploaded_file
-from docqueue.api.schemas import NoNul, _Out, _Strict
+from docqueue.api.schemas import NoNul, _Strict
 from docqueue.db import files as store
-from docqueue.producer.client import Client, JobHandle, UnknownJob
+from docqueue.producer.client import Client, UnknownJob
 
 router = APIRouter(prefix="/v1", tags=["openai-batch"])
 
@@ -36,16 +37,6 @@ router = APIRouter(prefix="/v1", tags=["openai-batch"])
 WINDOW_SECONDS = {"24h": 24 * 3600.0}
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64), NoNul]
 MetadataValue = Annotated[str, StringConstraints(max_length=512), NoNul]
-Status = Literal[
-    "validating",
-    "failed",
-    "in_progress",
-    "finalizing",
-    "completed",
-    "expired",
-    "cancelling",
-    "cancelled",
-]
 
 
 class BatchCreate(_Strict):
@@ -60,80 +51,42 @@ class BatchCreate(_Strict):
     """Accepted for the SDKs' sake; docqueue keeps results until the job is pruned."""
 
 
-class RequestCounts(_Out):
-    total: int
-    completed: int
-    """Requests that succeeded (lines of the output file)."""
-    failed: int
-    """Requests that failed, were refused or were cancelled (lines of the error file)."""
-
-
-class BatchErrorOut(_Out):
-    code: str | None = None
-    line: int | None = None
-    message: str | None = None
-    param: str | None = None
-
-
-class BatchErrors(_Out):
-    object: Literal["list"] = "list"
-    data: list[BatchErrorOut]
-
-
-class BatchOut(_Out):
-    """OpenAI's batch object."""
-
-    id: str
-    object: Literal["batch"] = "batch"
-    endpoint: str
-    model: str
-    errors: BatchErrors | None
-    input_file_id: str
-    completion_window: str
-    status: Status
-    output_file_id: str | None
-    error_file_id: str | None
-    created_at: int
-    in_progress_at: int | None
-    expires_at: int | None
-    finalizing_at: int | None = None
-    completed_at: int | None
-    failed_at: int | None = None
-    expired_at: int | None
-    cancelling_at: int | None
-    cancelled_at: int | None
-    request_counts: RequestCounts
-    metadata: dict[str, str] | None
-
-
-class BatchList(_Out):
-    object: Literal["list"] = "list"
-    data: list[BatchOut]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
-
-
 @router.post("/batches", summary="Create a batch from an uploaded file, as OpenAI's")
 def create_batch(
     body: BatchCreate, response: Response, client: ClientDep, key: IdempotencyKey = None
 ) -> BatchOut:
     """Every line of the file is in SQL and queued when this returns.  The file's
     lines must all name the same model and parameters; a line that cannot run gets
-    a line in the error file that names it."""
+    a line in the error file that names it.  A file with no line that can run, or
+    whose lines name a model no worker has served, gives a batch that has failed
+    (status failed, errors saying why), as OpenAI's validation does."""
     if problem := endpoint_problem(body.endpoint):
         raise ApiError(422, problem, "endpoint")
     info = _input_file(client, body.input_file_id)
     cap = client.settings.max_new_tokens_cap
     plan = first_plan(_lines(client, info.id), body.endpoint, cap)
-    if isinstance(plan, str):
-        raise ApiError(422, f"file {info.id}: no line can run ({plan})", "input_file_id")
-    known_model(client, plan.model, ENDPOINTS[body.endpoint])
+    if isinstance(plan, list):
+        return batch_out(client, _failed(client, body, info, plan))
+    try:
+        known_model(client, plan.model, ENDPOINTS[body.endpoint])
+    except ApiError as exc:
+        error = {"code": "model_not_found", "line": None, "message": exc.detail, "param": "model"}
+        return batch_out(client, _failed(client, body, info, [error]))
     digest = request_digest("batch", body.model_dump(mode="json")) if key else None
     batch, replayed = _create(client, body, info, plan, key, digest)
     if replayed:
         response.headers[REPLAYED] = "true"
     return batch_out(client, batch)
+
+
+def _failed(
+    client: Client, body: BatchCreate, info: store.FileInfo, errors: list[dict[str, Any]]
+) -> store.BatchInfo:
+    """A batch that failed validation: kept, with why, and without a job."""
+    batch = _batch_row(None, body, info, {}, errors)
+    with client.db.begin() as conn:
+        store.add_batch(conn, batch)
+    return batch
 
 
 def _input_file(client: Client, file_id: str) -> store.FileInfo:
@@ -178,7 +131,14 @@ def _create(
         with client.db.begin() as conn:
             batch = store.batch_of_job(conn, handle.id)
             if batch is None:
-                batch = _batch_row(handle.id, body, info, plan, reader.errors)
+                if not store.hold_file(conn, info.id):
+                    raise ApiError(
+                        409,
+                        f"input_file_id: file {info.id} was deleted while the batch was "
+                        "created from it; nothing was created",
+                        "input_file_id",
+                    )
+                batch = _batch_row(handle.id, body, info, plan.options, reader.errors)
                 store.add_batch(conn, batch)
     except Exception:
         with contextlib.suppress(UnknownJob):
@@ -188,17 +148,21 @@ def _create(
 
 
 def _batch_row(
-    job_id: str, body: BatchCreate, info: store.FileInfo, plan: Plan, errors: list[Any]
+    job_id: str | None,
+    body: BatchCreate,
+    info: store.FileInfo,
+    options: dict[str, Any],
+    errors: list[Any],
 ) -> store.BatchInfo:
     now = time.time()
     return store.BatchInfo(
-        id=f"batch_{job_id}",
+        id=f"batch_{job_id or uuid.uuid4().hex}",
         job_id=job_id,
         input_file_id=info.id,
         endpoint=body.endpoint,
         completion_window=body.completion_window,
         batch_metadata=body.metadata,
-        options=plan.options,
+        options=options,
         errors=errors,
         created_at=now,
         expires_at=now + WINDOW_SECONDS[body.completion_window],
@@ -239,6 +203,8 @@ def cancel_batch(batch_id: str, client: ClientDep) -> BatchOut:
     batch_cancelled); finished ones stay in the output file.  Cancelling a finished
     batch changes nothing."""
     batch = _batch(client, batch_id)
+    if batch.job_id is None:  # failed: nothing to cancel
+        return batch_out(client, batch)
     try:
         client.job(batch.job_id).cancel()
     except UnknownJob:
@@ -254,62 +220,3 @@ def _batch(client: Client, batch_id: str) -> store.BatchInfo:
     if batch is None:
         raise ApiError(404, f"no batch {batch_id[:80]!r}", "batch_id")
     return batch
-
-
-def batch_out(client: Client, batch: store.BatchInfo) -> BatchOut:
-    """The batch object, from the batch row and its job's status.  A batch still
-    running past its window expires here: its job is cancelled."""
-    handle = client.job(batch.job_id)
-    if batch.expired_at is None and time.time() > batch.expires_at:
-        batch = _expire(client, handle, batch)
-    status = handle.status()
-    progress, job = status.progress, status.job
-    state = progress.state
-    counts = RequestCounts(
-        total=progress.total if progress.total is not None else progress.enqueued,
-        completed=progress.done,
-        failed=progress.failed + progress.cancelled,
-    )
-    running = state == "running"
-    return BatchOut(
-        id=batch.id,
-        endpoint=batch.endpoint,
-        model=job.model,
-        errors=BatchErrors(data=[BatchErrorOut(**e) for e in batch.errors])
-        if batch.errors
-        else None,
-        input_file_id=batch.input_file_id,
-        completion_window=batch.completion_window,
-        status=_status(state, batch),
-        output_file_id=f"file-{job.id}-output" if not running and counts.completed else None,
-        error_file_id=f"file-{job.id}-errors" if not running and counts.failed else None,
-        created_at=int(batch.created_at),
-        in_progress_at=int(batch.created_at),
-        expires_at=int(batch.expires_at),
-        completed_at=int(job.created_at + status.elapsed) if state == "finished" else None,
-        expired_at=_int(batch.expired_at),
-        cancelling_at=_int(job.cancelled_at) if batch.expired_at is None else None,
-        cancelled_at=_int(job.cancelled_at) if batch.expired_at is None else None,
-        request_counts=counts,
-        metadata=batch.batch_metadata,
-    )
-
-
-def _status(state: str, batch: store.BatchInfo) -> Status:
-    if batch.expired_at is not None:
-        return "expired"
-    return {"running": "in_progress", "finished": "completed", "cancelled": "cancelled"}[state]  # type: ignore[return-value]
-
-
-def _expire(client: Client, handle: JobHandle, batch: store.BatchInfo) -> store.BatchInfo:
-    if handle.progress().state != "running":
-        return batch
-    now = time.time()
-    handle.cancel()
-    with client.db.begin() as conn:
-        store.mark_expired(conn, batch.id, now)
-        return store.get_batch(conn, batch.id) or batch
-
-
-def _int(value: float | None) -> int | None:
-    return None if value is None else int(value)

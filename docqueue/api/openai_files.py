@@ -1,7 +1,14 @@
-"""OpenAI-compatible files: ``POST /v1/files`` (purpose ``batch``), a file's object
-and its content.  Uploaded files live in the database, so every API process sees
-them; a batch's output and error files are made from its job's results when they
-are read (see :mod:`docqueue.api.batch_output`)."""
+"""OpenAI-compatible files: ``POST /v1/files`` (purpose ``batch``), the list of
+uploaded files, a file's object, its content, and deleting one.  Uploaded files
+live in the database, so every API process sees them; a batch's output and error
+files are made from its job's results when they are read (see
+:mod:`docqueue.api.batch_output`).
+
+A batch's lines are all in the ledger when ``POST /v1/batches`` returns, so no
+batch needs its input file afterwards: deleting it is allowed at any time, as on
+OpenAI (the batch keeps its ``input_file_id``; that file's content is then 404).
+A delete that races a batch being created from the file makes that creation fail
+with nothing created (see :func:`docqueue.db.files.hold_file`)."""
 
 from __future__ import annotations
 
@@ -10,9 +17,9 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
@@ -59,6 +66,71 @@ class FileOut(_Out):
             filename=info.filename,
             purpose=info.purpose,
         )
+
+
+class FileList(_Out):
+    """OpenAI's list of files (a cursor page)."""
+
+    object: Literal["list"] = "list"
+    data: list[FileOut]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class FileDeleted(_Out):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool
+
+
+@router.get("/files", summary="List uploaded files, as OpenAI's GET /v1/files")
+def list_files(
+    client: ClientDep,
+    purpose: Annotated[
+        str | None, Query(max_length=64, description="Only files with this purpose")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
+    order: Annotated[
+        Literal["asc", "desc"], Query(description="By created_at: oldest or newest first")
+    ] = "desc",
+    after: Annotated[
+        str | None, Query(max_length=64, description="The last id of the page before")
+    ] = None,
+) -> FileList:
+    """The uploaded files (purpose batch).  A batch's output and error files are
+    not listed: they are made from its job when read, and named by the batch's
+    output_file_id and error_file_id."""
+    with client.db.connect() as conn:
+        found = store.list_files(conn, purpose, after, limit + 1, order)
+    data = [FileOut.of(info) for info in found[:limit]]
+    return FileList(
+        data=data,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+        has_more=len(found) > limit,
+    )
+
+
+@router.delete("/files/{file_id}", summary="Delete an uploaded file, as OpenAI's")
+def delete_file(file_id: str, client: ClientDep) -> FileDeleted:
+    """Batches created from the file are not affected: their lines were read when
+    they were created.  A batch's output and error files cannot be deleted on their
+    own (409): they are its job's results, deleted with the job."""
+    if MADE.match(file_id):
+        raise ApiError(
+            409,
+            f"{file_id} is made from its batch's results: delete the job "
+            "(DELETE /api/jobs/{job_id}) to delete them",
+            "file_id",
+        )
+    deleted = False
+    if UPLOADED.match(file_id):
+        with client.db.begin() as conn:
+            deleted = store.delete_file(conn, file_id)
+    if not deleted:
+        raise ApiError(404, f"no file {file_id[:80]!r}", "file_id")
+    return FileDeleted(id=file_id, deleted=True)
 
 
 @router.post(
@@ -241,7 +313,7 @@ def _batch_of(client: Client, job_id: str, file_id: str) -> tuple[store.BatchInf
 def _made_chunks(
     client: Client, batch: store.BatchInfo, kind: str, model: str, created: int
 ) -> Iterator[bytes]:
-    rows = every_row(client.job(batch.job_id))
+    rows = every_row(client.job(batch.job()))
     lines = (
         output_lines(rows, batch, model, created) if kind == "output" else error_lines(rows, batch)
     )

@@ -61,6 +61,7 @@ class EmbeddingOut(_Out):
 
 class EmbeddingUsage(_Out):
     prompt_tokens: int
+    """The tokens the model read (after truncation to its context)."""
     total_tokens: int
 
 
@@ -69,7 +70,6 @@ class EmbeddingsResponse(_Out):
     data: list[EmbeddingOut]
     model: str
     usage: EmbeddingUsage
-    """docqueue does not count tokens: always zeros."""
 
 
 # --- generation ------------------------------------------------------------------------
@@ -189,11 +189,19 @@ class ChatCompletionsRequest(_Generation):
 FinishReason = Literal["stop", "length"]
 
 
+class CompletionUsage(_Out):
+    prompt_tokens: int
+    """The tokens the model read: the prompt (or chat template) after truncation."""
+    completion_tokens: int
+    """The tokens it generated, an end-of-text token included."""
+    total_tokens: int
+
+
 class CompletionChoice(_Out):
     index: int
     text: str
     finish_reason: FinishReason
-    """Always stop: docqueue does not record whether the token limit was reached."""
+    """length: max_tokens were generated; stop: the model ended, or a stop string."""
     logprobs: None = None
 
 
@@ -204,8 +212,9 @@ class CompletionResponse(_Out):
     created: int
     model: str
     choices: list[CompletionChoice]
-    usage: None = None
-    """docqueue does not count tokens."""
+    usage: CompletionUsage | None
+    """Summed over the choices; null only for results stored before docqueue
+    counted tokens."""
 
 
 class AssistantMessage(_Out):
@@ -218,7 +227,7 @@ class ChatChoice(_Out):
     index: int
     message: AssistantMessage
     finish_reason: FinishReason
-    """Always stop: docqueue does not record whether the token limit was reached."""
+    """length: max_tokens were generated; stop: the model ended, or a stop string."""
     logprobs: None = None
 
 
@@ -229,8 +238,8 @@ class ChatCompletionResponse(_Out):
     created: int
     model: str
     choices: list[ChatChoice]
-    usage: None = None
-    """docqueue does not count tokens."""
+    usage: CompletionUsage | None
+    """null only for a result stored before docqueue counted tokens."""
 
 
 # --- models ------------------------------------------------------------------------------

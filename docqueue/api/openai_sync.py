@@ -12,10 +12,7 @@ the queued jobs, whose results ``GET /api/documents/{job_id}`` reads later.
 
 from __future__ import annotations
 
-import base64
-import sys
 import time
-from array import array
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,21 +20,17 @@ import anyio.to_thread
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
+from docqueue.api import openai_bodies
 from docqueue.api.deps import ClientDep
 from docqueue.api.errors import ApiError
 from docqueue.api.models import known_model
 from docqueue.api.openai_schemas import (
-    AssistantMessage,
-    ChatChoice,
     ChatCompletionResponse,
     ChatCompletionsRequest,
-    CompletionChoice,
     CompletionResponse,
     CompletionsRequest,
-    EmbeddingOut,
     EmbeddingsRequest,
     EmbeddingsResponse,
-    EmbeddingUsage,
     OpenAIModel,
     OpenAIModelList,
 )
@@ -66,12 +59,7 @@ async def create_embeddings(
             f"dimensional embeddings, not {body.dimensions}; leave dimensions out",
             "dimensions",
         )
-    data = [
-        EmbeddingOut(index=i, embedding=_encoded(row["embedding"], body.encoding_format))
-        for i, row in enumerate(rows)
-    ]
-    usage = EmbeddingUsage(prompt_tokens=0, total_tokens=0)
-    return EmbeddingsResponse(data=data, model=body.model, usage=usage)
+    return openai_bodies.embeddings(rows, body.model, body.encoding_format)
 
 
 @router.post("/completions", summary="Complete prompts (OpenAI-compatible, not streamed)")
@@ -82,13 +70,7 @@ async def create_completion(
     handles, rows = await _submitted(
         request, client, "generate", body.model, texts, body.generate_params()
     )
-    choices = [
-        CompletionChoice(index=i, text=str(row["generated_text"]), finish_reason="stop")
-        for i, row in enumerate(rows)
-    ]
-    return CompletionResponse(
-        id=f"cmpl-{handles[0].job_id}", created=int(time.time()), model=body.model, choices=choices
-    )
+    return openai_bodies.completion(f"cmpl-{handles[0].job_id}", int(time.time()), body.model, rows)
 
 
 @router.post("/chat/completions", summary="Answer a conversation (OpenAI-compatible)")
@@ -98,12 +80,8 @@ async def create_chat_completion(
     handles, rows = await _submitted(
         request, client, "generate", body.model, [body.document()], body.generate_params()
     )
-    message = AssistantMessage(content=str(rows[0]["generated_text"]))
-    return ChatCompletionResponse(
-        id=f"chatcmpl-{handles[0].job_id}",
-        created=int(time.time()),
-        model=body.model,
-        choices=[ChatChoice(index=0, message=message, finish_reason="stop")],
+    return openai_bodies.chat_completion(
+        f"chatcmpl-{handles[0].job_id}", int(time.time()), body.model, rows[0]
     )
 
 
@@ -217,14 +195,3 @@ def _timed_out(handles: list[ResultHandle], timeout: float) -> ApiError:
         f"(jobs: {shown})",
         headers=NO_RETRY,
     )
-
-
-def _encoded(vector: list[float], encoding: str) -> list[float] | str:
-    """The vector as floats, or as base64 of little-endian float32 (what OpenAI's
-    SDKs decode)."""
-    if encoding == "float":
-        return vector
-    packed = array("f", vector)
-    if sys.byteorder != "little":
-        packed.byteswap()
-    return base64.b64encode(packed.tobytes()).decode("ascii")

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from sqlalchemy import Connection, insert, select, tuple_, update
+from sqlalchemy import Connection, delete, insert, select, tuple_, update
 
 from docqueue.db.schema import Batch, FileChunk, StoredFile
 
@@ -32,7 +32,8 @@ class FileInfo:
 @dataclass(frozen=True)
 class BatchInfo:
     id: str
-    job_id: str
+    #: None for a batch that failed before it had a job.
+    job_id: str | None
     input_file_id: str
     endpoint: str
     completion_window: str
@@ -42,6 +43,12 @@ class BatchInfo:
     created_at: float
     expires_at: float
     expired_at: float | None
+
+    def job(self) -> str:
+        """The id of the job that runs the lines (a failed batch has none)."""
+        if self.job_id is None:
+            raise ValueError(f"batch {self.id} failed: it has no job")
+        return self.job_id
 
 
 def store_file(
@@ -86,6 +93,47 @@ def file_with_key(conn: Connection, key: str) -> FileInfo | None:
     query = select(StoredFile.__table__).where(StoredFile.idempotency_key == key)
     row = conn.execute(query).first()
     return FileInfo(**row._mapping) if row else None
+
+
+def list_files(
+    conn: Connection, purpose: str | None, after: str | None, limit: int, order: str
+) -> list[FileInfo]:
+    """Files by ``created_at`` (then id), ``asc`` or ``desc``; from the file after
+    ``after`` (a file id) on, or none when no such file is left."""
+    table = StoredFile.__table__
+    key = tuple_(StoredFile.created_at, StoredFile.id)
+    query = select(table).order_by(
+        *(
+            (StoredFile.created_at, StoredFile.id)
+            if order == "asc"
+            else (StoredFile.created_at.desc(), StoredFile.id.desc())
+        )
+    )
+    if purpose is not None:
+        query = query.where(StoredFile.purpose == purpose)
+    if after is not None:
+        mark = conn.execute(
+            select(StoredFile.created_at, StoredFile.id).where(StoredFile.id == after)
+        ).first()
+        if mark is None:
+            return []
+        bound = tuple_(mark[0], mark[1])
+        query = query.where(key > bound if order == "asc" else key < bound)
+    return [FileInfo(**row._mapping) for row in conn.execute(query.limit(limit))]
+
+
+def delete_file(conn: Connection, file_id: str) -> bool:
+    """Delete the file and its chunks; False when there is no such file."""
+    conn.execute(delete(FileChunk).where(FileChunk.file_id == file_id))
+    return conn.execute(delete(StoredFile).where(StoredFile.id == file_id)).rowcount == 1
+
+
+def hold_file(conn: Connection, file_id: str) -> bool:
+    """Lock the file's row until the caller's transaction ends (a write, so that
+    SQLite and PostgreSQL alike make a concurrent :func:`delete_file` wait, or make
+    this see its result); False when the file is gone."""
+    touch = update(StoredFile).where(StoredFile.id == file_id).values(bytes=StoredFile.bytes)
+    return conn.execute(touch).rowcount == 1
 
 
 def chunk(conn: Connection, file_id: str, n: int) -> bytes | None:

@@ -192,7 +192,8 @@ class Batch(Base):
     __tablename__ = "dq_batches"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    job_id: Mapped[str] = mapped_column(
+    #: None for a batch that failed before it had a job (no line could run).
+    job_id: Mapped[str | None] = mapped_column(
         ForeignKey("dq_jobs.id", ondelete="CASCADE"), unique=True, index=True
     )
     input_file_id: Mapped[str] = mapped_column(String(64))

@@ -29,12 +29,14 @@ NOT_YET = {".parquet": "Parquet", ".pq": "Parquet"}
 #: CSV columns every export has, before and after the task's own.
 HEAD = ["id", "seq", "status"]
 TAIL = ["error", "truncated", "duplicate_id"]
+#: What generation records besides its text (OpenAI's usage and finish_reason).
+USAGE = ["prompt_tokens", "completion_tokens", "finish_reason"]
 #: The output fields of each task (a runner plug-in returns the same fields).
 TASK_FIELDS: dict[str, list[str]] = {
     "classify": ["label", "score", "scores"],
-    "embed": ["dim", "embedding"],
-    "summarize": ["summary_text"],
-    "generate": ["generated_text"],
+    "embed": ["dim", "embedding", "prompt_tokens"],
+    "summarize": ["summary_text", *USAGE],
+    "generate": ["generated_text", *USAGE],
 }
 
 

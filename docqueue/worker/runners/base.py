@@ -183,6 +183,60 @@ def generation_config(model: Any, **settings: Any) -> Any:
     return GenerationConfig(**keep)
 
 
+@dataclass(frozen=True)
+class Ends:
+    """How a model's generated rows end: its end-of-text tokens, the token that
+    fills a row after its end, and the end-of-text token it is forced to write at
+    its length limit (BART's ``forced_eos_token_id``), if any."""
+
+    eos: frozenset[int]
+    pad: int | None
+    forced: int | None = None
+
+    @classmethod
+    def of(cls, model: Any, tokenizer: Any) -> Ends:
+        config = model.generation_config
+        eos = config.eos_token_id
+        ids = frozenset() if eos is None else frozenset([eos] if isinstance(eos, int) else eos)
+        return cls(ids, tokenizer.pad_token_id, config.forced_eos_token_id)
+
+
+def usage(
+    generated: Sequence[int], prompt_tokens: int, ends: Ends, limit: int, stopped: bool = False
+) -> dict[str, Any]:
+    """What OpenAI's ``usage`` and ``finish_reason`` report for one generated
+    sequence: the tokens the model read and produced, and why it stopped.
+
+    ``generated`` is one row of ``model.generate``'s new tokens: a row that ends
+    before the batch's longest is filled with ``ends.pad`` after its end.  An
+    end-of-text token is generated (counted); the filling is not.  ``stopped`` says
+    the text was cut at a stop string: the row ended with the string, so its first
+    filling token (the end-of-text token when that is the filling) is not counted.
+    "length" means ``limit`` tokens were produced without the model choosing to end
+    (an end-of-text token forced at the limit does not count as a choice).
+    """
+    pad = ends.pad
+    stop_at = ends.eos | {pad} if stopped and pad is not None else ends.eos
+    for i, token in enumerate(generated):
+        if token in stop_at:
+            if stopped:
+                return _usage(prompt_tokens, i, "stop")
+            forced = i + 1 == limit and token == ends.forced
+            return _usage(prompt_tokens, i + 1, "length" if forced else "stop")
+    n = len(generated)
+    while n and generated[n - 1] == pad:
+        n -= 1
+    return _usage(prompt_tokens, n, "stop" if stopped or n < limit else "length")
+
+
+def _usage(prompt_tokens: int, completion_tokens: int, finish_reason: str) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "finish_reason": finish_reason,
+    }
+
+
 def label_scores(names: Sequence[str], scores: Sequence[float]) -> dict[str, Any]:
     """The classification pipeline's shape: best label, its score, and every label's score."""
     best = max(range(len(scores)), key=scores.__getitem__)

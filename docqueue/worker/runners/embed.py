@@ -33,7 +33,10 @@ class EmbedRunner(Runner):
         self, raw: Any, batch: Sequence[Features], params: dict[str, Any]
     ) -> list[Output]:
         vectors = raw.numpy().astype("<f4")
-        return [Output({"dim": int(v.shape[0])}, embedding=v.tobytes()) for v in vectors]
+        return [
+            Output({"dim": int(v.shape[0]), "prompt_tokens": f.length}, embedding=v.tobytes())
+            for v, f in zip(vectors, batch, strict=True)
+        ]
 
 
 class ZeroShotRunner(EmbedRunner):

@@ -9,7 +9,14 @@ from typing import Any
 from docqueue.params import InvalidParams
 from docqueue.protocol import Document
 from docqueue.worker.batcher import Shape
-from docqueue.worker.runners.base import Features, Output, Runner, generation_config
+from docqueue.worker.runners.base import (
+    Ends,
+    Features,
+    Output,
+    Runner,
+    generation_config,
+    usage,
+)
 
 
 class GenerateRunner(Runner):
@@ -88,20 +95,30 @@ class GenerateRunner(Runner):
     def postprocess(
         self, raw: Any, batch: Sequence[Features], params: dict[str, Any]
     ) -> list[Output]:
-        texts = self.tokenizer.batch_decode(raw, skip_special_tokens=True)
+        """The text of each document, with the tokens it read and produced and why
+        generation stopped (OpenAI's usage and finish_reason)."""
+        rows = raw.tolist()
+        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+        ends = Ends.of(self.model, self.tokenizer)
         outputs = []
-        for text, features in zip(texts, batch, strict=True):
-            text = _cut_at_stop(text, params["stop"])
+        for generated, text, features in zip(rows, texts, batch, strict=True):
+            cut = _cut_at_stop(text, params["stop"])
+            counts = usage(
+                generated,
+                features.length,
+                ends,
+                params["max_new_tokens"],
+                stopped=len(cut) < len(text),
+            )
             prompt = features.extra["prompt"]
+            full: Any = cut
             if params["return_full_text"]:
-                full: Any = (
-                    prompt + text
+                full = (
+                    prompt + cut
                     if isinstance(prompt, str)
-                    else [*prompt, {"role": "assistant", "content": text}]
+                    else [*prompt, {"role": "assistant", "content": cut}]
                 )
-                outputs.append(Output({"generated_text": full}))
-            else:
-                outputs.append(Output({"generated_text": text}))
+            outputs.append(Output({"generated_text": full, **counts}))
         return outputs
 
 

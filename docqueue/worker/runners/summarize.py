@@ -7,7 +7,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from docqueue.worker.batcher import Shape
-from docqueue.worker.runners.base import Features, Output, Runner, generation_config
+from docqueue.worker.runners.base import (
+    Ends,
+    Features,
+    Output,
+    Runner,
+    generation_config,
+    usage,
+)
 
 
 class SummarizeRunner(Runner):
@@ -40,5 +47,18 @@ class SummarizeRunner(Runner):
     def postprocess(
         self, raw: Any, batch: Sequence[Features], params: dict[str, Any]
     ) -> list[Output]:
-        texts = self.tokenizer.batch_decode(raw, skip_special_tokens=True)
-        return [Output({"summary_text": text.strip()}) for text in texts]
+        """Each summary, with the tokens read and produced and why it stopped; the
+        first token of each row is the decoder's start token, not a generated one."""
+        rows = raw.tolist()
+        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+        ends = Ends.of(self.model, self.tokenizer)
+        limit = params["max_new_tokens"]
+        return [
+            Output(
+                {
+                    "summary_text": text.strip(),
+                    **usage(row[1:], features.length, ends, limit),
+                }
+            )
+            for row, text, features in zip(rows, texts, batch, strict=True)
+        ]
