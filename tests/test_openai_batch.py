@@ -229,15 +229,13 @@ def test_bad_requests_are_clear_4xx_or_failed_batches_and_create_no_job(serve, s
         client.files.content("file-nosuch")
     assert counts(settings) == before
 
-    # as OpenAI's validation: a batch that failed, saying why, and no job
-    model = client.batches.create(
-        input_file_id=other.id, endpoint=CLASSIFY, completion_window="24h"
-    )
-    assert (model.status, model.in_progress_at, model.output_file_id) == ("failed", None, None)
-    assert model.failed_at is not None and model.failed_at >= model.created_at
-    assert model.errors is not None and model.errors.data is not None
-    [error] = model.errors.data
-    assert error.code == "model_not_found" and "unknown model nosuch" in str(error.message)
+    # a model no worker has served: a 4xx naming it, nothing created
+    with pytest.raises(openai.APIStatusError) as model:
+        client.batches.create(input_file_id=other.id, endpoint=CLASSIFY, completion_window="24h")
+    assert 400 <= model.value.status_code < 500
+    assert "unknown model nosuch" in model.value.message
+    assert counts(settings) == before
+    # as OpenAI's validation: a batch whose every line is unreadable failed, saying why
     unreadable = client.batches.create(
         input_file_id=bad.id, endpoint=CLASSIFY, completion_window="24h"
     )
@@ -246,10 +244,12 @@ def test_bad_requests_are_clear_4xx_or_failed_batches_and_create_no_job(serve, s
         (1, "line 1: malformed JSON (Exp"),
         (2, "line 2: a line is a JSON ob"),
     ]
-    assert client.batches.retrieve(model.id).status == "failed"
-    assert client.batches.cancel(model.id).status == "failed"  # nothing to cancel
-    assert [b.id for b in client.batches.list()] == [unreadable.id, model.id]
-    assert counts(settings) == (before[0], before[1] + 2, before[2])
+    assert (unreadable.in_progress_at, unreadable.output_file_id) == (None, None)
+    assert unreadable.failed_at is not None and unreadable.failed_at >= unreadable.created_at
+    assert client.batches.retrieve(unreadable.id).status == "failed"
+    assert client.batches.cancel(unreadable.id).status == "failed"  # nothing to cancel
+    assert [b.id for b in client.batches.list()] == [unreadable.id]
+    assert counts(settings) == (before[0], before[1] + 1, before[2])
 
     raw = httpx.post(
         f"{server.url}/v1/batches",

@@ -57,9 +57,10 @@ def create_batch(
 ) -> BatchOut:
     """Every line of the file is in SQL and queued when this returns.  The file's
     lines must all name the same model and parameters; a line that cannot run gets
-    a line in the error file that names it.  A file with no line that can run, or
-    whose lines name a model no worker has served, gives a batch that has failed
-    (status failed, errors saying why), as OpenAI's validation does."""
+    a line in the error file that names it.  A file with no line that can run gives a
+    batch that has failed (status failed, errors saying why), as OpenAI's validation
+    does.  A model no worker has served is a 4xx naming it, nothing created: the
+    caller learns of the typo at once instead of polling a batch to find it."""
     if problem := endpoint_problem(body.endpoint):
         raise ApiError(422, problem, "endpoint")
     info = _input_file(client, body.input_file_id)
@@ -67,11 +68,7 @@ def create_batch(
     plan = first_plan(_lines(client, info.id), body.endpoint, cap)
     if isinstance(plan, list):
         return batch_out(client, _failed(client, body, info, plan))
-    try:
-        known_model(client, plan.model, ENDPOINTS[body.endpoint])
-    except ApiError as exc:
-        error = {"code": "model_not_found", "line": None, "message": exc.detail, "param": "model"}
-        return batch_out(client, _failed(client, body, info, [error]))
+    known_model(client, plan.model, ENDPOINTS[body.endpoint])
     digest = request_digest("batch", body.model_dump(mode="json")) if key else None
     batch, replayed = _create(client, body, info, plan, key, digest)
     if replayed:
