@@ -26,6 +26,7 @@ from docqueue.worker.engine import Engine
 from docqueue.worker.heartbeat import Heartbeat
 from docqueue.worker.ledger import SqlLedger
 from docqueue.worker.loading import bulk_queues, load_runners
+from docqueue.worker.metrics import WorkerMetrics, serve_metrics
 from docqueue.worker.store import SqlStore
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,11 @@ def run_worker(settings: Settings, redis_url: str, loglevel: str = "INFO") -> in
     device = str(next(iter(loaded.values())).device) if loaded else "cpu"
     hostname = socket.gethostname()
     worker_id = f"{hostname}:{os.getpid()}:{device}:{uuid.uuid4().hex[:6]}"
+    metrics = WorkerMetrics(
+        {name: list(tasks) for name, tasks in runners.items()}, worker_id, device
+    )
+    if settings.metrics_port is not None:
+        serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
     db = make_engine(settings.database())
     migrate(db)
     publisher = redis_client(redis_url)
@@ -54,6 +60,7 @@ def run_worker(settings: Settings, redis_url: str, loglevel: str = "INFO") -> in
         worker_id=worker_id,
         notify=notify,
         ledger=SqlLedger(db),
+        metrics=metrics,
     )
     lanes = [interactive_queue(name) for name in runners]
     queues = bulk_queues(runners)
@@ -106,6 +113,7 @@ def run_worker(settings: Settings, redis_url: str, loglevel: str = "INFO") -> in
     finally:
         engine.stop()
         heartbeat.stop()
+        metrics.close()
         db.dispose()
     return int(worker.exitcode or 0)
 
