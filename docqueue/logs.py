@@ -20,10 +20,17 @@ from typing import Any, Literal
 
 LogFormat = Literal["text", "json"]
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-#: Job ids in the paths of API requests: /api/jobs/ID..., /api/documents/ID.
-_JOB_PATH = re.compile(r"^/api/(?:jobs|documents)/([0-9a-f]{32})(?:[/?]|$)")
-#: The attributes every LogRecord has; anything else came in through ``extra``.
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+#: Job ids in the paths of API requests: /api/jobs/ID..., /api/documents/ID,
+#: /v1/batches/batch_ID...
+_JOB_PATH = re.compile(r"^/(?:api/(?:jobs|documents)/|v1/batches/batch_)([0-9a-f]{32})(?:[/?]|$)")
+#: The attributes every LogRecord has (anything else came in through ``extra``),
+#: and uvicorn's copy of its message with terminal colours.
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 
 
 def jobs_extra(jobs: Iterable[str]) -> dict[str, Any]:
@@ -84,3 +91,5 @@ def setup_logging(level: str, log_format: LogFormat) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Python's warnings go to stderr as bare text; as records they are lines like any other
+    logging.captureWarnings(log_format == "json")

@@ -227,6 +227,19 @@ def test_json_lines_carry_one_job_or_several():
     )
     assert json.loads(formatter.format(record))["job_ids"] == ["a", "b"]
     assert jobs_extra(["a"]) == {"job_id": "a"} and jobs_extra([]) == {}
+    job = "0123456789abcdef" * 2
+    for path in (f"/api/jobs/{job}/results", f"/v1/batches/batch_{job}/cancel", "/metrics"):
+        access = logging.makeLogRecord(
+            {
+                "name": "uvicorn.access",
+                "msg": "%s %s %s %s %d",
+                "args": ("c", "GET", path, "1.1", 200),
+            }
+        )
+        line = json.loads(formatter.format(access))
+        assert line["path"] == path and line.get("job_id") == (
+            job if "metrics" not in path else None
+        )
 
 
 def test_each_local_worker_gets_its_own_metrics_port():

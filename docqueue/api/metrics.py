@@ -26,6 +26,7 @@ from prometheus_client import (
     Counter,
     Histogram,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -57,6 +58,7 @@ def metrics(request: Request) -> Response:  # sync: the collector reads Redis an
 
 def api_registry(client: Client) -> tuple[CollectorRegistry, RequestCounters]:
     """A registry with the system's numbers, this process's and its requests'."""
+    disable_created_metrics()  # no *_created series beside every counter
     registry = CollectorRegistry()
     registry.register(OverviewCollector(client))
     ProcessCollector(registry=registry)

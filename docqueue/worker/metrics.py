@@ -23,6 +23,7 @@ from prometheus_client import (
     Histogram,
     Info,
     ProcessCollector,
+    disable_created_metrics,
     start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -50,6 +51,7 @@ class WorkerMetrics:
     def __init__(
         self, served: dict[str, Iterable[str]], worker_id: str = "", device: str = "cpu"
     ) -> None:
+        disable_created_metrics()  # no *_created series beside every counter
         self.registry = CollectorRegistry()
         self._served = {(model, task) for model, tasks in served.items() for task in tasks}
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, CPU seconds
@@ -62,34 +64,25 @@ class WorkerMetrics:
             ["task", "model", "status"],
             registry=self.registry,
         )
-        self.batch_size = Histogram(
-            "docqueue_batch_size",
-            "Documents per batch",
-            ["task", "model"],
-            buckets=SIZE_BUCKETS,
-            registry=self.registry,
+        self.batch_size = self._histogram(
+            "docqueue_batch_size", "Documents per batch", SIZE_BUCKETS
         )
-        self.padded_tokens = Histogram(
+        self.padded_tokens = self._histogram(
             "docqueue_batch_padded_tokens",
             "Padded tokens per batch (documents x longest input)",
-            ["task", "model"],
-            buckets=TOKEN_BUCKETS,
-            registry=self.registry,
+            TOKEN_BUCKETS,
         )
-        self.duration = Histogram(
+        self.duration = self._histogram(
             "docqueue_batch_duration_seconds",
             "Seconds a batch's forward took (on a GPU: until its output was queued for "
             "copying to the host)",
-            ["task", "model"],
-            buckets=DURATION_BUCKETS,
-            registry=self.registry,
+            DURATION_BUCKETS,
         )
-        self.queue_wait = Histogram(
+        self.queue_wait = self._histogram(
             "docqueue_queue_wait_seconds",
             "Seconds from a document's enqueue (the producer's clock) to the start of its batch",
-            ["task", "model", "lane"],
-            buckets=WAIT_BUCKETS,
-            registry=self.registry,
+            WAIT_BUCKETS,
+            lane=True,
         )
         self.in_flight = Gauge(
             "docqueue_worker_documents_in_flight",
@@ -98,6 +91,12 @@ class WorkerMetrics:
         )
         GpuMemory(device, registry=self.registry)
         self._server: Any = None
+
+    def _histogram(
+        self, name: str, doc: str, buckets: tuple[float, ...], lane: bool = False
+    ) -> Histogram:
+        labels = ["task", "model"] + (["lane"] if lane else [])
+        return Histogram(name, doc, labels, buckets=buckets, registry=self.registry)
 
     def _labels(self, model: str, task: str) -> tuple[str, str]:
         return (task, model) if (model, task) in self._served else (OTHER, OTHER)
