@@ -252,7 +252,8 @@ def test_each_local_worker_gets_its_own_metrics_port():
 
 
 @pytest.mark.slow
-def test_a_metrics_port_in_use_is_one_line_naming_it(settings, tiny_classifier, tmp_path):
+def test_a_metrics_port_in_use_is_one_line_naming_it(redis_url, sqlite_url, tiny_classifier):
+    settings = make_settings(redis_url, sqlite_url)  # the port is taken before either is used
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

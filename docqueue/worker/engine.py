@@ -71,7 +71,7 @@ class Engine:
     ) -> None:
         self.settings = settings
         #: What this worker did, for Prometheus (served only when a port is set).
-        self.metrics = metrics or WorkerMetrics({m: list(t) for m, t in runners.items()})
+        self.metrics = metrics or WorkerMetrics().identify({m: list(t) for m, t in runners.items()})
         self.metrics.in_flight.set_function(lambda: self.in_flight)
         self.buffer: Buffer[GroupKey, WorkItem] = Buffer(settings.max_wait_ms / 1000.0)
         groups = Groups()

@@ -48,15 +48,15 @@ OTHER = "other"
 
 
 class WorkerMetrics:
-    def __init__(
-        self, served: dict[str, Iterable[str]], worker_id: str = "", device: str = "cpu"
-    ) -> None:
+    """The metrics, ready to be served before the models load (so that a port in
+    use is said at once); :meth:`identify` adds what the loaded models tell."""
+
+    def __init__(self) -> None:
         disable_created_metrics()  # no *_created series beside every counter
         self.registry = CollectorRegistry()
-        self._served = {(model, task) for model, tasks in served.items() for task in tasks}
+        self._served: set[tuple[str, str]] = set()
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, CPU seconds
-        info = Info("docqueue_worker", "This worker process", registry=self.registry)
-        info.info({"worker_id": worker_id, "device": device})
+        self.info = Info("docqueue_worker", "This worker process", registry=self.registry)
         self.documents = Counter(
             "docqueue_documents",
             "Documents this worker settled, by task, model and status (done: a result "
@@ -89,8 +89,17 @@ class WorkerMetrics:
             "Messages and documents this worker holds that have no committed row yet",
             registry=self.registry,
         )
-        GpuMemory(device, registry=self.registry)
         self._server: Any = None
+
+    def identify(
+        self, served: dict[str, Iterable[str]], worker_id: str = "", device: str = "cpu"
+    ) -> WorkerMetrics:
+        """The (model, task) pairs this worker serves (the only label values it
+        uses), its id and its device (whose GPU memory it reports)."""
+        self._served = {(model, task) for model, tasks in served.items() for task in tasks}
+        self.info.info({"worker_id": worker_id, "device": device})
+        GpuMemory(device, registry=self.registry)
+        return self
 
     def _histogram(
         self, name: str, doc: str, buckets: tuple[float, ...], lane: bool = False

@@ -34,15 +34,14 @@ log = logging.getLogger(__name__)
 
 def run_worker(settings: Settings, redis_url: str, loglevel: str = "INFO") -> int:
     """Load the models, then serve until shut down.  Returns the exit code."""
+    metrics = WorkerMetrics()
+    if settings.metrics_port is not None:  # before the models: a port in use is said at once
+        serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
     loaded, runners = load_runners(settings)
     device = str(next(iter(loaded.values())).device) if loaded else "cpu"
     hostname = socket.gethostname()
     worker_id = f"{hostname}:{os.getpid()}:{device}:{uuid.uuid4().hex[:6]}"
-    metrics = WorkerMetrics(
-        {name: list(tasks) for name, tasks in runners.items()}, worker_id, device
-    )
-    if settings.metrics_port is not None:
-        serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
+    metrics.identify({name: list(tasks) for name, tasks in runners.items()}, worker_id, device)
     db = make_engine(settings.database())
     migrate(db)
     publisher = redis_client(redis_url)
