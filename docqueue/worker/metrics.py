@@ -60,7 +60,8 @@ class WorkerMetrics:
         self.documents = Counter(
             "docqueue_documents",
             "Documents this worker settled, by task, model and status (done: a result "
-            "row; failed: an error row; cancelled: dropped, its job cancelled or deleted)",
+            "row; failed: an error row; cancelled: taken out of the buffer unrun, its job "
+            "cancelled or deleted)",
             ["task", "model", "status"],
             registry=self.registry,
         )
