@@ -24,10 +24,12 @@ from docqueue.broker import redis_client
 from docqueue.config import Settings
 from docqueue.db import make_engine
 from docqueue.db.schema import Base
+from docqueue.db.workers import WorkerState
 from docqueue.errors import ExitCode
 from docqueue.launcher import LocalWorkers, metrics_port_env
 from docqueue.logs import JsonFormatter, jobs_extra
 from docqueue.producer.client import Client
+from docqueue.producer.overview import known_queues
 
 BACKENDS = ["sqlite"] + ([pytest.param("postgresql", marks=pytest.mark.slow)] if PG_URL else [])
 POISON = "POISON: the model cannot digest this one."
@@ -218,6 +220,19 @@ def test_worker_lines_are_json_and_name_the_job_they_concern(stack: Stack):
     failed = [e for e in entries if e.get("job_id") == job.id]
     assert failed and "failed (attempt 1 of 1)" in failed[0]["message"]
     assert failed[0]["level"] == "WARNING" and failed[0]["logger"] == "docqueue.worker.compute"
+
+
+def test_queues_are_known_from_workers_and_running_jobs_even_when_empty():
+    gone = WorkerState("w", "h", "cpu", {"bart": {"tasks": ["summarize"]}}, 0.0, 0, True)
+    queues = known_queues(
+        [gone], {("classify", "typo", "bulk"), ("embed", "minilm", "interactive")}
+    )
+    assert queues == {
+        "docqueue.classify.typo": ("typo", "bulk", "classify"),
+        "docqueue.interactive.bart": ("bart", "interactive", ""),
+        "docqueue.interactive.minilm": ("minilm", "interactive", ""),
+        "docqueue.summarize.bart": ("bart", "bulk", "summarize"),
+    }
 
 
 def test_json_lines_carry_one_job_or_several():
