@@ -3,7 +3,7 @@
     docqueue annotate docs.jsonl --task classify --labels "billing,outage,praise" --out out.jsonl
     docqueue worker --model sentiment=/models/sst2 [--device cuda:0 | --gpus all]
     docqueue enqueue docs.jsonl --task classify --model sentiment      # prints the job id
-    docqueue status JOB
+    docqueue status JOB | docqueue status                          # a job | the queues
     docqueue export JOB --out results.jsonl
     docqueue resume JOB
     docqueue jobs [--state running|finished|cancelled] [--model M] [--name N]
@@ -18,7 +18,6 @@ exit codes are :class:`docqueue.errors.ExitCode`.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 import time
@@ -40,6 +39,7 @@ from docqueue.tasks import task_list
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from docqueue.logs import LogFormat
     from docqueue.producer.client import JobSummary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
@@ -316,13 +316,14 @@ def worker(
     _check_devices(devices or ([settings.device] if settings.device else []))
     if devices:
         raise typer.Exit(_per_gpu(devices, settings, loglevel))
-    _logging(loglevel)
+    _logging(loglevel, settings.log_format)
+    from docqueue.worker.metrics import MetricsUnavailable
     from docqueue.worker.models import ModelUnavailable
     from docqueue.worker.service import run_worker
 
     try:
         code = run_worker(settings, redis_url, loglevel=loglevel)
-    except ModelUnavailable as exc:
+    except (ModelUnavailable, MetricsUnavailable) as exc:
         raise fail(str(exc), ExitCode.SERVICE) from None
     raise typer.Exit(code)
 
@@ -426,10 +427,18 @@ def enqueue(
 
 
 @app.command()
-def status(job_id: Annotated[str, typer.Argument(help="Job id")]) -> None:
-    """Progress, pace and live workers of a job; exit 0 done, 1 some failed, 4 running."""
+def status(
+    job_id: Annotated[
+        str | None, typer.Argument(help="Job id; without one, the queues, dead letters and workers")
+    ] = None,
+) -> None:
+    """Progress, pace and live workers of a job; exit 0 done, 1 some failed, 4 running.
+    Without a job: messages waiting per queue, dead letters and live workers."""
     from docqueue.producer.client import UnknownJob
 
+    if job_id is None:
+        _overview()
+        return
     client = sql_client_or_exit(settings_or_exit())
     try:
         state = client.job(job_id).status()
@@ -455,6 +464,28 @@ def status(job_id: Annotated[str, typer.Argument(help="Job id")]) -> None:
         raise typer.Exit(ExitCode.RUNNING)
     incomplete = current.failed or current.cancelled
     raise typer.Exit(ExitCode.SOME_FAILED if incomplete else ExitCode.OK)
+
+
+def _overview() -> None:
+    """What /metrics exports, for a person (both read Client.overview())."""
+    client = client_or_exit(settings_or_exit())
+    with _redis_errors():
+        seen = client.overview()
+    print("queues (messages waiting):" if seen.queues else "queues: none known yet")
+    width = max((len(q.queue) for q in seen.queues), default=0)
+    for queue in seen.queues:
+        print(f"  {queue.queue:<{width}}  {queue.messages}")
+    dead = seen.dead_letters
+    print(f"dead letters: {dead.held} held (limit {dead.limit}), {dead.dropped} dropped")
+    print(f"live workers: {len(seen.workers)}")
+    for w in seen.workers:
+        served = ", ".join(
+            f"{name} ({', '.join(info.get('tasks', []))})" for name, info in w.models.items()
+        )
+        print(
+            f"  worker {w.id} on {w.device}: {served}; {w.documents} documents, "
+            f"last heartbeat {seen.at - w.last_seen:.0f}s ago"
+        )
 
 
 def _pace(state: Any) -> str:
@@ -964,12 +995,10 @@ def bench(
     )
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def _logging(level: str, log_format: LogFormat = "text") -> None:
+    from docqueue.logs import setup_logging
+
+    setup_logging(level, log_format)
 
 
 def main() -> None:

@@ -104,6 +104,17 @@ class Settings(BaseSettings):
     trust_remote_code: bool = False
     #: torch intra-op threads on CPU; None leaves torch's default.
     torch_threads: int | None = Field(None, ge=1)
+    #: Prometheus metrics of each worker process on this port (``docqueue worker
+    #: --gpus`` gives the Nth process this port + N).  None: no metrics port.
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    #: Address the workers' metrics port listens on.  It has no authentication, so
+    #: loopback unless the operator opens it (0.0.0.0 for a Prometheus elsewhere).
+    metrics_host: str = "127.0.0.1"
+
+    # --- logs ----------------------------------------------------------------------
+    #: "text" for people; "json" for one JSON object per line (with ``job_id`` where
+    #: a line concerns a job), for log shippers.  Worker and API alike.
+    log_format: Literal["text", "json"] = "text"
 
     # --- HTTP API (docqueue serve) -----------------------------------------------
     #: Bearer tokens the API accepts: a JSON list or tokens separated by commas.

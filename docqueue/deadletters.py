@@ -152,6 +152,20 @@ def set_aside(
     )
 
 
+@dataclass(frozen=True)
+class DeadLetterCounts:
+    """The dead letters held in Redis, their cap, and how many the cap dropped."""
+
+    held: int
+    limit: int
+    dropped: int
+
+
+def counts(redis: Any, limit: int) -> DeadLetterCounts:
+    """What ``docqueue dead-letters list``, the API and its metrics report."""
+    return DeadLetterCounts(held=count(redis), limit=limit, dropped=dropped(redis))
+
+
 def count(redis: Any) -> int:
     return int(redis.llen(LIST_KEY))
 

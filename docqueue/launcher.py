@@ -160,6 +160,14 @@ def worker_env(settings: Settings, extra: Mapping[str, str] | None = None) -> di
     return env
 
 
+def metrics_port_env(settings: Settings, index: int) -> dict[str, str]:
+    """The Nth local worker serves its metrics on ``metrics_port`` + N: one port
+    per process, so ``--gpus all`` can be scraped process by process."""
+    if settings.metrics_port is None:
+        return {}
+    return {"DOCQUEUE_METRICS_PORT": str(settings.metrics_port + index)}
+
+
 class WorkerProcess:
     """One ``python -m docqueue worker`` process."""
 
@@ -240,7 +248,8 @@ class LocalWorkers:
     """Local worker processes serving ``models``, one per device (None: the worker
     picks from its settings), with ``settings`` and ``extra_env`` in their
     environment.  With ``log_dir`` each writes ``{name}-N.log`` there; without, they
-    share this process's stdout and stderr."""
+    share this process's stdout and stderr.  With ``metrics_port`` set, the Nth
+    serves its metrics on that port + N."""
 
     def __init__(
         self,
@@ -260,7 +269,7 @@ class LocalWorkers:
         self.processes = [
             WorkerProcess(
                 argv + (["--device", device] if device else []),
-                env,
+                {**env, **metrics_port_env(settings, i)},
                 settings.database(),
                 log_dir / f"{name}-{i}.log" if log_dir else None,
             )

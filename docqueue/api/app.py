@@ -15,6 +15,7 @@ from docqueue.api import (
     errors,
     health,
     jobs,
+    metrics,
     models,
     openai_batches,
     openai_files,
@@ -62,6 +63,8 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
         request_bytes=settings.api_max_request_bytes,
         upload_bytes=settings.api_max_upload_bytes,
     )
+    app.state.metrics_registry, counters = metrics.api_registry(client)
+    app.add_middleware(metrics.RequestMetrics, counters=counters)
     for module in (
         jobs,
         documents,
@@ -71,6 +74,7 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
         openai_files,
         openai_batches,
         openai_sync,
+        metrics,
     ):
         app.include_router(
             module.router, dependencies=[Depends(require_token)], responses=errors.RESPONSES

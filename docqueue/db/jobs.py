@@ -286,6 +286,13 @@ def list_jobs(
     return [JobSummary(job, _progress(job.total, job.cancelled_at, counts[job.id])) for job in jobs]
 
 
+def running_groups(conn: Connection) -> set[tuple[str, str, str]]:
+    """(task, model, lane) of every running job: the queues that may hold its
+    messages, whether or not a worker serves them."""
+    query = select(Job.task, Job.model, Job.lane).where(_in_state("running")).distinct()
+    return {(task, model, lane) for task, model, lane in conn.execute(query)}
+
+
 def cancel_job(conn: Connection, job_id: str, now: float) -> int | None:
     """Cancel a job that has not finished: its pending documents become ``cancelled``
     (finished ones stay).  Returns how many were cancelled; None for no such job.

@@ -34,7 +34,7 @@ from docqueue.db import jobs as ledger
 from docqueue.db import make_engine, migrate, webhooks
 from docqueue.db.jobs import JOB_STATES, JobInfo, JobSummary, Progress
 from docqueue.db.workers import WorkerState, every_worker, workers_serving
-from docqueue.deadletters import DeadLetter
+from docqueue.deadletters import DeadLetter, DeadLetterCounts
 from docqueue.errors import one_line
 from docqueue.params import InvalidParams, validate_params
 from docqueue.producer.documents import (
@@ -45,6 +45,7 @@ from docqueue.producer.documents import (
     name_problem,
     storable_source,
 )
+from docqueue.producer.overview import Overview, read_overview
 from docqueue.producer.results import check_output, csv_columns, export_row, write_rows
 from docqueue.protocol import (
     TASK_NAME,
@@ -192,15 +193,6 @@ class Coverage:
             "never seen" if self.last_seen is None else f"last seen {ago(now - self.last_seen)} ago"
         )
         return f"no live worker serves model {self.model} ({seen})"
-
-
-@dataclass(frozen=True)
-class DeadLetterCounts:
-    """The dead letters held in Redis, their cap, and how many the cap dropped."""
-
-    held: int
-    limit: int
-    dropped: int
 
 
 @dataclass(frozen=True)
@@ -611,6 +603,12 @@ class Client:
             )
         return served
 
+    def overview(self) -> Overview:
+        """Messages waiting per queue, the dead letters and the live workers, read
+        now: what ``docqueue status``, the API's /metrics and its page show.  Needs
+        Redis."""
+        return read_overview(self.redis, self.db, self.settings)
+
     # --- dead letters ----------------------------------------------------------------
 
     def dead_letters(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
@@ -623,11 +621,7 @@ class Client:
 
     def dead_letter_counts(self) -> DeadLetterCounts:
         """How many dead letters are held, the cap, and how many the cap dropped."""
-        return DeadLetterCounts(
-            held=deadletters.count(self.redis),
-            limit=self.settings.dead_letter_limit,
-            dropped=deadletters.dropped(self.redis),
-        )
+        return deadletters.counts(self.redis, self.settings.dead_letter_limit)
 
     def dead_letter(self, entry_id: int) -> DeadLetter | None:
         """One dead letter with its body (the message as it was on the queue; only

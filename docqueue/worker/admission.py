@@ -86,7 +86,9 @@ class Admission:
         group_params: dict[GroupKey, dict[str, Any]] = {}
         opened = [(d, b) for d in deliveries if (b := self._open(d)) is not None]
         for delivery, batch in self._agreeing(opened, admitted):
-            envelope = Envelope(delivery, batch.job, len(batch.items), batch.enqueued_at)
+            envelope = Envelope(
+                delivery, batch.job, len(batch.items), batch.enqueued_at, batch.task, batch.model
+            )
             admitted.documents += len(batch.items)
             if not batch.items:
                 ack([delivery])

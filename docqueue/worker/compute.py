@@ -14,8 +14,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from docqueue.errors import one_line
+from docqueue.logs import jobs_extra
 from docqueue.worker.batcher import Buffer
 from docqueue.worker.groups import Groups
+from docqueue.worker.metrics import WorkerMetrics
 from docqueue.worker.runners import Runner
 from docqueue.worker.work import Computed, GroupKey, WorkItem
 
@@ -29,8 +31,10 @@ class BatchRunner:
         groups: Groups,
         buffer: Buffer[GroupKey, WorkItem],
         max_attempts: int,
+        metrics: WorkerMetrics,
     ) -> None:
         self.runners = runners
+        self.metrics = metrics
         self.groups = groups
         self.buffer = buffer
         self.max_attempts = max_attempts
@@ -62,7 +66,9 @@ class BatchRunner:
             self.batches_run += 1
             self.padded_tokens += len(batch) * max(i.length for i in batch)
             host, ready = to_host(raw)
-            yield Computed(key, batch, host, started, time.time(), ready=ready)
+            finished = time.time()
+            self.metrics.batch_ran(key, batch, started, finished)
+            yield Computed(key, batch, host, started, finished, ready=ready)
 
     def _after_failure(
         self, key: GroupKey, runner: Runner, batch: list[WorkItem], exc: Exception
@@ -76,9 +82,18 @@ class BatchRunner:
             if oom:
                 shape = self.groups.shrink(key, runner, len(batch), max(i.length for i in batch))
                 self.buffer.reshape(key, shape)
-                log.warning("out of memory on %d documents; halving", len(batch))
+                log.warning(
+                    "out of memory on %d documents; halving",
+                    len(batch),
+                    extra=jobs_extra(i.job for i in batch),
+                )
             else:
-                log.warning("batch of %d failed (%s); splitting", len(batch), one_line(exc))
+                log.warning(
+                    "batch of %d failed (%s); splitting",
+                    len(batch),
+                    one_line(exc),
+                    extra=jobs_extra(i.job for i in batch),
+                )
             return [batch[half:], batch[:half]]
         item = batch[0]
         item.failures += 1
@@ -89,6 +104,7 @@ class BatchRunner:
             item.failures,
             self.max_attempts,
             one_line(exc),
+            extra=jobs_extra([item.job]),
         )
         return [] if item.failures >= self.max_attempts else [batch]
 

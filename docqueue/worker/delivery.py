@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
+from docqueue.logs import jobs_extra
 from docqueue.protocol import BatchMessage, document_size
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,12 @@ class LocalDelivery(Delivery):
         return self.batch
 
     def reject(self, reason: str) -> None:
-        log.error("batch of job %s rejected: %s", self.batch.job, reason)
+        log.error(
+            "batch of job %s rejected: %s",
+            self.batch.job,
+            reason,
+            extra=jobs_extra([self.batch.job]),
+        )
 
     def retry(self) -> None:
         raise RuntimeError("a local batch has nowhere to go back to")

@@ -29,6 +29,7 @@ from typing import Any
 
 from docqueue.config import Settings
 from docqueue.errors import one_line
+from docqueue.logs import jobs_extra
 from docqueue.protocol import BatchMessage
 from docqueue.worker.admission import Admission
 from docqueue.worker.batcher import Buffer
@@ -36,6 +37,7 @@ from docqueue.worker.compute import BatchRunner
 from docqueue.worker.delivery import Delivery, LocalDelivery
 from docqueue.worker.groups import Groups
 from docqueue.worker.ledger import JobStates, Ledger, OpenLedger
+from docqueue.worker.metrics import WorkerMetrics
 from docqueue.worker.runners import Runner
 from docqueue.worker.store import ResultStore
 from docqueue.worker.work import Computed, Dropped, GroupKey, Rejected, WorkItem
@@ -65,16 +67,22 @@ class Engine:
         worker_id: str,
         notify: Callable[[set[str]], Any] | None = None,
         ledger: Ledger | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.settings = settings
+        #: What this worker did, for Prometheus (served only when a port is set).
+        self.metrics = metrics or WorkerMetrics().identify({m: list(t) for m, t in runners.items()})
+        self.metrics.in_flight.set_function(lambda: self.in_flight)
         self.buffer: Buffer[GroupKey, WorkItem] = Buffer(settings.max_wait_ms / 1000.0)
         groups = Groups()
         self._stop = threading.Event()
         #: What the ledger says of the jobs this worker has work for.
         self.jobs = JobStates(ledger or OpenLedger())
         self.admission = Admission(runners, settings, groups, worker_id, self.jobs)
-        self.batches = BatchRunner(runners, groups, self.buffer, settings.max_attempts)
-        self.writer = Writer(runners, groups, store, worker_id, self._stop, notify)
+        self.batches = BatchRunner(
+            runners, groups, self.buffer, settings.max_attempts, self.metrics
+        )
+        self.writer = Writer(runners, groups, store, worker_id, self._stop, self.metrics, notify)
         self._bulk: queue.SimpleQueue[Delivery] = queue.SimpleQueue()
         self._interactive: queue.SimpleQueue[Delivery] = queue.SimpleQueue()
         self._arrived = threading.Event()
@@ -266,7 +274,11 @@ class Engine:
             for computed in self.batches.run(key, items):
                 self._written.put(computed, urgent)
         except Exception:  # a bug here must not kill the thread
-            log.exception("batch of %d documents failed unexpectedly", len(items))
+            log.exception(
+                "batch of %d documents failed unexpectedly",
+                len(items),
+                extra=jobs_extra(i.job for i in items),
+            )
             self._written.put(Computed(key, items, error="internal error in the worker"), urgent)
 
     def _drop_ended(self, jobs: set[str]) -> None:
@@ -274,7 +286,11 @@ class Engine:
         if not jobs:
             return
         for key, items in self.buffer.remove(lambda item: item.job in jobs):
-            log.info("dropping %d documents of cancelled or deleted jobs", len(items))
+            log.info(
+                "dropping %d documents of cancelled or deleted jobs",
+                len(items),
+                extra=jobs_extra(i.job for i in items),
+            )
             self._written.put(Dropped(key, items), urgent=True)
 
     # --- deliveries of jobs this worker's database does not hold -----------------------
@@ -293,6 +309,7 @@ class Engine:
                 "for a worker that has it (do this worker and the producers use the same "
                 "DOCQUEUE_DATABASE_URL?)",
                 job,
+                extra=jobs_extra([job]),
             )
         # Jittered, so that its return does not always meet this worker's own next poll
         # first (a worker polls again right after a delivery, in step with its returns).

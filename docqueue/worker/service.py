@@ -27,6 +27,7 @@ from docqueue.worker.engine import Engine
 from docqueue.worker.heartbeat import Heartbeat
 from docqueue.worker.ledger import SqlLedger
 from docqueue.worker.loading import bulk_queues, load_runners
+from docqueue.worker.metrics import WorkerMetrics, serve_metrics
 from docqueue.worker.store import SqlStore
 
 log = logging.getLogger(__name__)
@@ -34,10 +35,14 @@ log = logging.getLogger(__name__)
 
 def run_worker(settings: Settings, redis_url: str, loglevel: str = "INFO") -> int:
     """Load the models, then serve until shut down.  Returns the exit code."""
+    metrics = WorkerMetrics()
+    if settings.metrics_port is not None:  # before the models: a port in use is said at once
+        serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
     loaded, runners = load_runners(settings)
     device = str(next(iter(loaded.values())).device) if loaded else "cpu"
     hostname = socket.gethostname()
     worker_id = f"{hostname}:{os.getpid()}:{device}:{uuid.uuid4().hex[:6]}"
+    metrics.identify({name: list(tasks) for name, tasks in runners.items()}, worker_id, device)
     db = make_engine(settings.database())
     migrate(db)
     publisher = redis_client(redis_url)
@@ -55,6 +60,7 @@ def run_worker(settings: Settings, redis_url: str, loglevel: str = "INFO") -> in
         worker_id=worker_id,
         notify=notify,
         ledger=SqlLedger(db),
+        metrics=metrics,
     )
     lanes = [interactive_queue(name) for name in runners]
     queues = bulk_queues(runners)
@@ -110,6 +116,7 @@ def run_worker(settings: Settings, redis_url: str, loglevel: str = "INFO") -> in
         engine.stop()
         heartbeat.stop()
         webhooks.stop()
+        metrics.close()
         db.dispose()
     return int(worker.exitcode or 0)
 

@@ -17,13 +17,24 @@ GroupKey = tuple[str, str, str, str]
 class Envelope:
     """A delivery and how many of its documents still await a commit."""
 
-    __slots__ = ("delivery", "job", "remaining", "enqueued_at")
+    __slots__ = ("delivery", "job", "remaining", "enqueued_at", "task", "model")
 
-    def __init__(self, delivery: Delivery, job: str, remaining: int, enqueued_at: float) -> None:
+    def __init__(
+        self,
+        delivery: Delivery,
+        job: str,
+        remaining: int,
+        enqueued_at: float,
+        task: str = "",
+        model: str = "",
+    ) -> None:
         self.delivery = delivery
         self.job = job
         self.remaining = remaining
         self.enqueued_at = enqueued_at
+        #: What the message asked for (the metrics count its documents under it).
+        self.task = task
+        self.model = model
 
 
 @dataclass

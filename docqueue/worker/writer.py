@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from docqueue.db.results import ResultRow
 from docqueue.errors import one_line
+from docqueue.logs import jobs_extra
 from docqueue.worker.delivery import Delivery, ack
 from docqueue.worker.groups import Groups
+from docqueue.worker.metrics import WorkerMetrics
 from docqueue.worker.runners import Runner
 from docqueue.worker.store import ResultStore, StoreUnavailable
 from docqueue.worker.work import Computed, Dropped, Envelope, Rejected, error_row
@@ -74,9 +77,11 @@ class Writer:
         store: ResultStore,
         worker_id: str,
         stopping: threading.Event,
+        metrics: WorkerMetrics,
         notify: Callable[[set[str]], Any] | None = None,
     ) -> None:
         self.runners = runners
+        self.metrics = metrics
         self.groups = groups
         self.store = store
         self.worker_id = worker_id
@@ -112,6 +117,7 @@ class Writer:
         except Exception as exc:  # broker away: the messages come back, SQL keeps one row
             log.warning("could not ack %d messages: %s", len(finished), one_line(exc))
         self.documents_done += len(rows)
+        self.metrics.settled(_tally(rows, entries))
         self._notify({row.job_id for row, _ in rows})
         return len(rows) + len(dropped)
 
@@ -134,6 +140,7 @@ class Writer:
             ]
         _, model, task, _ = computed.key
         runner = self.runners[model][task]
+        computed_jobs = (i.job for i in items)
         try:
             if computed.ready is not None:
                 computed.ready.synchronize()
@@ -141,7 +148,9 @@ class Writer:
                 computed.raw, [i.features for i in items], self.groups.params(computed.key)
             )
         except Exception as exc:
-            log.exception("postprocess failed for a batch of %d", len(items))
+            log.exception(
+                "postprocess failed for a batch of %d", len(items), extra=jobs_extra(computed_jobs)
+            )
             error = f"postprocess failed: {one_line(exc)}"
             return [
                 (error_row(i.envelope, i.seq, error, self.worker_id), i.envelope) for i in items
@@ -195,3 +204,18 @@ class Writer:
             self.notify(jobs)
         except Exception as exc:  # waiting clients fall back to polling SQL
             log.debug("could not publish completions: %s", exc)
+
+
+def _tally(
+    rows: list[tuple[ResultRow, Envelope]], entries: Sequence[Entry]
+) -> Counter[tuple[str, str, str]]:
+    """Documents settled by (model, task, status): rows are done or failed, dropped
+    documents cancelled."""
+    tally: Counter[tuple[str, str, str]] = Counter(
+        (envelope.model, envelope.task, "done" if row.ok else "failed") for row, envelope in rows
+    )
+    for entry in entries:
+        if isinstance(entry, Dropped):
+            _, model, task, _ = entry.key
+            tally[(model, task, "cancelled")] += len(entry.items)
+    return tally
