@@ -27,7 +27,7 @@ from collections.abc import Generator, Iterable, Iterator
 from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from docqueue.params import validate_params
 from docqueue.producer.documents import Record, id_problem, lone_surrogate
@@ -108,7 +108,7 @@ def input_format(path: Path) -> str:
 def _open(path: Path) -> IO[bytes]:
     """The file's bytes, gunzipped when its name ends in .gz."""
     if path.suffix.lower() == ".gz":
-        return gzip.open(path, "rb")
+        return cast(IO[bytes], gzip.open(path, "rb"))
     return path.open("rb")
 
 
@@ -305,7 +305,7 @@ def read_csv(
                 yield Record(None, None, f"row {number}: {row}")
                 continue
             record = _csv_record(row, f"row {number}", text_field, text_at, id_at)
-            yield replace(record, fields=dict(zip(columns, row)))
+            yield replace(record, fields=dict(zip(columns, row, strict=False)))
 
 
 def _csv_record(

@@ -34,7 +34,7 @@ def read_parquet(path: Path, *, text_field: str, id_field: str | None) -> Iterat
         parquet = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
         raise InputError(f"{path}: not a readable Parquet file ({exc})") from None
-    _check_type(path, dict(zip(parquet.schema_arrow.names, parquet.schema_arrow.types)), text_field)
+    _check_type(path, {f.name: f.type for f in parquet.schema_arrow}, text_field)
     if parquet.metadata.num_rows == 0:
         raise InputError(f"{path}: no documents")
     return rows_to_records(_parquet_rows(path, parquet, pa), text_field, id_field)
@@ -73,9 +73,7 @@ def _is_chat(pa: Any, kind: Any) -> bool:
     if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)):
         return False
     item = kind.value_type
-    return bool(
-        pa.types.is_struct(item) and {"role", "content"} <= {f.name for f in item.fields}
-    )
+    return bool(pa.types.is_struct(item) and {"role", "content"} <= {f.name for f in item.fields})
 
 
 def is_dataset(path: Path) -> bool:
@@ -104,7 +102,7 @@ def _saved_rows(datasets: Any, path: Path, text_field: str) -> Rows:
         raise InputError(
             f"{path} holds several splits ({splits}): name one, e.g. {path / next(iter(dataset))}"
         )
-    _check_type(path, dict(zip(dataset.data.schema.names, dataset.data.schema.types)), text_field)
+    _check_type(path, {f.name: f.type for f in dataset.data.schema}, text_field)
     if dataset.num_rows == 0:
         raise InputError(f"{path}: no documents")
     return (table.to_pylist() for table in dataset.with_format("arrow").iter(BATCH_ROWS))
@@ -132,7 +130,8 @@ def _chained(first: dict[str, list[Any]], rest: Iterable[dict[str, list[Any]]]) 
 def _columns_to_rows(batches: Iterable[dict[str, list[Any]]]) -> Rows:
     for batch in batches:
         names = list(batch)
-        yield [dict(zip(names, values)) for values in zip(*batch.values())]
+        columns = zip(*batch.values(), strict=True)
+        yield [dict(zip(names, values, strict=True)) for values in columns]
 
 
 def rows_to_records(batches: Rows, text_field: str, id_field: str | None) -> Iterator[Record]:
@@ -143,9 +142,7 @@ def rows_to_records(batches: Rows, text_field: str, id_field: str | None) -> Ite
             yield row_record(row, f"row {number}", text_field, id_field)
 
 
-def row_record(
-    row: dict[str, Any], where: str, text_field: str, id_field: str | None
-) -> Record:
+def row_record(row: dict[str, Any], where: str, text_field: str, id_field: str | None) -> Record:
     """One row as a Record (or its error), carrying the row's fields."""
     value = row.get(id_field) if id_field else None
     user_id = None if value is None else str(value)
