@@ -5,7 +5,10 @@ them and ``import docqueue`` never needs them."""
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
+from typing import Any
 
 #: How to get what a format needs.
 INSTALL = "pip install 'docqueue[data]'"
@@ -22,3 +25,15 @@ def need(module: str, what: str) -> ModuleType:
     except ImportError:
         top = module.partition(".")[0]
         raise MissingExtra(f"{what} needs {top}, which is not installed: {INSTALL}") from None
+
+
+@contextmanager
+def quiet(datasets: Any) -> Iterator[None]:
+    """No progress bars from ``datasets`` while it runs (annotate draws its own)."""
+    enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if enabled:
+            datasets.enable_progress_bars()

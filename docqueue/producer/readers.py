@@ -21,10 +21,12 @@ import io
 import json
 import re
 import shlex
+import shutil
 import sys
+import tempfile
 import zlib
 from collections.abc import Generator, Iterable, Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
@@ -110,6 +112,18 @@ def _open(path: Path) -> IO[bytes]:
     if path.suffix.lower() == ".gz":
         return cast(IO[bytes], gzip.open(path, "rb"))
     return path.open("rb")
+
+
+@contextmanager
+def stdin_copy() -> Iterator[Path]:
+    """Standard input (JSONL, or a JSON array) copied to a temporary file, a block at
+    a time: read twice (checked, then queued), and again for the fields annotate
+    writes beside the results.  Removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="docqueue-stdin-") as tmp:
+        path = Path(tmp) / "stdin.json"
+        with path.open("wb") as copy:
+            shutil.copyfileobj(sys.stdin.buffer, copy, 1 << 20)
+        yield path
 
 
 def shown(names: Iterable[str]) -> str:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from docqueue.db.jobs import Outcome
-from docqueue.producer.extras import MissingExtra
+from docqueue.producer.extras import MissingExtra, need
 
 #: Output formats by file extension.
 FORMATS = {
@@ -108,6 +108,12 @@ def check_output(out: Path, task: str | None = None) -> None:
     fmt = output_format(out)
     if fmt == "labelstudio" and task is not None and task != "classify":
         raise OutputError(f"{out}: Label Studio predictions are for classify, not {task}")
+    needs = {"parquet": "pyarrow", "dataset": "datasets"}
+    if fmt in needs:
+        try:
+            need(needs[fmt], f"{out}: {fmt} output")
+        except MissingExtra as exc:
+            raise OutputError(str(exc)) from None
     if out.is_dir() and not (fmt == "dataset" and _saved_dataset(out)):
         raise OutputError(f"{out} is a directory; name a file ({_CHOICES})")
     parent = out.parent

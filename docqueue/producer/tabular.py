@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from docqueue.producer.documents import Record, id_problem, lone_surrogate
-from docqueue.producer.extras import need
+from docqueue.producer.extras import need, quiet
 from docqueue.producer.readers import InputError, shown
 
 #: Rows decoded at a time: what the reader holds in memory beside pyarrow's buffers.
@@ -94,7 +94,8 @@ def read_dataset(path: Path, *, text_field: str, id_field: str | None) -> Iterat
 
 def _saved_rows(datasets: Any, path: Path, text_field: str) -> Rows:
     try:
-        dataset = datasets.load_from_disk(str(path))
+        with quiet(datasets):
+            dataset = datasets.load_from_disk(str(path))
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: cannot load the dataset ({exc})") from None
     if isinstance(dataset, datasets.DatasetDict):
@@ -110,9 +111,10 @@ def _saved_rows(datasets: Any, path: Path, text_field: str) -> Rows:
 
 def _streamed_rows(datasets: Any, path: Path, text_field: str) -> Rows:
     try:
-        dataset = datasets.load_dataset(str(path), split="train", streaming=True)
-        batches = dataset.iter(batch_size=BATCH_ROWS)
-        first = next(batches, None)
+        with quiet(datasets):
+            dataset = datasets.load_dataset(str(path), split="train", streaming=True)
+            batches = dataset.iter(batch_size=BATCH_ROWS)
+            first = next(batches, None)
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: cannot load data files from it ({exc})") from None
     if not first:

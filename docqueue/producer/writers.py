@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from docqueue.producer.extras import need
+from docqueue.producer.extras import need, quiet
 
 #: Rows per Parquet row group (and held in memory while writing).
 BATCH_ROWS = 4096
@@ -70,12 +70,9 @@ def _schema(pa: Any, task: str, head: list[dict[str, Any]]) -> Any:
     known: dict[str, Any] = {"id": pa.string(), "seq": pa.int64(), "status": pa.string()}
     known.update(_task_types(pa, task, done))
     known.update({"error": pa.string(), "truncated": pa.bool_(), "duplicate_id": pa.bool_()})
-    names = list(dict.fromkeys(k for row in head for k in row))
-    fields = [pa.field(n, known[n]) for n in known]
-    for name in names:
-        if name not in known:
-            fields.append(pa.field(name, _inferred(pa, name, head)))
-    return pa.schema(fields)
+    names = [k for k in dict.fromkeys(k for row in head for k in row) if k not in known]
+    carried = [pa.field(n, _inferred(pa, n, head)) for n in names]  # the input's, first
+    return pa.schema(carried + [pa.field(n, known[n]) for n in known])
 
 
 def _task_types(pa: Any, task: str, done: dict[str, Any]) -> dict[str, Any]:
@@ -142,20 +139,17 @@ def write_dataset(rows: Iterable[dict[str, Any]], out: Path, task: str) -> int:
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         parquet = Path(tmp) / "rows.parquet"
         count = write_parquet(rows, parquet, task)
-        dataset = datasets.Dataset.from_parquet(str(parquet), cache_dir=str(Path(tmp) / "cache"))
-        ready = Path(tmp) / "dataset"
-        dataset.save_to_disk(str(ready))
+        with quiet(datasets):
+            cache = str(Path(tmp) / "cache")
+            dataset = datasets.Dataset.from_parquet(str(parquet), cache_dir=cache)
+            ready = Path(tmp) / "dataset"
+            dataset.save_to_disk(str(ready))
         del dataset  # its memory-mapped cache files are in tmp
         old = Path(tmp) / "old"
         if out.exists():
             out.rename(old)
         ready.rename(out)
     return count
-
-
-def is_saved_dataset(path: Path) -> bool:
-    """What ``save_to_disk`` leaves: safe for an export to replace."""
-    return (path / "state.json").is_file() or (path / "dataset_dict.json").is_file()
 
 
 Paired = Iterable[tuple[dict[str, Any], Mapping[str, Any] | None]]
