@@ -266,8 +266,9 @@ def _write_csv(
     stream = iter(rows)
     first = next(stream, None)
     columns = columns or HEAD + TAIL
-    if carried and first is not None:
-        columns = [k for k in first if k not in columns] + columns
+    if first is not None:
+        if carried:
+            columns = [k for k in first if k not in columns] + columns
         stream = itertools.chain([first], stream)
     records = csv_records(stream, columns)
     handle.write(next(records))  # the header
