@@ -1,6 +1,6 @@
 """Peak memory and documents/s of reading and enqueuing Parquet files of growing size.
 
-    python -m docqueue.bench.parquet_ingest [--rows 100000,1000000] [--redis-url URL]
+    python -m docqueue.bench.parquet_ingest [--rows 100000,1000000] [--redis-url URL] [--jsonl]
 
 For each size it writes a Parquet file (row groups of 50,000: an ``id``, a
 ``text`` of the bench corpus cut to 200 characters, a ``stars`` integer), then, each
@@ -12,7 +12,8 @@ in a fresh process so that its high-water mark is its own:
   deleted afterwards), as ``docqueue enqueue`` does.
 
 It prints the peak resident set (VmHWM, Linux) of each process and its growth over
-the size before reading (the imports), documents/s, and whether the largest file's
+the size before reading (the imports), documents/s (``--jsonl``: also enqueuing the
+same rows from a JSONL file, to compare), and whether the largest file's
 peak stays within ``--budget-mb`` (50) of the smallest's: reading is streamed.
 """
 
@@ -39,6 +40,9 @@ def main() -> None:
     parser.add_argument("--rows", default="100000,1000000", help="sizes, comma-separated")
     parser.add_argument("--redis-url", help="a Redis database of its own (default: embedded)")
     parser.add_argument("--budget-mb", type=float, default=50.0)
+    parser.add_argument(
+        "--jsonl", action="store_true", help="also enqueue the same rows from JSONL, to compare"
+    )
     parser.add_argument("--child", choices=["read", "enqueue"], help=argparse.SUPPRESS)
     parser.add_argument("--file", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
@@ -55,11 +59,12 @@ def main() -> None:
             for arm in ("read", "enqueue"):
                 figures = run_child(arm, path, Path(tmp) / f"bench-{rows}.db", args.redis_url)
                 peaks[(arm, rows)] = figures["peak_mb"]
-                print(
-                    f"  {arm:8} {figures['docs'] / figures['seconds']:>9,.0f} docs/s "
-                    f"({figures['seconds']:.1f} s); peak RSS {figures['peak_mb']:.1f} MB "
-                    f"(+{figures['peak_mb'] - figures['start_mb']:.1f} MB over the imports)"
-                )
+                report(arm, figures)
+            if args.jsonl:
+                jsonl = as_jsonl(path)
+                db = Path(tmp) / f"bench-jsonl-{rows}.db"
+                report("enqueue from JSONL", run_child("enqueue", jsonl, db, args.redis_url))
+                jsonl.unlink()
         small, large = min(sizes), max(sizes)
         for arm in ("read", "enqueue"):
             growth = peaks[(arm, large)] - peaks[(arm, small)]
@@ -68,6 +73,25 @@ def main() -> None:
                 f"{arm}: peak at {large:,} rows - peak at {small:,} rows = {growth:+.1f} MB "
                 f"({verdict} {args.budget_mb:.0f} MB)"
             )
+
+
+def report(arm: str, figures: dict[str, float]) -> None:
+    print(
+        f"  {arm:18} {figures['docs'] / figures['seconds']:>9,.0f} docs/s "
+        f"({figures['seconds']:.1f} s); peak RSS {figures['peak_mb']:.1f} MB "
+        f"(+{figures['peak_mb'] - figures['start_mb']:.1f} MB over the imports)"
+    )
+
+
+def as_jsonl(path: Path) -> Path:
+    """The Parquet file's rows as JSONL, a batch at a time."""
+    import pyarrow.parquet as pq
+
+    out = path.with_suffix(".jsonl")
+    with out.open("w") as handle:
+        for batch in pq.ParquetFile(path).iter_batches():
+            handle.writelines(json.dumps(row) + "\n" for row in batch.to_pylist())
+    return out
 
 
 def write_file(path: Path, rows: int) -> Path:
