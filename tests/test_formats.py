@@ -339,6 +339,11 @@ def test_csv_and_jsonl_carry_the_input_fields_first(tmp_path):
     write_rows(iter(classify_rows()), jsonl, inputs=iter(CLASSIFY_INPUTS))
     first = read_jsonl(jsonl)[0]
     assert first["text"] == "charged twice" and first["scores"]["billing"] == 0.8
+    # an input field no UTF-8 file can hold (an escaped lone surrogate) is still written
+    odd = [{**CLASSIFY_INPUTS[0], "note": "half \ud800 a pair"}, *CLASSIFY_INPUTS[1:]]
+    for name in ("odd.jsonl", "odd.labelstudio.json"):
+        write_rows(iter(classify_rows()), tmp_path / name, task="classify", inputs=iter(odd))
+        assert "half \ufffd a pair" in (tmp_path / name).read_text()
 
 
 def test_without_the_data_extra_the_client_works_and_parquet_names_the_extra(tmp_path):

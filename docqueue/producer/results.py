@@ -20,6 +20,7 @@ import io
 import itertools
 import json
 import os
+import re
 import sys
 import tempfile
 import uuid
@@ -245,8 +246,23 @@ def merged(row: dict[str, Any], fields: Mapping[str, Any] | None) -> dict[str, A
     for name, value in fields.items():
         if name == "id" and value is not None and str(value) == row.get("id"):
             continue  # the id the job has
-        carried[f"input_{name}" if name in taken else name] = value
+        carried[f"input_{name}" if name in taken else name] = encodable(value)
     return {**carried, **row}
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def encodable(value: Any) -> Any:
+    """``value`` with each lone surrogate (which no UTF-8 file can hold: an escaped
+    ``\\ud800`` in JSON, a byte a CSV could not decode) as U+FFFD, in nested values too."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {encodable(k): encodable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [encodable(v) for v in value]
+    return value
 
 
 #: Every field an export row may have: an input field of one of these names is renamed.

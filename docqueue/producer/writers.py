@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from docqueue.producer.extras import need, quiet
+from docqueue.producer.results import encodable
 
 #: Rows per Parquet row group (and held in memory while writing).
 BATCH_ROWS = 4096
@@ -178,7 +179,7 @@ def _task(
             f"{text_field!r}; export with the input file (docqueue annotate does, and "
             "docqueue export takes --input FILE)"
         )
-    task: dict[str, Any] = {"data": dict(data), "meta": {"docqueue_seq": row.get("seq")}}
+    task: dict[str, Any] = {"data": encodable(dict(data)), "meta": {"docqueue_seq": row.get("seq")}}
     if row.get("status") == "done" and row.get("label") is not None:
         choice = {
             "from_name": "label",
