@@ -161,7 +161,7 @@ def test_gzipped_files_are_read_and_a_cut_one_is_named(tmp_path):
         read_documents(tmp_path / "docs.parquet.gz")
 
 
-def test_saved_datasets_and_directories_of_data_files(tmp_path):
+def test_saved_datasets_and_their_splits(tmp_path):
     saved = tmp_path / "saved"
     datasets.Dataset.from_dict({"text": ["alpha", "beta"], "gold": [0, 1]}).save_to_disk(str(saved))
     records = list(read_documents(saved))
@@ -177,6 +177,10 @@ def test_saved_datasets_and_directories_of_data_files(tmp_path):
     with pytest.raises(InputError, match=r"holds several splits \(train, test\): name one"):
         read_documents(splits)
     assert [r.text for r in read_documents(splits / "test")] == ["b"]
+
+
+@pytest.mark.slow  # datasets.load_dataset takes seconds to start on the 2-core machine
+def test_a_directory_of_data_files_is_read_through_load_dataset(tmp_path):
     files = tmp_path / "files"
     files.mkdir()
     (files / "part-0.jsonl").write_text('{"doc": "from a data file", "n": 1}\n')
