@@ -92,7 +92,7 @@ def annotate(
         check_callback_url(callback_url, settings)
     documents = read_documents(path, text_field=text_field, id_field=id_field)
     try:
-        check_output(out)
+        check_output(out, task)
     except OutputError as exc:
         raise AnnotateError(str(exc), ExitCode.USAGE) from None
     device = device or settings.device
@@ -167,7 +167,9 @@ def annotate(
 
         board.phase(f"writing {out}")
         try:
-            written = job.export(out, on_row=keep)
+            # the input's own fields go beside the annotations
+            inputs = read_documents(path, text_field=text_field, id_field=id_field)
+            written = job.export(out, on_row=keep, inputs=inputs, text_field=text_field)
         except (OSError, OutputError) as exc:
             raise AnnotateError(
                 f"could not write {out} ({one_line(exc)}); the results are kept as job "

@@ -88,6 +88,26 @@ CallbackOpt = Annotated[
         help="POST the job's summary here when it finishes (a host of DOCQUEUE_WEBHOOK_HOSTS)",
     ),
 ]
+InputArg = Annotated[
+    Path,
+    typer.Argument(
+        help="Documents: .jsonl, .json, .csv, .tsv (each may be .gz), .parquet, a Hugging "
+        "Face dataset directory, or - for JSONL on standard input"
+    ),
+]
+OUTPUTS = ".jsonl, .csv, .parquet, .hf (a Hugging Face dataset directory) or .labelstudio.json"
+
+
+@contextmanager
+def readable(path: Path) -> Iterator[Path]:
+    """``path``, or for ``-`` a copy of standard input (removed afterwards)."""
+    if str(path) != "-":
+        yield path
+        return
+    from docqueue.producer.readers import stdin_copy
+
+    with stdin_copy() as copy:
+        yield copy
 
 
 def fail(message: str, code: int = ExitCode.USAGE) -> typer.Exit:
@@ -176,15 +196,15 @@ def _one_line(exc: BaseException) -> str:
 
 @app.command()
 def annotate(
-    path: Annotated[Path, typer.Argument(help="JSONL or CSV file of documents")],
+    path: InputArg,
     task: TaskOpt = "classify",
     model: Annotated[
         str | None,
         typer.Option("--model", help="Local model directory, hub id, or minilm (bundled)"),
     ] = None,
-    out: Annotated[
-        Path, typer.Option("--out", help="Where to write results (.jsonl or .csv)")
-    ] = Path("results.jsonl"),
+    out: Annotated[Path, typer.Option("--out", help=f"Where to write results: {OUTPUTS}")] = Path(
+        "results.jsonl"
+    ),
     labels: LabelsOpt = None,
     label: LabelOpt = None,
     labels_file: LabelsFileOpt = None,
@@ -206,6 +226,7 @@ def annotate(
     from docqueue.annotate import AnnotateError
     from docqueue.annotate import annotate as run
     from docqueue.params import InvalidParams, validate_params
+    from docqueue.producer.extras import MissingExtra
     from docqueue.producer.readers import InputError
 
     _logging("WARNING")
@@ -226,20 +247,21 @@ def annotate(
             source = resolve_source(model) if model else default_model(task, labels=labelled)
         except ModelUnavailable as exc:
             raise fail(str(exc), ExitCode.SERVICE) from None
-        summary = run(
-            path,
-            task=task,
-            source=source,
-            params=params,
-            out=out,
-            settings=settings,
-            text_field=text_field,
-            id_field=id_field,
-            device=device,
-            job_name=name,
-            callback_url=callback_url,
-        )
-    except (InvalidParams, InputError) as exc:
+        with readable(path) as file:
+            summary = run(
+                file,
+                task=task,
+                source=source,
+                params=params,
+                out=out,
+                settings=settings,
+                text_field=text_field,
+                id_field=id_field,
+                device=device,
+                job_name=name,
+                callback_url=callback_url,
+            )
+    except (InvalidParams, InputError, MissingExtra) as exc:
         raise fail(str(exc)) from None
     except AnnotateError as exc:
         raise fail(str(exc), exc.code) from None
@@ -364,7 +386,7 @@ def _per_gpu(devices: list[str], settings: Settings, loglevel: str) -> int:
 
 @app.command()
 def enqueue(
-    path: Annotated[Path, typer.Argument(help="JSONL or CSV file of documents")],
+    path: InputArg,
     task: TaskOpt = "classify",
     model: Annotated[str, typer.Option("--model", help="Model NAME as the workers know it")] = "",
     labels: LabelsOpt = None,
@@ -379,6 +401,7 @@ def enqueue(
     """Queue a file of documents as one job; prints the job id."""
     from docqueue.params import InvalidParams
     from docqueue.producer.client import EnqueueStopped
+    from docqueue.producer.extras import MissingExtra
     from docqueue.producer.readers import (
         InputError,
         input_digest,
@@ -392,21 +415,22 @@ def enqueue(
     client = client_or_exit(settings)
     job_id = uuid.uuid4().hex
     try:
-        documents = read_documents(path, text_field=text_field, id_field=id_field)
-        params = parse_params(param, labels, label, labels_file)
-        job = client.submit_many(
-            documents,
-            task=task,
-            model=model,
-            params=params,
-            source=str(path.absolute()),
-            job_id=job_id,
-            name=name,
-            # what `docqueue resume` checks the file against, should this stop part way
-            input_digest=input_digest(path, task, model, params, text_field, id_field),
-            callback_url=callback_url,
-        )
-    except (InvalidParams, InputError) as exc:
+        with readable(path) as file:
+            documents = read_documents(file, text_field=text_field, id_field=id_field)
+            params = parse_params(param, labels, label, labels_file)
+            job = client.submit_many(
+                documents,
+                task=task,
+                model=model,
+                params=params,
+                source=None if file != path else str(path.absolute()),
+                job_id=job_id,
+                name=name,
+                # what `docqueue resume` checks the file against, should this stop part way
+                input_digest=input_digest(file, task, model, params, text_field, id_field),
+                callback_url=callback_url,
+            )
+    except (InvalidParams, InputError, MissingExtra) as exc:
         raise fail(str(exc)) from None
     except EnqueueStopped as exc:
         command = resume_command(exc.job_id, text_field, id_field)
@@ -514,20 +538,35 @@ def _duration(seconds: float | None) -> str:
 @app.command()
 def export(
     job_id: Annotated[str, typer.Argument(help="Job id")],
-    out: Annotated[Path, typer.Option("--out", help=".jsonl or .csv")] = Path("results.jsonl"),
+    out: Annotated[Path, typer.Option("--out", help=OUTPUTS)] = Path("results.jsonl"),
+    input_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--input",
+            help="The job's input file again: its rows' fields are written beside the "
+            "results (Label Studio tasks need it for the text)",
+        ),
+    ] = None,
+    text_field: TextFieldOpt = "text",
+    id_field: IdFieldOpt = "id",
 ) -> None:
-    """Write a job's results, with your document ids, in input order (.jsonl or .csv)."""
+    """Write a job's results, with your document ids, in input order."""
     from docqueue.producer.client import UnknownJob
+    from docqueue.producer.extras import MissingExtra
+    from docqueue.producer.readers import InputError, read_documents
     from docqueue.producer.results import OutputError, output_format
 
     try:
         output_format(out)
-    except OutputError as exc:
+        inputs = None
+        if input_file is not None:
+            inputs = read_documents(input_file, text_field=text_field, id_field=id_field)
+    except (OutputError, InputError, MissingExtra) as exc:
         raise fail(str(exc)) from None
     client = sql_client_or_exit(settings_or_exit())
     try:
-        count = client.job(job_id).export(out)
-    except (UnknownJob, OutputError) as exc:
+        count = client.job(job_id).export(out, inputs=inputs, text_field=text_field)
+    except (UnknownJob, OutputError, InputError) as exc:
         raise fail(str(exc)) from None
     except OSError as exc:
         raise fail(f"could not write {out}: {_one_line(exc)}", ExitCode.SERVICE) from None

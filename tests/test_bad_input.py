@@ -40,6 +40,7 @@ def test_annotate_reports_every_bad_document_and_finishes_the_rest(tmp_path, tin
     assert by_seq[4]["error"] == "line 5: invalid UTF-8 at byte 25"
     assert by_seq[5]["status"] == "done" and by_seq[5]["truncated"] is True  # cut, not refused
     assert by_seq[7] == {
+        "body": "the text is under another name",  # the input's own fields come along
         "id": "f",
         "seq": 7,
         "status": "failed",

@@ -63,6 +63,7 @@ def test_annotate_csv_keeps_every_column_when_the_first_document_failed(tmp_path
     with (tmp_path / "out.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == [
+        "text",  # the input's own fields first
         "id", "seq", "status", "label", "score", "scores", "similarities",
         "error", "truncated", "duplicate_id",
     ]  # fmt: skip
@@ -139,10 +140,14 @@ def test_output_problems_are_refused_before_anything_runs(tmp_path):
     assert line == f"error: no job {'0' * 32}"
     assert (tmp_path / "existing.jsonl").read_text() == "keep me\n"
 
+    choices = ".jsonl, .csv, .parquet, .hf (a dataset directory) or .labelstudio.json"
     cases = {
-        "x.parquet": "x.parquet: Parquet output is not supported yet; use .jsonl or .csv",
-        "x.txt": "x.txt: unknown output format '.txt'; use .jsonl or .csv",
+        "x.txt": f"x.txt: unknown output format '.txt'; use {choices}",
         "nodir/x.jsonl": "cannot write nodir/x.jsonl: no directory nodir",
+        # export cannot tell before it finds the job: annotate only
+        "x.labelstudio.json": (
+            "x.labelstudio.json: Label Studio predictions are for classify, not embed"
+        ),
     }
     for out, message in cases.items():
         started = time.monotonic()
@@ -150,11 +155,11 @@ def test_output_problems_are_refused_before_anything_runs(tmp_path):
         assert one_error(result, 2) == f"error: {message}"
         assert time.monotonic() - started < 30  # refused at once, not after the job
         assert not (tmp_path / "docqueue.db").exists()  # nothing was started
-        if not out.startswith("nodir"):
+        if out == "x.txt":
             result = docqueue("export", "0" * 32, "--out", out, cwd=tmp_path, env=env)
             assert one_error(result, 2) == f"error: {message}"
     left = {p.name for p in tmp_path.iterdir()}
-    assert not left & {"x.parquet", "x.txt", "nodir", "docqueue.db"}
+    assert not left & {"x.labelstudio.json", "x.txt", "nodir", "docqueue.db"}
     assert not [name for name in left if name.endswith((".part", ".check"))]
 
 

@@ -49,9 +49,9 @@ def test_whole_file_problems_stop_before_anything_is_queued(tmp_path):
     path.write_text("a,b\n1,2\n")
     with pytest.raises(InputError, match="no column 'text' \\(columns: a, b\\)"):
         list(read_documents(path))
-    (tmp_path / "docs.parquet").touch()
-    with pytest.raises(InputError, match="unknown format"):
-        read_documents(tmp_path / "docs.parquet")
+    (tmp_path / "docs.xlsx").touch()
+    with pytest.raises(InputError, match="unknown format '.xlsx'"):
+        read_documents(tmp_path / "docs.xlsx")
     with pytest.raises(InputError, match="no such file"):
         read_documents(tmp_path / "missing.jsonl")
 

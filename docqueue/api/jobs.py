@@ -1,13 +1,15 @@
 """Jobs: create one from a JSON list or an uploaded file, list them, read one's
-status and results (pages with a cursor, or a JSONL/CSV download), cancel, delete."""
+status and results (pages with a cursor, or a JSONL/CSV/Parquet download), cancel,
+delete."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
-from typing import Annotated, Any
+from typing import IO, Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -37,6 +39,7 @@ from docqueue.api.schemas import (
 )
 from docqueue.params import validate_params
 from docqueue.producer.client import Client, JobHandle, UnknownJob
+from docqueue.producer.extras import MissingExtra
 from docqueue.producer.results import csv_columns, csv_records
 from docqueue.webhooks import check_callback_url
 
@@ -48,6 +51,8 @@ DOWNLOAD_CHUNK = 64 * 1024
 REPLAYED = "Idempotent-Replayed"
 #: The largest sequence number a document can have (a 32-bit column).
 MAX_SEQ = 2**31 - 1
+#: Parquet's media type (registered with IANA in 2024).
+PARQUET = "application/vnd.apache.parquet"
 
 
 @router.post(
@@ -299,6 +304,45 @@ def download_csv(job: JobDep) -> StreamingResponse:
     info = job.info()
     records = csv_records(every_row(job), csv_columns(info.task, info.params))
     return _download(records, job, "csv", "text/csv; charset=utf-8")
+
+
+@router.get(
+    "/jobs/{job_id}/results.parquet",
+    summary="Download a job's results as Parquet (typed columns)",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {PARQUET: {}}},
+        501: {"model": ErrorOut, "description": "pyarrow is not installed on the server"},
+    },
+)
+def download_parquet(job: JobDep) -> StreamingResponse:
+    """Columns as ``docqueue export --out x.parquet`` writes them (embeddings as
+    fixed-size float32 lists, label scores as a struct).  A Parquet file is only
+    complete at its footer, so it is written to a temporary file on the server
+    first, then sent a chunk at a time; the file goes when the response ends."""
+    from docqueue.producer.writers import WriteError, write_parquet
+
+    task = job.info().task
+    with contextlib.ExitStack() as closing:
+        spool = closing.enter_context(tempfile.TemporaryFile())
+        try:
+            write_parquet(every_row(job), spool, task)
+        except MissingExtra as exc:
+            raise ApiError(501, str(exc)) from None
+        except WriteError as exc:
+            raise ApiError(409, f"job {job.id}: {exc}") from None
+        spool.seek(0)
+        closing.pop_all()  # the response closes it, once sent
+    disposition = f'attachment; filename="{job.id}.parquet"'
+    return StreamingResponse(
+        _file_chunks(spool), media_type=PARQUET, headers={"Content-Disposition": disposition}
+    )
+
+
+def _file_chunks(spool: IO[bytes]) -> Iterator[bytes]:
+    with spool:
+        while block := spool.read(DOWNLOAD_CHUNK):
+            yield block
 
 
 def every_row(job: JobHandle) -> Iterator[dict[str, Any]]:

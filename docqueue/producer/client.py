@@ -18,7 +18,7 @@ import asyncio
 import itertools
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +40,7 @@ from docqueue.params import InvalidParams, validate_params
 from docqueue.producer.documents import (
     Checked,
     InvalidDocument,
+    Record,
     as_record,
     check,
     name_problem,
@@ -987,20 +988,40 @@ class JobHandle:
             return [export_row(o) for o in ledger.recent_outcomes(conn, self.id, limit)]
 
     def export(
-        self, out: str | Path, on_row: Callable[[dict[str, Any]], None] | None = None
+        self,
+        out: str | Path,
+        on_row: Callable[[dict[str, Any]], None] | None = None,
+        inputs: Iterable[Any] | None = None,
+        text_field: str = "text",
     ) -> int:
-        """Write the results to ``out`` (.jsonl, or .csv with the task's columns) and
-        return how many rows.  Checks the job and the file before writing anything;
-        the file is replaced only once complete.  ``on_row`` sees each row as it is
-        written.  Raises :class:`UnknownJob` or
-        :class:`~docqueue.producer.results.OutputError`."""
+        """Write the results to ``out`` (.jsonl, .csv with the task's columns,
+        .parquet, a .hf dataset directory, or .labelstudio.json for classify) and
+        return how many rows.  ``inputs``: the job's input again, one row (a
+        mapping, or a :class:`~docqueue.producer.documents.Record` with its fields)
+        per document in order, whose fields each row then carries.  Checks the job
+        and the file before writing anything; the file is replaced only once
+        complete.  ``on_row`` sees each row as it is written.  Raises
+        :class:`UnknownJob` or :class:`~docqueue.producer.results.OutputError`."""
         out = Path(out)
         job = self.info()
-        check_output(out)
+        check_output(out, job.task)
         rows = self.results()
         if on_row is not None:
             rows = _watched(rows, on_row)
-        return write_rows(rows, out, csv_columns(job.task, job.params))
+        fields = None if inputs is None else (_fields_of(row) for row in inputs)
+        return write_rows(
+            rows,
+            out,
+            csv_columns(job.task, job.params),
+            task=job.task,
+            model=job.model,
+            inputs=fields,
+            text_field=text_field,
+        )
+
+
+def _fields_of(row: Any) -> Mapping[str, Any] | None:
+    return row.fields if isinstance(row, Record) else row
 
 
 def _watched(

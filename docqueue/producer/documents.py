@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -50,6 +50,9 @@ class Record:
     text: Any
     id: str | None = None
     error: str | None = None
+    #: The input row as read (every field, the text and id included): what annotate
+    #: writes beside the annotations.  Never queued or stored.
+    fields: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

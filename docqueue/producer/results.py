@@ -1,5 +1,12 @@
 """Results as callers see them: one flat dict per document, in input order, and the
-files they are exported to (JSONL, or CSV with columns that come from the task).
+files they are exported to: JSONL, CSV with columns that come from the task, and
+(see :mod:`docqueue.producer.writers`) Parquet, a Hugging Face dataset directory
+(``.hf``) and Label Studio tasks (``.labelstudio.json``).
+
+Given the input's rows (``inputs``, one per document in the same order), each row
+carries the input's own fields first, then the annotations; an input field whose
+name an annotation uses is kept as ``input_NAME`` (the input's ``id``, when it is
+the id the job has, is not repeated).
 
 An export is written to a temporary file beside the target and renamed over it at
 the end: a failed export leaves the target as it was, never a truncated file.
@@ -10,21 +17,31 @@ from __future__ import annotations
 import array
 import csv
 import io
+import itertools
 import json
 import os
+import re
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from docqueue.db.jobs import Outcome
+from docqueue.producer.extras import MissingExtra, need
 
 #: Output formats by file extension.
-FORMATS = {".jsonl": "jsonl", ".csv": "csv"}
-#: Formats people ask for that docqueue does not write yet.
-NOT_YET = {".parquet": "Parquet", ".pq": "Parquet"}
+FORMATS = {
+    ".jsonl": "jsonl",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".hf": "dataset",
+}
+#: The end of a Label Studio tasks file's name.
+LABEL_STUDIO = ".labelstudio.json"
+_CHOICES = ".jsonl, .csv, .parquet, .hf (a dataset directory) or .labelstudio.json"
 
 #: CSV columns every export has, before and after the task's own.
 HEAD = ["id", "seq", "status"]
@@ -75,25 +92,33 @@ def csv_columns(task: str, params: dict[str, Any] | None = None) -> list[str]:
 
 
 def output_format(out: Path) -> str:
-    """``jsonl`` or ``csv``, from the file's extension; raises :class:`OutputError`."""
+    """``jsonl``, ``csv``, ``parquet``, ``dataset`` or ``labelstudio``, from the file's
+    name; raises :class:`OutputError`."""
+    if out.name.lower().endswith(LABEL_STUDIO):
+        return "labelstudio"
     suffix = out.suffix.lower()
     if suffix in FORMATS:
         return FORMATS[suffix]
-    if suffix in NOT_YET:
-        raise OutputError(
-            f"{out}: {NOT_YET[suffix]} output is not supported yet; use .jsonl or .csv"
-        )
     raise OutputError(
-        f"{out}: unknown output format {suffix or '(no extension)'!r}; use .jsonl or .csv"
+        f"{out}: unknown output format {suffix or '(no extension)'!r}; use {_CHOICES}"
     )
 
 
-def check_output(out: Path) -> None:
+def check_output(out: Path, task: str | None = None) -> None:
     """Raise :class:`OutputError` unless results can be written to ``out``: a known
-    format, an existing directory, and a file can be created there."""
-    output_format(out)
-    if out.is_dir():
-        raise OutputError(f"{out} is a directory; name a .jsonl or .csv file")
+    format (Label Studio: for classify), an existing directory, and a file can be
+    created there."""
+    fmt = output_format(out)
+    if fmt == "labelstudio" and task is not None and task != "classify":
+        raise OutputError(f"{out}: Label Studio predictions are for classify, not {task}")
+    needs = {"parquet": "pyarrow", "dataset": "datasets"}
+    if fmt in needs:
+        try:
+            need(needs[fmt], f"{out}: {fmt} output")
+        except MissingExtra as exc:
+            raise OutputError(str(exc)) from None
+    if out.is_dir() and not (fmt == "dataset" and _saved_dataset(out)):
+        raise OutputError(f"{out} is a directory; name a file ({_CHOICES})")
     parent = out.parent
     if not parent.is_dir():
         raise OutputError(f"cannot write {out}: no directory {parent}")
@@ -106,24 +131,102 @@ def check_output(out: Path) -> None:
         raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from None
 
 
-def write_rows(rows: Iterable[dict[str, Any]], out: Path, columns: list[str] | None = None) -> int:
-    """Write rows as JSONL, or as CSV when ``out`` ends in .csv (``columns``, from
-    :func:`csv_columns`; nested values as JSON).  Returns the number written.
+def _saved_dataset(path: Path) -> bool:
+    return (path / "state.json").is_file() or (path / "dataset_dict.json").is_file()
+
+
+Inputs = Iterable[Mapping[str, Any] | None]
+
+
+def write_rows(
+    rows: Iterable[dict[str, Any]],
+    out: Path,
+    columns: list[str] | None = None,
+    *,
+    task: str = "",
+    model: str = "",
+    inputs: Inputs | None = None,
+    text_field: str = "text",
+) -> int:
+    """Write rows in the format ``out`` names (CSV: ``columns``, from
+    :func:`csv_columns`, nested values as JSON; Parquet and datasets: typed by
+    ``task``), with the ``inputs`` rows' fields alongside when given.  Returns the
+    number written.
 
     Written to a temporary file beside ``out`` and renamed over it once complete."""
+    from docqueue.producer import writers
+
     fmt = output_format(out)
+    try:
+        if fmt == "labelstudio":
+            pairs = zip(rows, inputs if inputs is not None else _nothing(), strict=True)
+            tasks = writers.label_studio_tasks(pairs, model=model, text_field=text_field)
+            return _write_text(out, lambda handle: _pieces(tasks, handle))
+        if inputs is not None:
+            rows = with_inputs(rows, inputs)
+        if fmt == "dataset":
+            return writers.write_dataset(rows, out, task)
+        if fmt == "parquet":
+            return _write_binary(out, lambda handle: writers.write_parquet(rows, handle, task))
+        if fmt == "csv":
+            carried = inputs is not None
+            return _write_text(out, lambda handle: _write_csv(rows, handle, columns, carried))
+        return _write_text(out, lambda handle: _write_jsonl(rows, handle))
+    except (writers.WriteError, MissingExtra) as exc:
+        raise OutputError(f"{out}: {exc}") from None
+    except ValueError as exc:
+        if "zip()" in str(exc):  # strict zip: the input is not the job's
+            raise OutputError(f"{out}: the input has another number of rows than the job") from None
+        raise
+
+
+def _nothing() -> Iterator[None]:
+    while True:
+        yield None
+
+
+def _pieces(texts: Iterable[str], handle: Any) -> int:
+    """Write the pieces of a JSON array, one element each but the first and last."""
+    pieces = 0
+    for text in texts:
+        handle.write(text)
+        pieces += 1
+    return pieces - 2
+
+
+def _write_jsonl(rows: Iterable[dict[str, Any]], handle: Any) -> int:
+    count = 0
+    for row in rows:
+        handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        count += 1
+    return count
+
+
+def _write_text(out: Path, write: Callable[[Any], int]) -> int:
+    return _replacing(out, lambda fd: _with_text(fd, write))
+
+
+def _with_text(fd: int, write: Callable[[Any], int]) -> int:
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+        return write(handle)
+
+
+def _write_binary(out: Path, write: Callable[[Any], int]) -> int:
+    def run(fd: int) -> int:
+        with os.fdopen(fd, "wb") as handle:
+            return write(handle)
+
+    return _replacing(out, run)
+
+
+def _replacing(out: Path, write: Callable[[int], int]) -> int:
+    """``write`` to a new file beside ``out`` (given its descriptor), renamed over
+    ``out`` once complete."""
     part = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.part")
     # os.open with 0o666: the file gets the permissions the umask gives a new file.
     fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            if fmt == "csv":
-                count = _write_csv(rows, handle, columns or HEAD + TAIL)
-            else:
-                count = 0
-                for row in rows:
-                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    count += 1
+        count = write(fd)
         os.replace(part, out)
     except BaseException:
         part.unlink(missing_ok=True)
@@ -131,8 +234,61 @@ def write_rows(rows: Iterable[dict[str, Any]], out: Path, columns: list[str] | N
     return count
 
 
-def _write_csv(rows: Iterable[dict[str, Any]], handle: Any, columns: list[str]) -> int:
-    records = csv_records(rows, columns)
+def with_inputs(rows: Iterable[dict[str, Any]], inputs: Inputs) -> Iterator[dict[str, Any]]:
+    """Each row with its input row's fields first (one input row per result row)."""
+    for row, fields in zip(rows, inputs, strict=True):
+        yield merged(row, fields)
+
+
+def merged(row: dict[str, Any], fields: Mapping[str, Any] | None) -> dict[str, Any]:
+    if not fields:
+        return row
+    taken = set(ANNOTATION_FIELDS) | set(row)
+    carried: dict[str, Any] = {}
+    for name, value in fields.items():
+        if name == "id" and value is not None and str(value) == row.get("id"):
+            continue  # the id the job has
+        carried[f"input_{name}" if name in taken else name] = encodable(value)
+    return {**carried, **row}
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def encodable(value: Any) -> Any:
+    """``value`` with each lone surrogate (which no UTF-8 file can hold: an escaped
+    ``\\ud800`` in JSON, a byte a CSV could not decode) as U+FFFD, in nested values too."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {encodable(k): encodable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [encodable(v) for v in value]
+    return value
+
+
+#: Every field an export row may have: an input field of one of these names is renamed.
+ANNOTATION_FIELDS = [
+    *HEAD,
+    *(f for fields in TASK_FIELDS.values() for f in fields),
+    "similarities",
+    *TAIL,
+]
+
+
+def _write_csv(
+    rows: Iterable[dict[str, Any]], handle: Any, columns: list[str] | None, carried: bool
+) -> int:
+    """``carried``: the rows hold the input's fields, which go first (named by the
+    first row)."""
+    stream = iter(rows)
+    first = next(stream, None)
+    columns = columns or HEAD + TAIL
+    if first is not None:
+        if carried:
+            columns = [k for k in first if k not in columns] + columns
+        stream = itertools.chain([first], stream)
+    records = csv_records(stream, columns)
     handle.write(next(records))  # the header
     count = 0
     for record in records:
@@ -158,7 +314,10 @@ def csv_records(rows: Iterable[dict[str, Any]], columns: list[str]) -> Iterator[
                 f"({', '.join(unknown)}); export to .jsonl instead"
             )
         writer.writerow(
-            {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in row.items()}
+            {
+                k: json.dumps(v, default=str) if isinstance(v, (dict, list)) else v
+                for k, v in row.items()
+            }
         )
         yield _taken(buffer)
 
