@@ -42,6 +42,7 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
     app = FastAPI(title="docqueue", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.client = client
+    app.state.submissions = documents.submitter(client)
     errors.install(app)
     app.add_middleware(
         BodyLimit,
