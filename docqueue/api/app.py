@@ -31,13 +31,18 @@ request.  Errors are JSON, `{"error": {"message", "type", "param"}}`, with a 4xx
 """
 
 
-def create_app(settings: Settings, client: Client) -> FastAPI:
-    """The API over ``client`` (its caller closes it)."""
+def create_app(settings: Settings, client: Client, close_client: bool = False) -> FastAPI:
+    """The API over ``client`` (its caller closes it, unless ``close_client``: then
+    the app does when it stops)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.waiters = anyio.CapacityLimiter(documents.MAX_WAITING)
-        yield
+        try:
+            yield
+        finally:
+            if close_client:
+                client.close()
 
     app = FastAPI(title="docqueue", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
