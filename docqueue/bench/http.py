@@ -13,8 +13,8 @@ and a SQLite file, a worker serving a tiny classifier built on the spot, and a r
 * throughput: ``--senders`` concurrent HTTP clients submitting single documents
   (``wait=0``) for ``--seconds``, and as many threads calling ``Client.submit`` on
   one Client for as long, alternately, ``--rounds`` times each: accepted
-  submissions per second of each and their ratio.  ``--workers`` is ``docqueue
-  serve --workers``.
+  submissions per second of each, their ratio, and the server's CPU time per
+  HTTP request (from /proc).  ``--workers`` is ``docqueue serve --workers``.
 """
 
 from __future__ import annotations
@@ -109,6 +109,19 @@ def latency(
     return timings
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user and system) of a process and its children's, from /proc (None
+    where there is no /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / ticks
+    return own + sum(cpu_seconds(int(child)) or 0.0 for child in children)
+
+
 def throughput(url: str, texts: list[str], senders: int, seconds: float) -> float:
     """Accepted single-document submissions per second over HTTP."""
     headers = {"Authorization": f"Bearer {TOKEN}"}
@@ -183,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
                 if not args.skip_latency:
                     timings = latency(http, client, texts, args.rate, args.count)
                     report(timings, settings, args)
-                rates(url, client, texts, args)
+                rates(url, proc.pid, client, texts, args)
         finally:
             if proc is not None:
                 proc.terminate()
@@ -192,17 +205,26 @@ def main(argv: list[str] | None = None) -> None:
                 worker.kill()
 
 
-def rates(url: str, client: Client, texts: list[str], args: argparse.Namespace) -> None:
-    """The sustained rates, HTTP and Client alternately, and their ratio."""
+def rates(
+    url: str, server: int, client: Client, texts: list[str], args: argparse.Namespace
+) -> None:
+    """The sustained rates, HTTP and Client alternately, their ratio, and the CPU
+    time the ``server`` process (with its children) spent per HTTP request."""
     print(
         f"sustained single-document submissions, {args.senders} senders, "
         f"{args.seconds:g} s a round, docqueue serve --workers {args.workers}:"
     )
     for round_ in range(args.rounds):
+        cpu_before, started = cpu_seconds(server), time.perf_counter()
         http = throughput(url, texts, args.senders, args.seconds)
+        requests = http * (time.perf_counter() - started)
+        cpu_after = cpu_seconds(server)
         direct = client_throughput(client, texts, args.senders, args.seconds)
+        cpu = ""
+        if cpu_before is not None and cpu_after is not None:
+            cpu = f" (server CPU {(cpu_after - cpu_before) / requests * 1000:.2f} ms a request)"
         print(
-            f"round {round_ + 1}: HTTP {http:.0f}/s, Client.submit {direct:.0f}/s, "
+            f"round {round_ + 1}: HTTP {http:.0f}/s{cpu}, Client.submit {direct:.0f}/s, "
             f"ratio {http / direct:.2f}"
         )
 
