@@ -20,6 +20,7 @@ from docqueue.producer import (
     Record,
     ResultHandle,
     SaveFailed,
+    Submission,
     UnknownJob,
     UnsupportedTask,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "ResultHandle",
     "SaveFailed",
     "Settings",
+    "Submission",
     "UnknownJob",
     "UnsupportedTask",
 ]

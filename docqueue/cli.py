@@ -9,7 +9,7 @@
     docqueue jobs [--state running|finished|cancelled] [--model M] [--name N]
     docqueue cancel JOB | docqueue delete JOB | docqueue prune [--older-than DAYS]
     docqueue dead-letters list | show ID | purge [ID...] [--all] | replay [ID...] [--all]
-    docqueue serve [--host 127.0.0.1] [--port 8000]                   # the HTTP API
+    docqueue serve [--host 127.0.0.1] [--port 8000] [--workers N]     # the HTTP API
 
 Errors are reported as one line on stderr and an exit code, never a traceback; the
 exit codes are :class:`docqueue.errors.ExitCode`.
@@ -943,6 +943,14 @@ def serve(
     log_level: Annotated[
         str, typer.Option("--log-level", help="critical, error, warning, info, debug or trace")
     ] = "info",
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Server processes sharing the port (each with its own connections)",
+        ),
+    ] = 1,
 ) -> None:
     """Serve the HTTP API (needs DOCQUEUE_REDIS_URL and DOCQUEUE_DATABASE_URL)."""
     try:
@@ -971,7 +979,7 @@ def serve(
     except (RedisError, OSError) as exc:
         raise fail(f"cannot reach Redis: {_one_line(exc)}", ExitCode.SERVICE) from None
     try:
-        listening = run_server(settings, client, host, port, log_level.lower())
+        listening = run_server(settings, client, host, port, log_level.lower(), workers)
     finally:
         client.close()
     if not listening:

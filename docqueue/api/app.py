@@ -39,8 +39,9 @@ with a 4xx status.
 """
 
 
-def create_app(settings: Settings, client: Client) -> FastAPI:
-    """The API over ``client`` (its caller closes it)."""
+def create_app(settings: Settings, client: Client, close_client: bool = False) -> FastAPI:
+    """The API over ``client`` (its caller closes it, unless ``close_client``: then
+    the app does when it stops)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -53,10 +54,13 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
             yield
         finally:
             await anyio.to_thread.run_sync(sender.stop)
+            if close_client:
+                client.close()
 
     app = FastAPI(title="docqueue", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.client = client
+    app.state.submissions = documents.submitter(client)
     errors.install(app)
     app.add_middleware(
         BodyLimit,

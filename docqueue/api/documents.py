@@ -1,6 +1,9 @@
 """One document on the interactive lane: submit it and, optionally, wait a few
 seconds for its result in the same request.
 
+Concurrent submissions are written in groups (:mod:`docqueue.api.grouping`): one
+thread hop, one transaction and one Redis round trip for many requests.
+
 Waiting blocks a thread (the Client waits on Redis pub/sub and SQL), so it runs in
 worker threads of its own, at most :data:`MAX_WAITING` at a time, and never on
 the event loop or in the pool the other routes use.
@@ -9,6 +12,9 @@ the event loop or in the pool the other routes use.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import anyio.to_thread
@@ -24,6 +30,7 @@ from docqueue.api.deps import (
     request_digest,
 )
 from docqueue.api.errors import ApiError
+from docqueue.api.grouping import Grouper
 from docqueue.api.models import known_model
 from docqueue.api.schemas import DocumentCreate, DocumentOut
 from docqueue.producer.client import (
@@ -32,6 +39,7 @@ from docqueue.producer.client import (
     DocumentFailed,
     JobHandle,
     ResultHandle,
+    Submission,
 )
 
 router = APIRouter(prefix="/api", tags=["documents"])
@@ -56,15 +64,57 @@ async def submit_document(
     `wait`, the answer comes when the result does (200), or after `wait` seconds
     with status pending (202): then poll `GET /api/documents/{job_id}`."""
     checked_wait(request, wait)
-    handle = await run_in_threadpool(_submit, client, body, key)
+    submissions: Grouper[Submitting, Submitted] = request.app.state.submissions
+    submitted = await submissions((body, key))
+    handle = submitted.handle
     if handle.replayed:
         response.headers["Idempotent-Replayed"] = "true"
+    elif wait == 0:  # just queued: pending, no need to read it back
+        response.status_code = 202
+        return DocumentOut(
+            job_id=handle.job_id, status="pending", result=None, warning=submitted.warning
+        )
     return await _answer(request, response, client, handle, wait)
 
 
-def _submit(client: Client, body: DocumentCreate, key: str | None) -> ResultHandle:
-    known_model(client, body.model, body.task)
-    return client.submit(
+#: One request to submit a document: its body and its Idempotency-Key.
+Submitting = tuple[DocumentCreate, str | None]
+
+
+@dataclass(frozen=True)
+class Submitted:
+    handle: ResultHandle
+    #: Why no live worker runs it (from the last second's look at the workers).
+    warning: str | None
+
+
+def submitter(client: Client) -> Grouper[Submitting, Submitted]:
+    """What ``POST /api/documents`` submits through: concurrent requests are
+    written in groups (see :mod:`docqueue.api.grouping`)."""
+    return Grouper(partial(_submit_group, client))
+
+
+def _submit_group(client: Client, requests: Sequence[Submitting]) -> list[Submitted | Exception]:
+    """Submit the documents of many requests at once (Client.submit_each), each with
+    its own outcome."""
+    refused: dict[int, Exception] = {}
+    submissions: list[Submission] = []
+    for index, (body, key) in enumerate(requests):
+        try:
+            known_model(client, body.model, body.task)
+        except ApiError as exc:
+            refused[index] = exc
+            continue
+        submissions.append(_submission(body, key))
+    handles = iter(client.submit_each(submissions))
+    return [
+        refused[index] if index in refused else _submitted(client, body, next(handles))
+        for index, (body, _) in enumerate(requests)
+    ]
+
+
+def _submission(body: DocumentCreate, key: str | None) -> Submission:
+    return Submission(
         body.text_for_client(),
         task=body.task,
         model=body.model,
@@ -73,6 +123,15 @@ def _submit(client: Client, body: DocumentCreate, key: str | None) -> ResultHand
         idempotency_key=key,
         input_digest=request_digest("document", body.model_dump(mode="json")) if key else None,
     )
+
+
+def _submitted(
+    client: Client, body: DocumentCreate, outcome: ResultHandle | Exception
+) -> Submitted | Exception:
+    if isinstance(outcome, Exception):
+        return outcome
+    problem = client.coverage(body.model, body.task, fresh=False).problem()
+    return Submitted(outcome, problem)
 
 
 @router.get(

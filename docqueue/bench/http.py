@@ -1,6 +1,7 @@
 """The HTTP API's cost, measured against the Python Client in the same run.
 
-    python -m docqueue.bench.http [--rate 20] [--count 300] [--seconds 10] [--senders 16]
+    python -m docqueue.bench.http [--rate 20] [--count 400] [--seconds 10] [--senders 16]
+        [--rounds 2] [--workers 1] [--skip-latency]
 
 Starts (unless DOCQUEUE_REDIS_URL / DOCQUEUE_DATABASE_URL name them) an embedded Redis
 and a SQLite file, a worker serving a tiny classifier built on the spot, and a real
@@ -10,7 +11,10 @@ and a SQLite file, a worker serving a tiny classifier built on the spot, and a r
   over HTTP and ``Client.submit`` + ``result()``, each submitted and waited for; the
   percentiles of both and their difference;
 * throughput: ``--senders`` concurrent HTTP clients submitting single documents
-  (``wait=0``) for ``--seconds``: accepted submissions per second.
+  (``wait=0``) for ``--seconds``, and as many threads calling ``Client.submit`` on
+  one Client for as long, alternately, ``--rounds`` times each: accepted
+  submissions per second of each, their ratio, and the server's CPU time per
+  HTTP request (from /proc).  ``--workers`` is ``docqueue serve --workers``.
 """
 
 from __future__ import annotations
@@ -47,13 +51,17 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": cuts[49], "p95": cuts[94], "p99": cuts[98]}
 
 
-def start_server(settings: Settings, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    settings: Settings, log: Path, workers: int = 1
+) -> tuple[subprocess.Popen[bytes], str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCQUEUE_")}
     env |= settings_env(settings) | {"DOCQUEUE_API_TOKENS": json.dumps([TOKEN])}
     argv = [sys.executable, "-m", "docqueue", "serve", "--port", str(port), "--log-level", "error"]
+    if workers > 1:
+        argv += ["--workers", str(workers)]
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -101,24 +109,62 @@ def latency(
     return timings
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user and system) of a process and its children's, from /proc (None
+    where there is no /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / ticks
+    return own + sum(cpu_seconds(int(child)) or 0.0 for child in children)
+
+
 def throughput(url: str, texts: list[str], senders: int, seconds: float) -> float:
     """Accepted single-document submissions per second over HTTP."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    https = [httpx.Client(base_url=url, headers=headers, timeout=30) for _ in range(senders)]
+
+    def send(index: int, text: str) -> None:
+        body = {"task": "classify", "model": MODEL, "text": text}
+        answer = https[index].post("/api/documents", json=body)
+        assert answer.status_code in (200, 202), answer.text
+
+    try:
+        return sustained(send, texts, senders, seconds)
+    finally:
+        for http in https:
+            http.close()
+
+
+def client_throughput(client: Client, texts: list[str], senders: int, seconds: float) -> float:
+    """The same through ``Client.submit``: ``senders`` threads sharing one Client,
+    as the server's threads do."""
+
+    def send(index: int, text: str) -> None:
+        client.submit(text, task="classify", model=MODEL)
+
+    return sustained(send, texts, senders, seconds)
+
+
+def sustained(
+    send: Callable[[int, str], None], texts: list[str], senders: int, seconds: float
+) -> float:
+    """Calls of ``send(sender, text)`` completed per second by ``senders`` threads
+    calling it back to back for ``seconds``."""
     done = [0] * senders
     stop = time.perf_counter() + seconds
 
-    def send(index: int) -> None:
-        headers = {"Authorization": f"Bearer {TOKEN}"}
-        with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
-            while time.perf_counter() < stop:
-                text = texts[(index + done[index] * senders) % len(texts)]
-                body = {"task": "classify", "model": MODEL, "text": text}
-                answer = http.post("/api/documents", json=body)
-                assert answer.status_code in (200, 202), answer.text
-                done[index] += 1
+    def loop(index: int) -> None:
+        while time.perf_counter() < stop:
+            send(index, texts[(index + done[index] * senders) % len(texts)])
+            done[index] += 1
 
     started = time.perf_counter()
     with ThreadPoolExecutor(senders) as pool:
-        list(pool.map(send, range(senders)))
+        list(pool.map(loop, range(senders)))
     return sum(done) / (time.perf_counter() - started)
 
 
@@ -128,6 +174,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=400, help="documents, half each way")
     parser.add_argument("--seconds", type=float, default=10.0, help="throughput run")
     parser.add_argument("--senders", type=int, default=16, help="concurrent HTTP clients")
+    parser.add_argument("--rounds", type=int, default=2, help="throughput rounds of each arm")
+    parser.add_argument("--workers", type=int, default=1, help="docqueue serve --workers")
+    parser.add_argument("--skip-latency", action="store_true", help="throughput only")
     args = parser.parse_args(argv)
 
     from docqueue.testing import build_classifier
@@ -140,20 +189,44 @@ def main(argv: list[str] | None = None) -> None:
         proc = None
         try:
             workers.processes[0].wait_ready()
-            proc, url = start_server(settings, directory / "serve.log")
+            proc, url = start_server(settings, directory / "serve.log", args.workers)
             headers = {"Authorization": f"Bearer {TOKEN}"}
             with Client(settings) as client, httpx.Client(base_url=url, headers=headers) as http:
                 latency(http, client, texts, args.rate, 20)  # warm-up
-                timings = latency(http, client, texts, args.rate, args.count)
-                report(timings, settings, args)
-                rate = throughput(url, texts, args.senders, args.seconds)
-                print(f"sustained submissions over HTTP ({args.senders} senders): {rate:.0f}/s")
+                if not args.skip_latency:
+                    timings = latency(http, client, texts, args.rate, args.count)
+                    report(timings, settings, args)
+                rates(url, proc.pid, client, texts, args)
         finally:
             if proc is not None:
                 proc.terminate()
                 proc.wait(15)
             for worker in workers.processes:
                 worker.kill()
+
+
+def rates(
+    url: str, server: int, client: Client, texts: list[str], args: argparse.Namespace
+) -> None:
+    """The sustained rates, HTTP and Client alternately, their ratio, and the CPU
+    time the ``server`` process (with its children) spent per HTTP request."""
+    print(
+        f"sustained single-document submissions, {args.senders} senders, "
+        f"{args.seconds:g} s a round, docqueue serve --workers {args.workers}:"
+    )
+    for round_ in range(args.rounds):
+        cpu_before, started = cpu_seconds(server), time.perf_counter()
+        http = throughput(url, texts, args.senders, args.seconds)
+        requests = http * (time.perf_counter() - started)
+        cpu_after = cpu_seconds(server)
+        direct = client_throughput(client, texts, args.senders, args.seconds)
+        cpu = ""
+        if cpu_before is not None and cpu_after is not None:
+            cpu = f" (server CPU {(cpu_after - cpu_before) / requests * 1000:.2f} ms a request)"
+        print(
+            f"round {round_ + 1}: HTTP {http:.0f}/s{cpu}, Client.submit {direct:.0f}/s, "
+            f"ratio {http / direct:.2f}"
+        )
 
 
 def report(timings: dict[str, list[float]], settings: Settings, args: argparse.Namespace) -> None:

@@ -122,25 +122,7 @@ def add_items(conn: Connection, job_id: str, rows: Sequence[dict[str, Any]]) -> 
     for documents rejected at the door, status=failed and error."""
     if not rows:
         return
-    conn.execute(
-        insert(Item),
-        [
-            {
-                "job_id": job_id,
-                "seq": row["seq"],
-                "user_id": row.get("user_id"),
-                "text": row["text"],
-                "chat": row.get("chat", False),
-                "status": row.get("status", PENDING),
-                "attempts": 0,
-                "error": row.get("error"),
-                "truncated": row.get("truncated", False),
-                "duplicate_id": False,
-                "digest": row.get("digest"),
-            }
-            for row in rows
-        ],
-    )
+    conn.execute(insert(Item), [_item_values(job_id, row) for row in rows])
     rejected = [row for row in rows if row.get("status") == FAILED]
     if rejected:
         conn.execute(
@@ -195,6 +177,61 @@ class JobInfo:
 def get_job(conn: Connection, job_id: str) -> JobInfo | None:
     row = conn.execute(select(Job.__table__).where(Job.id == job_id)).mappings().first()
     return JobInfo(**row) if row else None
+
+
+def _item_values(job_id: str, row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "seq": row["seq"],
+        "user_id": row.get("user_id"),
+        "text": row["text"],
+        "chat": row.get("chat", False),
+        "status": row.get("status", PENDING),
+        "attempts": 0,
+        "error": row.get("error"),
+        "truncated": row.get("truncated", False),
+        "duplicate_id": False,
+        "digest": row.get("digest"),
+    }
+
+
+@dataclass(frozen=True)
+class SingleJob:
+    """A one-document job of the interactive lane, as :func:`create_single_jobs` writes
+    it; ``item`` is an :func:`add_items` row."""
+
+    id: str
+    task: str
+    model: str
+    params: dict[str, Any]
+    item: dict[str, Any]
+
+
+def create_single_jobs(conn: Connection, jobs: Sequence[SingleJob]) -> None:
+    """Insert many one-document jobs (without idempotency keys) and their documents:
+    one statement for the jobs and one for the documents, whatever their number."""
+    if not jobs:
+        return
+    now = time.time()
+    conn.execute(
+        insert(Job),
+        [
+            {
+                "id": job.id,
+                "task": job.task,
+                "model": job.model,
+                "params": job.params,
+                "lane": "interactive",
+                "source": None,
+                "total": 1,
+                "created_at": now,
+                "name": None,
+                "input_digest": None,
+            }
+            for job in jobs
+        ],
+    )
+    conn.execute(insert(Item), [_item_values(job.id, job.item) for job in jobs])
 
 
 def job_with_key(conn: Connection, idempotency_key: str) -> JobInfo | None:

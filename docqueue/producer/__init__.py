@@ -14,6 +14,7 @@ from docqueue.producer.client import (
     PublishFailed,
     ResultHandle,
     SaveFailed,
+    Submission,
     UnknownJob,
     UnsupportedTask,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "Record",
     "ResultHandle",
     "SaveFailed",
+    "Submission",
     "UnknownJob",
     "UnsupportedTask",
 ]

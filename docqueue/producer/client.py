@@ -18,10 +18,10 @@ import asyncio
 import itertools
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
@@ -64,6 +64,9 @@ from docqueue.webhooks import check_callback_url
 if TYPE_CHECKING:
     from celery import Celery
     from redis import Redis
+
+A = TypeVar("A")
+T = TypeVar("T")
 
 
 class DocumentFailed(RuntimeError):
@@ -312,28 +315,24 @@ class Client:
         Raises :class:`InvalidParams` or :class:`InvalidDocument` for input that
         could never run, :class:`UnsupportedTask` when the model's live workers all
         say they cannot do ``task``."""
-        params = self._validate(task, model, params, callback_url)
-        checked = check(
-            as_record((id, text)), task=task, max_chars=self.settings.max_document_chars
-        )
-        if checked.error:
-            raise InvalidDocument(checked.error)
-        job_id = uuid.uuid4().hex
+        if callback_url is not None:
+            check_callback_url(callback_url, self.settings)
+        single = self._prepare(Submission(text, task, model, params, id))
 
         def create(conn: Connection) -> None:
             ledger.create_job(
                 conn,
-                job_id,
+                single.job.id,
                 task=task,
                 model=model,
-                params=params,
+                params=single.job.params,
                 lane="interactive",
                 total=1,
                 input_digest=input_digest,
                 idempotency_key=idempotency_key,
                 callback_url=callback_url,
             )
-            ledger.add_items(conn, job_id, [_item_row(0, checked)])
+            ledger.add_items(conn, single.job.id, [single.job.item])
 
         earlier = self._create_once(idempotency_key, input_digest, "interactive", create)
         if earlier is not None:
@@ -341,12 +340,81 @@ class Client:
             # (a document that then runs twice still has one row).
             self.resume(earlier.id)
             return ResultHandle(self, earlier.id, 0, replayed=True)
-        assert checked.doc is not None  # checked.error is None
+        return self._publish_single(single)
+
+    def submit_each(self, submissions: Sequence[Submission]) -> list[ResultHandle | Exception]:
+        """Many :meth:`submit` calls at once, one outcome each, in order: its handle,
+        or the exception :meth:`submit` would have raised for it.
+
+        The documents without an idempotency key are written in one transaction and
+        published in one Redis round trip (a pipeline) where the transport allows:
+        what a server taking many single documents at a time saves.  When that
+        transaction fails, each of them is submitted alone, so a document the
+        database refuses costs only itself.  Submissions with a key go through
+        :meth:`submit` one by one (its check of the key needs its own transaction)."""
+        outcomes: list[ResultHandle | Exception] = []
+        grouped: dict[int, _Single] = {}
+        for index, submission in enumerate(submissions):
+            if submission.idempotency_key is not None:
+                outcomes.append(_outcome(self._submit_alone, submission))
+                continue
+            prepared = _outcome(self._prepare, submission)
+            if isinstance(prepared, _Single):
+                grouped[index] = prepared
+                outcomes.append(ResultHandle(self, prepared.job.id, 0))
+            else:
+                outcomes.append(prepared)
+        if not grouped:
+            return outcomes
         try:
-            self._publish(job_id, task, model, params, "interactive", [(0, checked.doc)])
+            with self.db.begin() as conn:
+                ledger.create_single_jobs(conn, [single.job for single in grouped.values()])
+        except SQLAlchemyError:
+            for index, single in grouped.items():
+                outcomes[index] = _outcome(self._create_single, single)
+            return outcomes
+        try:
+            with self.celery.producer_or_acquire() as producer, producer.batch():
+                for single in grouped.values():
+                    self._publish_single_to(single, producer)
         except PUBLISH_ERRORS as exc:
-            raise PublishFailed(job_id, 1, 0, exc) from exc
-        return ResultHandle(self, job_id, 0)
+            for index, single in grouped.items():
+                outcomes[index] = PublishFailed(single.job.id, 1, 0, exc)
+        return outcomes
+
+    def _submit_alone(self, submission: Submission) -> ResultHandle:
+        return self.submit(**submission.arguments())
+
+    def _prepare(self, submission: Submission) -> _Single:
+        """The job :meth:`submit` writes for ``submission``; raises what it raises for
+        input that cannot run."""
+        params = self._validate(submission.task, submission.model, submission.params)
+        record = as_record((submission.id, submission.text))
+        checked = check(record, task=submission.task, max_chars=self.settings.max_document_chars)
+        if checked.error or checked.doc is None:
+            raise InvalidDocument(checked.error or "no document")
+        job = ledger.SingleJob(
+            uuid.uuid4().hex, submission.task, submission.model, params, _item_row(0, checked)
+        )
+        return _Single(job, checked.doc)
+
+    def _create_single(self, single: _Single) -> ResultHandle:
+        with self.db.begin() as conn:
+            ledger.create_single_jobs(conn, [single.job])
+        return self._publish_single(single)
+
+    def _publish_single(self, single: _Single) -> ResultHandle:
+        try:
+            self._publish_single_to(single, None)
+        except PUBLISH_ERRORS as exc:
+            raise PublishFailed(single.job.id, 1, 0, exc) from exc
+        return ResultHandle(self, single.job.id, 0)
+
+    def _publish_single_to(self, single: _Single, producer: Any) -> None:
+        job = single.job
+        self._publish(
+            job.id, job.task, job.model, job.params, "interactive", [(0, single.doc)], producer
+        )
 
     def submit_many(
         self,
@@ -724,6 +792,7 @@ class Client:
         params: dict[str, Any],
         lane: str,
         items: list[tuple[int, Document]],
+        producer: Any = None,
     ) -> None:
         # A message stays far below max_message_bytes (a quarter of it at 4 bytes per
         # character, the worst case of JSON and base64), so workers never refuse one.
@@ -739,12 +808,14 @@ class Client:
                         "items": part,
                         "enqueued_at": time.time(),
                     }
-                )
+                ),
+                producer,
             )
 
-    def publish(self, message: BatchMessage) -> None:
+    def publish(self, message: BatchMessage, producer: Any = None) -> None:
         """Send one message to the queue of its lane, task and model (the documents
-        must already be in SQL)."""
+        must already be in SQL); through ``producer`` (a kombu Producer, perhaps in
+        a ``batch()``) when given."""
         queue = queue_name(message.task, message.model, message.lane)
         self.celery.send_task(
             TASK_NAME,
@@ -755,6 +826,7 @@ class Client:
             queue=queue,
             routing_key=queue,
             ignore_result=True,
+            producer=producer,
         )
 
     def _wait_for_room(self, queue: str) -> None:
@@ -781,6 +853,48 @@ def _parts_of(
         chars += size
     if part:
         yield part
+
+
+@dataclass(frozen=True)
+class Submission:
+    """The arguments of one :meth:`Client.submit` call, for :meth:`Client.submit_each`."""
+
+    text: Any
+    task: str
+    model: str
+    params: dict[str, Any] | None = None
+    id: str | None = None
+    idempotency_key: str | None = None
+    input_digest: str | None = None
+
+    def arguments(self) -> dict[str, Any]:
+        """:meth:`Client.submit`'s keyword arguments (the text included)."""
+        return {
+            "text": self.text,
+            "task": self.task,
+            "model": self.model,
+            "params": self.params,
+            "id": self.id,
+            "idempotency_key": self.idempotency_key,
+            "input_digest": self.input_digest,
+        }
+
+
+@dataclass(frozen=True)
+class _Single:
+    """A checked document ready to be written as its own job, and its wire form."""
+
+    job: ledger.SingleJob
+    doc: Document
+
+
+def _outcome(call: Callable[[A], T], argument: A) -> T | Exception:
+    """What ``call(argument)`` returns, or the exception it raised: one submission's
+    outcome among many, which must not stop the others."""
+    try:
+        return call(argument)
+    except Exception as exc:  # handed back to the caller, who raises it
+        return exc
 
 
 def _does(worker: WorkerState, model: str, task: str) -> bool:
