@@ -185,6 +185,40 @@ def test_a_run_does_not_overlap_one_still_going(client, app_url, tmp_path):
     assert state.mark(client.db, "tickets") is None
 
 
+def test_a_run_taken_over_never_moves_the_mark_the_new_holder_does(client):
+    late = state.start_run(client.db, "tickets")
+    assert state.claim(client.db, "tickets", late, LEASE) is not None
+    time.sleep(0.3)  # not heard from: the next claim takes the schedule over
+    new = state.start_run(client.db, "tickets")
+    taken = state.claim(client.db, "tickets", new, 0.2)
+    assert taken is not None and taken.abandoned is not None and taken.abandoned.id == late
+    assert not state.advance(client.db, "tickets", late, {"watermark": 9, "key": 9})
+    assert state.mark(client.db, "tickets") is None
+    assert state.advance(client.db, "tickets", new, {"watermark": 5, "key": 5})
+    assert state.mark(client.db, "tickets") == {"watermark": 5, "key": 5}
+    assert not state.advance(client.db, "tickets", late, {"watermark": 9, "key": 9})
+    assert state.mark(client.db, "tickets") == {"watermark": 5, "key": 5}
+
+
+def test_a_run_stopped_after_moving_the_mark_is_finished_with_nothing_redone(
+    client, app_url, tmp_path
+):
+    make_tickets(app_url, [(1, 1, "refund please"), (2, 2, "it is broken")])
+    schedule = load(write_config(tmp_path / "s.toml", table_schedule(app_url))).get("tickets")
+    # A run that planned both rows, wrote them back and moved the mark, then was
+    # killed before it recorded its end (no worker: nothing may be submitted again).
+    killed = state.start_run(client.db, "tickets")
+    assert state.claim(client.db, "tickets", killed, LEASE) is not None
+    mark_to = {"watermark": 2, "key": 2}
+    state.plan(client.db, killed, ["0" * 32], mark_to)
+    assert state.advance(client.db, "tickets", killed, mark_to)
+    time.sleep(0.3)
+    outcome = run_schedule(client, schedule, 0.2)
+    assert (outcome.state, outcome.documents, outcome.message) == ("succeeded", 0, None)
+    assert state.mark(client.db, "tickets") == mark_to
+    assert [r.state for r in state.runs(client.db, "tickets")] == ["succeeded", "abandoned"]
+
+
 @pytest.mark.slow
 def test_a_directory_schedule_reads_new_and_changed_files_only(
     client, start_worker, tiny_classifier, tmp_path
