@@ -4,23 +4,41 @@ Redis, real SQL (the user's own database is a separate SQLite file or PostgreSQL
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import wait_until
-from sqlalchemy import create_engine, text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    MetaData,
+    String,
+    Table,
+    Text,
+    Uuid,
+    create_engine,
+    text,
+)
 
 from docqueue.config import settings_env
+from docqueue.db.engine import make_engine
 from docqueue.producer.client import UnknownJob
 from docqueue.schedules import state
-from docqueue.schedules.config import ScheduleError, load
+from docqueue.schedules.config import ScheduleError, TableSource, TaskSpec, load
 from docqueue.schedules.run import run_schedule
+from docqueue.schedules.sources import read_table
+from docqueue.schedules.writeback import WriteBackError, row_values, target_table, upsert
 
 LEASE = 3.0
 
@@ -217,6 +235,106 @@ def test_a_run_stopped_after_moving_the_mark_is_finished_with_nothing_redone(
     assert (outcome.state, outcome.documents, outcome.message) == ("succeeded", 0, None)
     assert state.mark(client.db, "tickets") == mark_to
     assert [r.state for r in state.runs(client.db, "tickets")] == ["succeeded", "abandoned"]
+
+
+@pytest.fixture
+def user_db(database_url: str) -> Iterator[tuple[str, str]]:
+    """The user's own database (docqueue's, on PostgreSQL) and a table name of its own."""
+    name = f"src_{uuid.uuid4().hex[:8]}"
+    yield database_url, name
+    engine = make_engine(database_url)
+    with engine.begin() as conn:
+        for table in (name, f"{name}_out"):
+            conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
+    engine.dispose()
+
+
+WATERMARKS: dict[str, tuple[Any, list[Any]]] = {
+    "int": (BigInteger(), [5, 5, 5, 7, 7, 9]),
+    "string": (String(20), ["a", "b", "b", "b", "c", "c"]),
+    "datetime": (
+        DateTime(timezone=True),
+        [dt.datetime(2026, 1, d, 10, tzinfo=dt.timezone.utc) for d in (1, 2, 2, 2, 3, 3)],
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", [*WATERMARKS, "query"])
+def test_every_row_is_taken_once_whatever_its_watermark_type_and_however_many_share_it(
+    user_db, kind
+):
+    url, name = user_db
+    column_type, values = WATERMARKS["datetime" if kind == "query" else kind]
+    engine = make_engine(url)
+    source = Table(
+        name,
+        MetaData(),
+        Column("id", Uuid(), primary_key=True),
+        Column("w", column_type),
+        Column("body", Text()),
+    )
+    source.create(engine)
+    keys = [uuid.UUID(int=i) for i in (6, 2, 5, 1, 4, 3)]  # not in watermark order
+    with engine.begin() as conn:
+        conn.execute(
+            source.insert(),
+            [{"id": k, "w": v, "body": f"row {k}"} for k, v in zip(keys, values, strict=True)],
+        )
+    engine.dispose()
+    # A query may end with a semicolon, as people write them.
+    query = f"SELECT id, w, body FROM {name} WHERE body LIKE 'row %';"
+    where = {"query": query} if kind == "query" else {"table": name}
+    spec = TableSource(url=url, key="id", watermark="w", text="body", limit=2, **where)
+    taken: list[str] = []
+    mark = None
+    for _ in range(5):
+        new = read_table(spec, mark)
+        taken += [r.id.replace("-", "") for r in new.records if r.id]
+        mark = json.loads(json.dumps(new.mark_to))  # as docqueue's SQL keeps it
+    assert taken == [k.hex for _, k in sorted(zip(values, keys, strict=True))]
+
+
+def test_the_write_back_table_is_created_upserted_and_refused_when_unfit(user_db):
+    url, name = user_db
+    engine = make_engine(url)
+    tasks = [TaskSpec(task="classify", model="a"), TaskSpec(task="embed", model="b")]
+    target = target_table(engine, name, "id", 1, tasks)
+
+    def row(key: int, label: str) -> dict[str, Any]:
+        done = {"status": "done", "label": label, "score": 0.5, "embedding": [1.0, 2.0]}
+        return {
+            "id": key,
+            **row_values(done, "classify_", "classify"),
+            **row_values(done, "embed_", "embed"),
+        }
+
+    assert upsert(engine, target, "id", [row(1, "x"), row(2, "y")]) == 2
+    again = target_table(engine, name, "id", 1, tasks)  # now found, not created
+    assert upsert(engine, again, "id", [row(2, "z"), row(3, "w")]) == 2
+    with engine.connect() as conn:
+        found = conn.execute(
+            text(
+                f"SELECT id, classify_label, classify_error, embed_embedding"
+                f" FROM {name} ORDER BY id"
+            )
+        ).all()
+    assert [(r[0], r[1], r[2]) for r in found] == [(1, "x", None), (2, "z", None), (3, "w", None)]
+    embeddings = [json.loads(r[3]) if isinstance(r[3], str) else r[3] for r in found]
+    assert embeddings == [[1.0, 2.0]] * 3
+
+    more = [tasks[0], TaskSpec(task="summarize", model="c")]
+    with pytest.raises(WriteBackError, match="lacks the columns summarize_summary_text, summ"):
+        target_table(engine, name, "id", 1, more)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                f"CREATE TABLE {name}_out (id INTEGER, label TEXT, score FLOAT,"
+                " scores TEXT, error TEXT, annotated_at FLOAT)"
+            )
+        )
+    with pytest.raises(WriteBackError, match="neither its primary key nor unique"):
+        target_table(engine, f"{name}_out", "id", 1, tasks[:1])
+    engine.dispose()
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import hashlib
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +80,8 @@ def _rows(
 def _selectable(source: TableSource) -> FromClause:
     names = (source.key, source.watermark, source.text)
     if source.query is not None:
-        return text(source.query).columns(*(column(n) for n in names)).subquery("src")
+        query = source.query.strip().rstrip(";")  # a subquery cannot end with one
+        return text(query).columns(*(column(n) for n in names)).subquery("src")
     schema, _, name = (source.table or "").rpartition(".")
     return table(name, *(column(n) for n in names), schema=schema or None)
 
@@ -96,6 +98,8 @@ def encode(value: Any) -> Any:
         return {"date": value.isoformat()}
     if isinstance(value, decimal.Decimal):
         return {"decimal": str(value)}
+    if isinstance(value, uuid.UUID):
+        return {"uuid": str(value)}
     return value
 
 
@@ -107,6 +111,8 @@ def decode(value: Any) -> Any:
             return dt.date.fromisoformat(value["date"])
         if "decimal" in value:
             return decimal.Decimal(value["decimal"])
+        if "uuid" in value:
+            return uuid.UUID(value["uuid"])
     return value
 
 
