@@ -132,6 +132,20 @@ def test_a_schedules_file_with_a_mistake_is_refused_naming_the_schedule(tmp_path
     )
     with pytest.raises(ScheduleError, match="schedule 'x'"):
         load(config)
+    for url, expected in {
+        "app:hunter2@db/app": "not a database URL",
+        "postgress://app:hunter2@db/app": "no SQLAlchemy dialect 'postgress'",
+    }.items():
+        config = write_config(
+            tmp_path / "s.toml",
+            '[[schedule]]\nname = "x"\nevery = 5\ntask = "classify"\nmodel = "m"\n'
+            f'source = {{ url = "{url}", table = "t", key = "id", watermark = "w", text = "b" }}\n'
+            'into = { table = "out" }\n',
+        )
+        with pytest.raises(ScheduleError) as refused:
+            load(config)
+        assert f"schedule 'x' source.url: {expected}" in str(refused.value)
+        assert "hunter2" not in str(refused.value)  # a URL may hold a password
 
 
 @pytest.mark.slow
@@ -410,7 +424,7 @@ def test_beat_runs_a_schedule_every_second_and_only_one_beat_leads(
             "tickets" in listed.stdout and "succeeded" in listed.stdout and "leads" in listed.stdout
         )
         # The leader stops: the other takes over when the lease lapses.
-        leader = first if str(first.pid) in holder[0].split(":")[1] else second
+        leader = first if holder[0].split(":")[1] == str(first.pid) else second
         other = second if leader is first else first
         leader.send_signal(signal.SIGTERM)
         leader.wait(30)
