@@ -324,7 +324,7 @@ def test_the_write_back_table_is_created_upserted_and_refused_when_unfit(user_db
 
     assert upsert(engine, target, "id", [row(1, "x"), row(2, "y")]) == 2
     again = target_table(engine, name, "id", 1, tasks)  # now found, not created
-    assert upsert(engine, again, "id", [row(2, "z"), row(3, "w")]) == 2
+    assert upsert(engine, again, "id", [row(2, "v"), row(3, "w"), row(2, "z")]) == 2
     with engine.connect() as conn:
         found = conn.execute(
             text(
@@ -349,6 +349,32 @@ def test_the_write_back_table_is_created_upserted_and_refused_when_unfit(user_db
     with pytest.raises(WriteBackError, match="neither its primary key nor unique"):
         target_table(engine, f"{name}_out", "id", 1, tasks[:1])
     engine.dispose()
+
+
+@pytest.mark.slow
+def test_a_run_finished_for_a_killed_one_writes_each_result_to_its_own_row(
+    client, start_worker, tiny_classifier, app_url, tmp_path
+):
+    start_worker({"tiny": tiny_classifier})
+    texts = ["refund my invoice", "the site is down", "great support"]
+    make_tickets(app_url, [(i, i, t) for i, t in enumerate(texts, start=1)])
+    schedule = load(write_config(tmp_path / "s.toml", table_schedule(app_url))).get("tickets")
+    # A run that read rows 1-3 and whose job finished, killed before it wrote back.
+    killed = state.start_run(client.db, "tickets")
+    assert state.claim(client.db, "tickets", killed, LEASE) is not None
+    planned = read_table(schedule.source, None)  # type: ignore[arg-type]
+    job_id = uuid.uuid4().hex
+    state.plan(client.db, killed, [job_id], planned.mark_to)
+    client.submit_many(planned.records, task="classify", model="tiny", job_id=job_id).wait(60)
+    # A row that commits late, inside the range the job holds: it shifts the re-read.
+    make_tickets(app_url, [(0, 1, "charged twice")])
+    time.sleep(0.3)
+    outcome = run_schedule(client, schedule, 0.2)
+    assert outcome.state == "succeeded", outcome.message
+    expected = {r["id"]: (r["label"], r["score"]) for r in client.job(job_id).results()}
+    written = labels(app_url)
+    assert {str(k): (v["label"], v["score"]) for k, v in written.items()} == expected
+    assert sorted(written) == [1, 2, 3]
 
 
 @pytest.mark.slow

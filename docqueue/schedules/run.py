@@ -191,11 +191,24 @@ def _rows(
     streams = [job.results() for job in jobs]
     tasks = zip(prefixes(schedule.tasks), schedule.tasks, strict=True)
     columns = list(tasks)
+    key_of = {str(key): key for key in new.keys}
     for results in zip(*streams, strict=True):
-        row: dict[str, Any] = {key_column: new.keys[results[0]["seq"]]}
+        row: dict[str, Any] = {key_column: _key(results[0], key_of, new.keys)}
         for (prefix, spec), result in zip(columns, results, strict=True):
             row.update(row_values(result, prefix, spec.task))
         yield row
+
+
+def _key(result: dict[str, Any], key_of: dict[str, Any], keys: list[Any]) -> Any:
+    """The source key of a result: by the id the job stored with its document, not
+    by its place, which differs when a run being finished reads a source that
+    changed since (a row added inside the range the job holds)."""
+    stored = result.get("id")
+    if stored is None:  # an id the ledger could not keep (the document failed)
+        return keys[result["seq"]]
+    if stored in key_of:
+        return key_of[stored]
+    return int(stored) if keys and isinstance(keys[0], int) else stored  # a row gone
 
 
 def _heartbeat(db: Engine, schedule: str, run_id: int, every: float) -> threading.Event:

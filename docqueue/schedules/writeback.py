@@ -113,14 +113,16 @@ def row_values(result: dict[str, Any], prefix: str, task: str) -> dict[str, Any]
 def upsert(engine: Engine, target: Table, key_column: str, rows: Iterable[dict[str, Any]]) -> int:
     """Insert or update each row by its key; returns the number of rows written."""
     written = 0
-    chunk: list[dict[str, Any]] = []
+    # By key: two documents with one key (a file's lines sharing an id) are one row,
+    # the later one's, written and counted once.
+    chunk: dict[Any, dict[str, Any]] = {}
     for row in rows:
-        chunk.append({**row, "annotated_at": time.time()})
+        chunk[row[key_column]] = {**row, "annotated_at": time.time()}
         if len(chunk) >= CHUNK:
-            written += _upsert(engine, target, key_column, chunk)
-            chunk = []
+            written += _upsert(engine, target, key_column, list(chunk.values()))
+            chunk = {}
     if chunk:
-        written += _upsert(engine, target, key_column, chunk)
+        written += _upsert(engine, target, key_column, list(chunk.values()))
     return written
 
 
