@@ -10,9 +10,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +217,27 @@ def test_a_run_does_not_overlap_one_still_going(client, app_url, tmp_path):
     skipped = run_schedule(client, schedule, LEASE)
     assert skipped.state == "skipped" and "still going" in (skipped.message or "")
     assert state.mark(client.db, "tickets") is None
+
+
+def test_of_runs_and_beats_starting_together_one_claims_and_one_leads(client):
+    runs = [state.start_run(client.db, "tickets") for _ in range(6)]
+    start = threading.Barrier(len(runs))
+
+    def claim(run_id: int) -> bool:
+        start.wait()
+        return state.claim(client.db, "tickets", run_id, LEASE) is not None
+
+    def lead(holder: int) -> bool:
+        start.wait()
+        return state.take_lease(client.db, f"beat-{holder}", LEASE)
+
+    with ThreadPoolExecutor(len(runs)) as pool:
+        claimed = list(pool.map(claim, runs))
+        leading = list(pool.map(lead, range(len(runs))))
+    assert claimed.count(True) == 1 and leading.count(True) == 1
+    holder = state.lease_holder(client.db)
+    assert holder is not None and holder[0] == f"beat-{leading.index(True)}"
+    assert not state.take_lease(client.db, "beat-late", LEASE)  # until it lapses
 
 
 def test_a_run_taken_over_never_moves_the_mark_the_new_holder_does(client):
