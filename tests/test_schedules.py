@@ -331,6 +331,16 @@ def test_every_row_is_taken_once_whatever_its_watermark_type_and_however_many_sh
     assert taken == [k.hex for _, k in sorted(zip(values, keys, strict=True))]
 
 
+def test_a_row_without_text_is_an_error_row_naming_the_column(app_url, tmp_path):
+    make_tickets(app_url, [(1, 1, "hello"), (2, 1, None)])  # type: ignore[list-item]
+    schedule = load(write_config(tmp_path / "s.toml", table_schedule(app_url))).get("tickets")
+    new = read_table(schedule.source, None)  # type: ignore[arg-type]
+    assert [(r.id, r.text, r.error) for r in new.records] == [
+        ("1", "hello", None),
+        ("2", None, "body is NULL"),
+    ]
+
+
 def test_the_write_back_table_is_created_upserted_and_refused_when_unfit(user_db):
     url, name = user_db
     engine = make_engine(url)

@@ -50,7 +50,7 @@ def read_table(
         rows = _rows(engine, source, mark, upto)
     finally:
         engine.dispose()
-    records = [Record(_text(value), str(key)) for key, _, value in rows]
+    records = [_record(source, key, value) for key, _, value in rows]
     keys = [key for key, _, _ in rows]
     if not rows:
         return NewDocuments([], [], dict(mark or {}))
@@ -86,8 +86,11 @@ def _selectable(source: TableSource) -> FromClause:
     return table(name, *(column(n) for n in names), schema=schema or None)
 
 
-def _text(value: Any) -> Any:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+def _record(source: TableSource, key: Any, value: Any) -> Record:
+    """A row as a document; a NULL text is an error row naming the column."""
+    if value is None:
+        return Record(None, str(key), f"{source.text} is NULL")
+    return Record(value.decode("utf-8", "replace") if isinstance(value, bytes) else value, str(key))
 
 
 def encode(value: Any) -> Any:
