@@ -4,23 +4,43 @@ Redis, real SQL (the user's own database is a separate SQLite file or PostgreSQL
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import wait_until
-from sqlalchemy import create_engine, text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    MetaData,
+    String,
+    Table,
+    Text,
+    Uuid,
+    create_engine,
+    text,
+)
 
 from docqueue.config import settings_env
+from docqueue.db.engine import make_engine
 from docqueue.producer.client import UnknownJob
 from docqueue.schedules import state
-from docqueue.schedules.config import ScheduleError, load
+from docqueue.schedules.config import ScheduleError, TableSource, TaskSpec, load
 from docqueue.schedules.run import run_schedule
+from docqueue.schedules.sources import read_table
+from docqueue.schedules.writeback import WriteBackError, row_values, target_table, upsert
 
 LEASE = 3.0
 
@@ -114,6 +134,20 @@ def test_a_schedules_file_with_a_mistake_is_refused_naming_the_schedule(tmp_path
     )
     with pytest.raises(ScheduleError, match="schedule 'x'"):
         load(config)
+    for url, expected in {
+        "app:hunter2@db/app": "not a database URL",
+        "postgress://app:hunter2@db/app": "no SQLAlchemy dialect 'postgress'",
+    }.items():
+        config = write_config(
+            tmp_path / "s.toml",
+            '[[schedule]]\nname = "x"\nevery = 5\ntask = "classify"\nmodel = "m"\n'
+            f'source = {{ url = "{url}", table = "t", key = "id", watermark = "w", text = "b" }}\n'
+            'into = { table = "out" }\n',
+        )
+        with pytest.raises(ScheduleError) as refused:
+            load(config)
+        assert f"schedule 'x' source.url: {expected}" in str(refused.value)
+        assert "hunter2" not in str(refused.value)  # a URL may hold a password
 
 
 @pytest.mark.slow
@@ -183,6 +217,197 @@ def test_a_run_does_not_overlap_one_still_going(client, app_url, tmp_path):
     skipped = run_schedule(client, schedule, LEASE)
     assert skipped.state == "skipped" and "still going" in (skipped.message or "")
     assert state.mark(client.db, "tickets") is None
+
+
+def test_of_runs_and_beats_starting_together_one_claims_and_one_leads(client):
+    runs = [state.start_run(client.db, "tickets") for _ in range(6)]
+    start = threading.Barrier(len(runs))
+
+    def claim(run_id: int) -> bool:
+        start.wait()
+        return state.claim(client.db, "tickets", run_id, LEASE) is not None
+
+    def lead(holder: int) -> bool:
+        start.wait()
+        return state.take_lease(client.db, f"beat-{holder}", LEASE)
+
+    with ThreadPoolExecutor(len(runs)) as pool:
+        claimed = list(pool.map(claim, runs))
+        leading = list(pool.map(lead, range(len(runs))))
+    assert claimed.count(True) == 1 and leading.count(True) == 1
+    holder = state.lease_holder(client.db)
+    assert holder is not None and holder[0] == f"beat-{leading.index(True)}"
+    assert not state.take_lease(client.db, "beat-late", LEASE)  # until it lapses
+
+
+def test_a_run_taken_over_never_moves_the_mark_the_new_holder_does(client):
+    late = state.start_run(client.db, "tickets")
+    assert state.claim(client.db, "tickets", late, LEASE) is not None
+    time.sleep(0.3)  # not heard from: the next claim takes the schedule over
+    new = state.start_run(client.db, "tickets")
+    taken = state.claim(client.db, "tickets", new, 0.2)
+    assert taken is not None and taken.abandoned is not None and taken.abandoned.id == late
+    assert not state.advance(client.db, "tickets", late, {"watermark": 9, "key": 9})
+    assert state.mark(client.db, "tickets") is None
+    assert state.advance(client.db, "tickets", new, {"watermark": 5, "key": 5})
+    assert state.mark(client.db, "tickets") == {"watermark": 5, "key": 5}
+    assert not state.advance(client.db, "tickets", late, {"watermark": 9, "key": 9})
+    assert state.mark(client.db, "tickets") == {"watermark": 5, "key": 5}
+
+
+def test_a_run_stopped_after_moving_the_mark_is_finished_with_nothing_redone(
+    client, app_url, tmp_path
+):
+    make_tickets(app_url, [(1, 1, "refund please"), (2, 2, "it is broken")])
+    schedule = load(write_config(tmp_path / "s.toml", table_schedule(app_url))).get("tickets")
+    # A run that planned both rows, wrote them back and moved the mark, then was
+    # killed before it recorded its end (no worker: nothing may be submitted again).
+    killed = state.start_run(client.db, "tickets")
+    assert state.claim(client.db, "tickets", killed, LEASE) is not None
+    mark_to = {"watermark": 2, "key": 2}
+    state.plan(client.db, killed, ["0" * 32], mark_to)
+    assert state.advance(client.db, "tickets", killed, mark_to)
+    time.sleep(0.3)
+    outcome = run_schedule(client, schedule, 0.2)
+    assert (outcome.state, outcome.documents, outcome.message) == ("succeeded", 0, None)
+    assert state.mark(client.db, "tickets") == mark_to
+    assert [r.state for r in state.runs(client.db, "tickets")] == ["succeeded", "abandoned"]
+
+
+@pytest.fixture
+def user_db(database_url: str) -> Iterator[tuple[str, str]]:
+    """The user's own database (docqueue's, on PostgreSQL) and a table name of its own."""
+    name = f"src_{uuid.uuid4().hex[:8]}"
+    yield database_url, name
+    engine = make_engine(database_url)
+    with engine.begin() as conn:
+        for table in (name, f"{name}_out"):
+            conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
+    engine.dispose()
+
+
+WATERMARKS: dict[str, tuple[Any, list[Any]]] = {
+    "int": (BigInteger(), [5, 5, 5, 7, 7, 9]),
+    "string": (String(20), ["a", "b", "b", "b", "c", "c"]),
+    "datetime": (
+        DateTime(timezone=True),
+        [dt.datetime(2026, 1, d, 10, tzinfo=dt.timezone.utc) for d in (1, 2, 2, 2, 3, 3)],
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", [*WATERMARKS, "query"])
+def test_every_row_is_taken_once_whatever_its_watermark_type_and_however_many_share_it(
+    user_db, kind
+):
+    url, name = user_db
+    column_type, values = WATERMARKS["datetime" if kind == "query" else kind]
+    engine = make_engine(url)
+    source = Table(
+        name,
+        MetaData(),
+        Column("id", Uuid(), primary_key=True),
+        Column("w", column_type),
+        Column("body", Text()),
+    )
+    source.create(engine)
+    keys = [uuid.UUID(int=i) for i in (6, 2, 5, 1, 4, 3)]  # not in watermark order
+    with engine.begin() as conn:
+        conn.execute(
+            source.insert(),
+            [{"id": k, "w": v, "body": f"row {k}"} for k, v in zip(keys, values, strict=True)],
+        )
+    engine.dispose()
+    # A query may end with a semicolon, as people write them.
+    query = f"SELECT id, w, body FROM {name} WHERE body LIKE 'row %';"
+    where = {"query": query} if kind == "query" else {"table": name}
+    spec = TableSource(url=url, key="id", watermark="w", text="body", limit=2, **where)
+    taken: list[str] = []
+    mark = None
+    for _ in range(5):
+        new = read_table(spec, mark)
+        taken += [r.id.replace("-", "") for r in new.records if r.id]
+        mark = json.loads(json.dumps(new.mark_to))  # as docqueue's SQL keeps it
+    assert taken == [k.hex for _, k in sorted(zip(values, keys, strict=True))]
+
+
+def test_a_row_without_text_is_an_error_row_naming_the_column(app_url, tmp_path):
+    make_tickets(app_url, [(1, 1, "hello"), (2, 1, None)])  # type: ignore[list-item]
+    schedule = load(write_config(tmp_path / "s.toml", table_schedule(app_url))).get("tickets")
+    new = read_table(schedule.source, None)  # type: ignore[arg-type]
+    assert [(r.id, r.text, r.error) for r in new.records] == [
+        ("1", "hello", None),
+        ("2", None, "body is NULL"),
+    ]
+
+
+def test_the_write_back_table_is_created_upserted_and_refused_when_unfit(user_db):
+    url, name = user_db
+    engine = make_engine(url)
+    tasks = [TaskSpec(task="classify", model="a"), TaskSpec(task="embed", model="b")]
+    target = target_table(engine, name, "id", 1, tasks)
+
+    def row(key: int, label: str) -> dict[str, Any]:
+        done = {"status": "done", "label": label, "score": 0.5, "embedding": [1.0, 2.0]}
+        return {
+            "id": key,
+            **row_values(done, "classify_", "classify"),
+            **row_values(done, "embed_", "embed"),
+        }
+
+    assert upsert(engine, target, "id", [row(1, "x"), row(2, "y")]) == 2
+    again = target_table(engine, name, "id", 1, tasks)  # now found, not created
+    assert upsert(engine, again, "id", [row(2, "v"), row(3, "w"), row(2, "z")]) == 2
+    with engine.connect() as conn:
+        found = conn.execute(
+            text(
+                f"SELECT id, classify_label, classify_error, embed_embedding"
+                f" FROM {name} ORDER BY id"
+            )
+        ).all()
+    assert [(r[0], r[1], r[2]) for r in found] == [(1, "x", None), (2, "z", None), (3, "w", None)]
+    embeddings = [json.loads(r[3]) if isinstance(r[3], str) else r[3] for r in found]
+    assert embeddings == [[1.0, 2.0]] * 3
+
+    more = [tasks[0], TaskSpec(task="summarize", model="c")]
+    with pytest.raises(WriteBackError, match="lacks the columns summarize_summary_text, summ"):
+        target_table(engine, name, "id", 1, more)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                f"CREATE TABLE {name}_out (id INTEGER, label TEXT, score FLOAT,"
+                " scores TEXT, error TEXT, annotated_at FLOAT)"
+            )
+        )
+    with pytest.raises(WriteBackError, match="neither its primary key nor unique"):
+        target_table(engine, f"{name}_out", "id", 1, tasks[:1])
+    engine.dispose()
+
+
+@pytest.mark.slow
+def test_a_run_finished_for_a_killed_one_writes_each_result_to_its_own_row(
+    client, start_worker, tiny_classifier, app_url, tmp_path
+):
+    start_worker({"tiny": tiny_classifier})
+    texts = ["refund my invoice", "the site is down", "great support"]
+    make_tickets(app_url, [(i, i, t) for i, t in enumerate(texts, start=1)])
+    schedule = load(write_config(tmp_path / "s.toml", table_schedule(app_url))).get("tickets")
+    # A run that read rows 1-3 and whose job finished, killed before it wrote back.
+    killed = state.start_run(client.db, "tickets")
+    assert state.claim(client.db, "tickets", killed, LEASE) is not None
+    planned = read_table(schedule.source, None)  # type: ignore[arg-type]
+    job_id = uuid.uuid4().hex
+    state.plan(client.db, killed, [job_id], planned.mark_to)
+    client.submit_many(planned.records, task="classify", model="tiny", job_id=job_id).wait(60)
+    # A row that commits late, inside the range the job holds: it shifts the re-read.
+    make_tickets(app_url, [(0, 1, "charged twice")])
+    time.sleep(0.3)
+    outcome = run_schedule(client, schedule, 0.2)
+    assert outcome.state == "succeeded", outcome.message
+    expected = {r["id"]: (r["label"], r["score"]) for r in client.job(job_id).results()}
+    written = labels(app_url)
+    assert {str(k): (v["label"], v["score"]) for k, v in written.items()} == expected
+    assert sorted(written) == [1, 2, 3]
 
 
 @pytest.mark.slow
@@ -258,7 +483,7 @@ def test_beat_runs_a_schedule_every_second_and_only_one_beat_leads(
             "tickets" in listed.stdout and "succeeded" in listed.stdout and "leads" in listed.stdout
         )
         # The leader stops: the other takes over when the lease lapses.
-        leader = first if str(first.pid) in holder[0].split(":")[1] else second
+        leader = first if holder[0].split(":")[1] == str(first.pid) else second
         other = second if leader is first else first
         leader.send_signal(signal.SIGTERM)
         leader.wait(30)

@@ -27,6 +27,7 @@ from celery.beat import ScheduleEntry, Scheduler, Service
 from celery.schedules import crontab
 from celery.schedules import schedule as every
 
+from docqueue.errors import one_line
 from docqueue.producer.client import Client
 from docqueue.schedules import state
 from docqueue.schedules.config import Schedule, SchedulesFile, cron_fields
@@ -104,12 +105,14 @@ class LeasedScheduler(Scheduler):
         try:
             leading = state.take_lease(self.client.db, self.holder, lease)
         except Exception as exc:  # the database is away: lead nothing until it is back
-            log.warning("beat: cannot reach the database for the lease: %s", exc)
+            log.warning("beat: cannot reach the database for the lease: %s", one_line(exc))
             leading = False
         if leading != self.leading:
             log.info(
                 "beat %s: %s", self.holder, "leads" if leading else "waits (another beat leads)"
             )
+            if leading:  # when each schedule last ran, as the beat that led until now left it
+                self.setup_schedule()
         self.leading = leading
 
     def apply_async(
@@ -127,15 +130,15 @@ class LeasedScheduler(Scheduler):
         schedule = self.file.get(name)
         try:
             run_schedule(self.client, schedule, self.file.beat.lease_seconds)
-        except Exception:
-            log.exception("schedule %s: the run could not be recorded", name)
+        except Exception as exc:  # docqueue's own database is away
+            log.error("schedule %s: the run could not be recorded: %s", name, one_line(exc))
 
     def close(self) -> None:
         if self.leading:
             try:
                 state.give_up_lease(self.client.db, self.holder)
             except Exception as exc:
-                log.warning("beat: could not give up the lease: %s", exc)
+                log.warning("beat: could not give up the lease: %s", one_line(exc))
         super().close()
 
 

@@ -24,7 +24,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from docqueue.tasks import is_task, task_list
 
@@ -45,6 +53,26 @@ class ScheduleError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def database_url(url: SecretStr | None) -> SecretStr | None:
+    """Refuse, at load, a URL SQLAlchemy cannot use (its driver included), without
+    repeating it: it may hold a password."""
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    from docqueue.db.engine import normalize_url
+
+    if url is None:
+        return None
+    try:
+        parsed = normalize_url(url.get_secret_value())
+    except ArgumentError:
+        raise ValueError("not a database URL (dialect://user:password@host/database)") from None
+    try:
+        parsed.get_dialect()
+    except NoSuchModuleError:
+        raise ValueError(f"no SQLAlchemy dialect {parsed.drivername!r}") from None
+    return url
 
 
 class TaskSpec(_Strict):
@@ -85,6 +113,8 @@ class TableSource(_Strict):
     #: Most rows one run takes (the next run takes the rest).
     limit: int = Field(10_000, ge=1)
 
+    _url = field_validator("url")(database_url)
+
     @model_validator(mode="after")
     def _one_of_table_or_query(self) -> TableSource:
         if (self.table is None) == (self.query is None):
@@ -98,6 +128,8 @@ class WriteBack(_Strict):
     #: None: the source's database for a table source, docqueue's for a directory.
     url: SecretStr | None = None
     table: str = Field(pattern=IDENTIFIER)
+
+    _url = field_validator("url")(database_url)
 
 
 class Schedule(_Strict):

@@ -52,7 +52,7 @@ def run_schedule(client: Client, schedule: Schedule, stale_after: float) -> Outc
         counts = _Counts()
         if claim.abandoned is not None and claim.abandoned.job_ids:
             log.info("schedule %s: finishing run %d first", schedule.name, claim.abandoned.id)
-            _finish_abandoned(client, schedule, claim.abandoned, counts)
+            _finish_abandoned(client, schedule, run_id, claim.abandoned, counts)
         _run_new(client, schedule, run_id, counts)
     except Exception as exc:  # the run fails; the mark stays where it was
         message = one_line(exc)
@@ -86,11 +86,23 @@ def _run_new(client: Client, schedule: Schedule, run_id: int, counts: _Counts) -
     job_ids = [uuid.uuid4().hex for _ in schedule.tasks]
     state.plan(client.db, run_id, job_ids, new.mark_to)
     _submit_wait_write(client, schedule, new, job_ids, counts, resume=False)
-    state.advance(client.db, schedule.name, new.mark_to)
+    _advance(client.db, schedule.name, run_id, new.mark_to)
+
+
+def _advance(db: Engine, schedule: str, run_id: int, mark_to: dict[str, Any]) -> None:
+    if not state.advance(db, schedule, run_id, mark_to):
+        raise LostClaim(
+            f"run {run_id} lost its claim (not heard from for too long): its results are"
+            " written back, the run that took over moves the mark"
+        )
+
+
+class LostClaim(RuntimeError):
+    """Another run took the schedule over while this one was still going."""
 
 
 def _finish_abandoned(
-    client: Client, schedule: Schedule, abandoned: state.Run, counts: _Counts
+    client: Client, schedule: Schedule, run_id: int, abandoned: state.Run, counts: _Counts
 ) -> None:
     """Finish what a run cut short planned: the same documents, the same jobs (a job
     that exists is resumed: what it computed is kept, what it missed is computed)."""
@@ -102,8 +114,9 @@ def _finish_abandoned(
     else:
         again = sources.read_files(schedule.source, abandoned.mark_to.get("files") or {})
     again.mark_to = abandoned.mark_to
-    _submit_wait_write(client, schedule, again, abandoned.job_ids, counts, resume=True)
-    state.advance(client.db, schedule.name, abandoned.mark_to)
+    if again.records:  # none: the run stopped after moving the mark, its work is done
+        _submit_wait_write(client, schedule, again, abandoned.job_ids, counts, resume=True)
+    _advance(client.db, schedule.name, run_id, abandoned.mark_to)
 
 
 def _read_new(db: Engine, schedule: Schedule) -> sources.NewDocuments:
@@ -178,11 +191,24 @@ def _rows(
     streams = [job.results() for job in jobs]
     tasks = zip(prefixes(schedule.tasks), schedule.tasks, strict=True)
     columns = list(tasks)
+    key_of = {str(key): key for key in new.keys}
     for results in zip(*streams, strict=True):
-        row: dict[str, Any] = {key_column: new.keys[results[0]["seq"]]}
+        row: dict[str, Any] = {key_column: _key(results[0], key_of, new.keys)}
         for (prefix, spec), result in zip(columns, results, strict=True):
             row.update(row_values(result, prefix, spec.task))
         yield row
+
+
+def _key(result: dict[str, Any], key_of: dict[str, Any], keys: list[Any]) -> Any:
+    """The source key of a result: by the id the job stored with its document, not
+    by its place, which differs when a run being finished reads a source that
+    changed since (a row added inside the range the job holds)."""
+    stored = result.get("id")
+    if stored is None:  # an id the ledger could not keep (the document failed)
+        return keys[result["seq"]]
+    if stored in key_of:
+        return key_of[stored]
+    return int(stored) if keys and isinstance(keys[0], int) else stored  # a row gone
 
 
 def _heartbeat(db: Engine, schedule: str, run_id: int, every: float) -> threading.Event:

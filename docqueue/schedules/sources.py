@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import hashlib
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ def read_table(
         rows = _rows(engine, source, mark, upto)
     finally:
         engine.dispose()
-    records = [Record(_text(value), str(key)) for key, _, value in rows]
+    records = [_record(source, key, value) for key, _, value in rows]
     keys = [key for key, _, _ in rows]
     if not rows:
         return NewDocuments([], [], dict(mark or {}))
@@ -79,13 +80,17 @@ def _rows(
 def _selectable(source: TableSource) -> FromClause:
     names = (source.key, source.watermark, source.text)
     if source.query is not None:
-        return text(source.query).columns(*(column(n) for n in names)).subquery("src")
+        query = source.query.strip().rstrip(";")  # a subquery cannot end with one
+        return text(query).columns(*(column(n) for n in names)).subquery("src")
     schema, _, name = (source.table or "").rpartition(".")
     return table(name, *(column(n) for n in names), schema=schema or None)
 
 
-def _text(value: Any) -> Any:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+def _record(source: TableSource, key: Any, value: Any) -> Record:
+    """A row as a document; a NULL text is an error row naming the column."""
+    if value is None:
+        return Record(None, str(key), f"{source.text} is NULL")
+    return Record(value.decode("utf-8", "replace") if isinstance(value, bytes) else value, str(key))
 
 
 def encode(value: Any) -> Any:
@@ -96,6 +101,8 @@ def encode(value: Any) -> Any:
         return {"date": value.isoformat()}
     if isinstance(value, decimal.Decimal):
         return {"decimal": str(value)}
+    if isinstance(value, uuid.UUID):
+        return {"uuid": str(value)}
     return value
 
 
@@ -107,6 +114,8 @@ def decode(value: Any) -> Any:
             return dt.date.fromisoformat(value["date"])
         if "decimal" in value:
             return decimal.Decimal(value["decimal"])
+        if "uuid" in value:
+            return uuid.UUID(value["uuid"])
     return value
 
 

@@ -145,16 +145,28 @@ def known_files(engine: Engine, schedule: str) -> dict[str, tuple[int, str]]:
         return {path: (size, digest) for path, size, digest in rows}
 
 
-def advance(engine: Engine, schedule: str, mark_to: dict[str, Any]) -> None:
-    """The documents up to ``mark_to`` are written back: move the source's mark."""
+def advance(engine: Engine, schedule: str, run_id: int, mark_to: dict[str, Any]) -> bool:
+    """The documents up to ``mark_to`` are written back: move the source's mark, if
+    ``run_id`` still holds the schedule.  False (nothing moved) when another run took
+    it over meanwhile (this one went unheard for too long): that run moves the mark,
+    and a late run never moves it back."""
     with engine.begin() as conn:
+        values: dict[str, Any] = {"heartbeat_at": time.time()}
         if "watermark" in mark_to:
-            conn.execute(update(MARKS).where(MARKS.c.schedule == schedule).values(mark=mark_to))
+            values["mark"] = mark_to
+        held = conn.execute(
+            update(MARKS)
+            .where(MARKS.c.schedule == schedule, MARKS.c.running_run == run_id)
+            .values(**values)
+        )
+        if held.rowcount != 1:
+            return False
         for path, (size, digest) in (mark_to.get("files") or {}).items():
             conn.execute(delete(FILES).where(FILES.c.schedule == schedule, FILES.c.path == path))
             conn.execute(
                 insert(FILES).values(schedule=schedule, path=path, size=size, digest=digest)
             )
+    return True
 
 
 def finish(

@@ -69,10 +69,27 @@ def target_table(
         missing = [c.name for c in wanted if c.name not in existing.c]
         if missing:
             raise WriteBackError(f"table {name} lacks the columns {', '.join(missing)}")
+        if not _unique(engine, bare, schema or None, key_column):
+            raise WriteBackError(
+                f"table {name}: its column {key_column} is neither its primary key nor"
+                " unique, so rows cannot be upserted by it"
+            )
         return existing
     created = Table(bare, MetaData(), *wanted, schema=schema or None)
     created.create(engine, checkfirst=True)
     return created
+
+
+def _unique(engine: Engine, table: str, schema: str | None, column: str) -> bool:
+    """Whether ``column`` alone is the table's primary key or unique (what an upsert
+    by it needs)."""
+    found = inspect(engine)
+    keys: list[list[Any]] = [found.get_pk_constraint(table, schema=schema)["constrained_columns"]]
+    keys += [u["column_names"] for u in found.get_unique_constraints(table, schema=schema)]
+    keys += [
+        list(i["column_names"]) for i in found.get_indexes(table, schema=schema) if i["unique"]
+    ]
+    return [column] in keys
 
 
 def _columns(key_column: str, key_sample: Any, tasks: Sequence[TaskSpec]) -> list[Column[Any]]:
@@ -96,14 +113,16 @@ def row_values(result: dict[str, Any], prefix: str, task: str) -> dict[str, Any]
 def upsert(engine: Engine, target: Table, key_column: str, rows: Iterable[dict[str, Any]]) -> int:
     """Insert or update each row by its key; returns the number of rows written."""
     written = 0
-    chunk: list[dict[str, Any]] = []
+    # By key: two documents with one key (a file's lines sharing an id) are one row,
+    # the later one's, written and counted once.
+    chunk: dict[Any, dict[str, Any]] = {}
     for row in rows:
-        chunk.append({**row, "annotated_at": time.time()})
+        chunk[row[key_column]] = {**row, "annotated_at": time.time()}
         if len(chunk) >= CHUNK:
-            written += _upsert(engine, target, key_column, chunk)
-            chunk = []
+            written += _upsert(engine, target, key_column, list(chunk.values()))
+            chunk = {}
     if chunk:
-        written += _upsert(engine, target, key_column, chunk)
+        written += _upsert(engine, target, key_column, list(chunk.values()))
     return written
 
 
