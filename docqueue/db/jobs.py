@@ -28,6 +28,8 @@ class Progress:
     cancelled: int = 0
     #: When the job was cancelled (None: it was not).
     cancelled_at: float | None = None
+    #: Documents done by copying an earlier result (counted in ``done`` too).
+    reused: int = 0
 
     @property
     def pending(self) -> int:
@@ -61,12 +63,18 @@ def create_job(
     name: str | None = None,
     input_digest: str | None = None,
     idempotency_key: str | None = None,
+    reuse: bool = False,
+    group_id: str | None = None,
 ) -> None:
     """Insert the job's row; raises IntegrityError when ``idempotency_key`` already
     names a job (one made by a concurrent request with that key)."""
-    # The key is written only when there is one, so that a job without one is the
-    # same insert on a ledger of revision 0003 (tests of migrations write those).
-    keyed = {} if idempotency_key is None else {"idempotency_key": idempotency_key}
+    # Newer columns are written only when set, so that a plain job is the same
+    # insert on a ledger of an older revision (tests of migrations write those).
+    keyed: dict[str, Any] = {} if idempotency_key is None else {"idempotency_key": idempotency_key}
+    if reuse:
+        keyed["reuse"] = True
+    if group_id is not None:
+        keyed["group_id"] = group_id
     conn.execute(
         insert(Job).values(
             id=job_id,
@@ -165,6 +173,10 @@ class JobInfo:
     input_digest: str | None = None
     cancelled_at: float | None = None
     idempotency_key: str | None = None
+    #: Whether workers copy earlier results of the same text, task, model and params.
+    reuse: bool = False
+    #: The multi-task group the job belongs to (None: a job of its own).
+    group_id: str | None = None
 
 
 def get_job(conn: Connection, job_id: str) -> JobInfo | None:
@@ -189,11 +201,32 @@ def progress(conn: Connection, job_id: str) -> Progress | None:
             select(Item.status, func.count()).where(Item.job_id == job_id).group_by(Item.status)
         ).all()
     )
-    return _progress(job.total, job.cancelled_at, counts)
+    return _progress(
+        job.total, job.cancelled_at, counts, reused_counts(conn, [job_id]).get(job_id, 0)
+    )
 
 
-def _progress(total: int | None, cancelled_at: float | None, counts: dict[str, int]) -> Progress:
+def reused_counts(conn: Connection, job_ids: Sequence[str]) -> dict[str, int]:
+    """How many documents of each job were done by copying an earlier result
+    (jobs with none are left out)."""
+    if not job_ids:
+        return {}
+    query = (
+        select(Result.job_id, func.count())
+        .where(Result.job_id.in_(list(job_ids)), Result.reused.is_(True))
+        .group_by(Result.job_id)
+    )
+    return {job_id: count for job_id, count in conn.execute(query).all()}
+
+
+def _progress(
+    total: int | None,
+    cancelled_at: float | None,
+    counts: dict[str, int],
+    reused: int = 0,
+) -> Progress:
     return Progress(
+        reused=reused,
         total=total,
         enqueued=sum(counts.values()),
         done=counts.get(DONE, 0),
@@ -258,7 +291,14 @@ def list_jobs(
             .group_by(Item.job_id, Item.status)
         ):
             counts[job_id][status] = count
-    return [JobSummary(job, _progress(job.total, job.cancelled_at, counts[job.id])) for job in jobs]
+    reused = reused_counts(conn, [job.id for job in jobs])
+    return [
+        JobSummary(
+            job,
+            _progress(job.total, job.cancelled_at, counts[job.id], reused.get(job.id, 0)),
+        )
+        for job in jobs
+    ]
 
 
 def cancel_job(conn: Connection, job_id: str, now: float) -> int | None:
