@@ -426,7 +426,7 @@ def status(job_id: Annotated[str, typer.Argument(help="Job id")]) -> None:
     print(f"job {job.id}: {job.task} with model {job.model} ({job.lane})")
     print(
         f"  documents: {total}; done {current.done}, failed {current.failed}, "
-        f"pending {current.pending}"
+        f"pending {current.pending}" + (f"; reused {current.reused}" if job.reuse else "")
     )
     print(f"  {_pace(state)}")
     now = time.time()
@@ -595,6 +595,7 @@ def _job_json(summary: JobSummary) -> dict[str, Any]:
         "failed": progress.failed,
         "cancelled": progress.cancelled,
         "pending": progress.pending,
+        "reused": progress.reused,
         "created_at": job.created_at,
         "cancelled_at": job.cancelled_at,
     }

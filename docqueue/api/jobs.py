@@ -69,6 +69,7 @@ def create_job(
         model=body.model,
         params=body.params,
         name=body.name,
+        reuse=body.reuse,
         source=None,
         key=key,
         digest=digest,
@@ -135,6 +136,7 @@ async def upload_job(
                 model=fields.model,
                 params=fields.params or {},
                 name=fields.name,
+                reuse=fields.reuse,
                 source=name,
                 key=key,
                 digest=digest.hexdigest() if key else None,
@@ -166,6 +168,7 @@ def _submit(
     key: str | None,
     digest: str | None,
     param: str,
+    reuse: bool = False,
 ) -> JobHandle:
     """Queue the documents as a job with :meth:`Client.submit_many`.  Nothing is left
     behind when it fails part way (a service down), or when every document is
@@ -182,6 +185,7 @@ def _submit(
             job_id=job_id,
             idempotency_key=key,
             input_digest=digest,
+            reuse=reuse,
         )
         if not handle.replayed:
             _refuse_if_none_can_run(handle, param)

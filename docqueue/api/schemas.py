@@ -82,6 +82,10 @@ class JobCreate(_Strict):
     """Task parameters, e.g. {"labels": ["billing", "outage"]} for classify."""
     name: JobName | None = None
     """Your name for the job, to find it by (GET /api/jobs?name=...)."""
+    reuse: bool = False
+    """Copy the result of an earlier document with the same text, task, model (the
+    same weights and dtype, as its worker fingerprints them) and parameters instead
+    of computing it again."""
     documents: list[DocumentItem] = Field(min_length=1)
     """Strings, or objects with text and id."""
 
@@ -126,6 +130,10 @@ class UploadFields(_Strict):
     """The JSONL field or CSV column holding the text."""
     id_field: FieldName = "id"
     """The JSONL field or CSV column holding your id for each document."""
+    reuse: bool = False
+    """Copy the result of an earlier document with the same text, task, model (the
+    same weights and dtype, as its worker fingerprints them) and parameters instead
+    of computing it again."""
 
 
 # --- responses ---------------------------------------------------------------------
@@ -143,6 +151,8 @@ class ProgressOut(_Out):
     failed: int
     cancelled: int
     pending: int
+    reused: int
+    """Of the done documents, those whose result was copied from an earlier one."""
 
 
 class ErrorCounts(_Out):
@@ -167,6 +177,10 @@ class JobBrief(_Out):
     """The uploaded file's name (None for documents sent as JSON)."""
     created_at: float
     cancelled_at: float | None
+    reuse: bool
+    """Whether the job copies earlier results of the same text, model and parameters."""
+    group_id: str | None
+    """The multi-task group the job belongs to (POST /api/job-groups), if any."""
     progress: ProgressOut
 
     @classmethod
@@ -182,6 +196,8 @@ class JobBrief(_Out):
             source=job.source,
             created_at=job.created_at,
             cancelled_at=job.cancelled_at,
+            reuse=job.reuse,
+            group_id=job.group_id,
             progress=_progress(progress),
         )
 
@@ -194,6 +210,7 @@ def _progress(progress: Any) -> ProgressOut:
         failed=progress.failed,
         cancelled=progress.cancelled,
         pending=progress.pending,
+        reused=progress.reused,
     )
 
 
@@ -217,7 +234,8 @@ class JobOut(JobBrief):
     def of_status(cls, status: JobStatus) -> JobOut:
         brief = JobBrief.of(JobSummary(status.job, status.progress))
         progress = status.progress
-        on_workers = max(0, status.computed - progress.done)
+        # computed counts the rows workers wrote, not the reused copies
+        on_workers = max(0, status.computed + progress.reused - progress.done)
         return cls(
             **brief.model_dump(),
             params=status.job.params,

@@ -464,7 +464,7 @@ class Pace:
 def pace(conn: Connection, job_id: str) -> Pace:
     row = conn.execute(
         select(func.min(Result.started_at), func.max(Result.finished_at), func.count()).where(
-            Result.job_id == job_id, Result.worker_id.is_not(None)
+            Result.job_id == job_id, Result.worker_id.is_not(None), Result.reused.is_(False)
         )
     ).one()
     return Pace(row[0], row[1], row[2])

@@ -361,9 +361,17 @@ class Client:
         name: str | None = None,
         input_digest: str | None = None,
         idempotency_key: str | None = None,
+        reuse: bool = False,
+        group_id: str | None = None,
     ) -> JobHandle:
         """Queue a stream of documents as one job, in chunks, without holding the stream
         in memory.  Pauses while the model's queue is full (back-pressure).
+
+        With ``reuse``, a document whose text, task, model fingerprint and parameters
+        already have a successful result gets a copy of it instead of being computed
+        (counted in ``progress().reused``); the worker decides, since only it knows
+        the fingerprint of its model.  ``group_id`` ties the job to the others of a
+        multi-task call (:meth:`submit_tasks`).
 
         Documents may be strings, (id, text) pairs, mappings with "text" and "id", or
         :class:`~docqueue.producer.documents.Record`.  Ones that cannot run get error
@@ -399,6 +407,8 @@ class Client:
                 name=name,
                 input_digest=input_digest,
                 idempotency_key=idempotency_key,
+                reuse=reuse,
+                group_id=group_id,
             )
 
         earlier = self._create_once(idempotency_key, input_digest, "bulk", create)
