@@ -184,6 +184,12 @@ def get_job(conn: Connection, job_id: str) -> JobInfo | None:
     return JobInfo(**row) if row else None
 
 
+def group_jobs(conn: Connection, group_id: str) -> list[str]:
+    """The ids of the group's jobs, in the order of its tasks (their ids sort so)."""
+    query = select(Job.id).where(Job.group_id == group_id).order_by(Job.id)
+    return list(conn.execute(query).scalars())
+
+
 def job_with_key(conn: Connection, idempotency_key: str) -> JobInfo | None:
     """The job a request with this idempotency key created, or None."""
     query = select(Job.__table__).where(Job.idempotency_key == idempotency_key)

@@ -6,6 +6,7 @@ from docqueue.producer.client import (
     DocumentCancelled,
     DocumentFailed,
     EnqueueStopped,
+    JobGroup,
     JobHandle,
     JobStatus,
     JobSummary,
@@ -14,6 +15,7 @@ from docqueue.producer.client import (
     PublishFailed,
     ResultHandle,
     SaveFailed,
+    TaskSpec,
     UnknownJob,
     UnsupportedTask,
 )
@@ -25,6 +27,7 @@ __all__ = [
     "DocumentFailed",
     "EnqueueStopped",
     "InvalidDocument",
+    "JobGroup",
     "JobHandle",
     "JobStatus",
     "JobSummary",
@@ -34,6 +37,7 @@ __all__ = [
     "Record",
     "ResultHandle",
     "SaveFailed",
+    "TaskSpec",
     "UnknownJob",
     "UnsupportedTask",
 ]
