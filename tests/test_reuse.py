@@ -43,7 +43,7 @@ def test_reuse_copies_what_is_unchanged_and_computes_exactly_the_changed_documen
     client, start_worker, tiny_classifier, sample_texts
 ):
     start_worker({"tiny": tiny_classifier})
-    n = 100
+    n = 60
     first = client.submit_many(_docs(sample_texts, n), task="classify", model="tiny", reuse=True)
     assert first.wait(timeout=60).reused == 0
     again = client.submit_many(_docs(sample_texts, n), task="classify", model="tiny", reuse=True)

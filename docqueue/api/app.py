@@ -13,6 +13,7 @@ from docqueue.api import (
     dead_letters,
     documents,
     errors,
+    groups,
     jobs,
     models,
     openai_batches,
@@ -50,6 +51,7 @@ def create_app(settings: Settings, client: Client) -> FastAPI:
     )
     for module in (
         jobs,
+        groups,
         documents,
         models,
         dead_letters,

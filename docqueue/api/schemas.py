@@ -91,10 +91,15 @@ class JobCreate(_Strict):
 
     def documents_for_client(self) -> list[Any]:
         """The documents as :meth:`Client.submit_many` takes them."""
-        return [
-            doc if isinstance(doc, str) else {"id": doc.id, "text": _plain(doc.text)}
-            for doc in self.documents
-        ]
+        return for_client(self.documents)
+
+
+def for_client(documents: list[DocumentItem]) -> list[Any]:
+    """Documents as :meth:`Client.submit_many` takes them."""
+    return [
+        doc if isinstance(doc, str) else {"id": doc.id, "text": _plain(doc.text)}
+        for doc in documents
+    ]
 
 
 class DocumentCreate(_Strict):
@@ -301,3 +306,39 @@ class ModelOut(_Out):
 
 class ModelList(_Out):
     data: list[ModelOut]
+
+
+# --- job groups: several tasks over the same documents ------------------------------
+
+
+class GroupTask(_Strict):
+    task: Task
+    model: ModelName
+    """The model's name, as the workers serve it (GET /api/models)."""
+    params: Params = Field(default_factory=dict)
+
+
+class GroupCreate(_Strict):
+    tasks: list[GroupTask] = Field(min_length=1, max_length=16)
+    """One job per task, each on its own queue; the results are joined per document."""
+    name: JobName | None = None
+    """Your name for the group's jobs (GET /api/jobs?name=...)."""
+    reuse: bool = False
+    """Copy the result of an earlier document with the same text, task, model and
+    parameters instead of computing it again."""
+    documents: list[DocumentItem] = Field(min_length=1)
+    """Strings, or objects with text and id."""
+
+    def documents_for_client(self) -> list[Any]:
+        return for_client(self.documents)
+
+
+class GroupOut(_Out):
+    """A job group: each task's job (its status), under the label its results take."""
+
+    id: str
+    labels: list[str]
+    """Each task's key in a joined result row, in the order of the tasks."""
+    jobs: list[JobOut]
+    state: State
+    """running until every job is finished (cancelled when one was cancelled)."""

@@ -465,31 +465,33 @@ class Client:
                     group_id=group_id,
                 )
         size = chunk_size or self.settings.chunk_size
-        seq, open_jobs = 0, dict(zip(ids, specs, strict=True))
+        handles = [JobHandle(self, job_id) for job_id in ids]
+        seq, open_jobs = 0, list(zip(handles, specs, strict=True))
         stream = iter(documents)
         while open_jobs and (chunk := list(itertools.islice(stream, size))):
-            for job_id, spec in list(open_jobs.items()):
-                if self._add_chunk(job_id, spec, chunk, seq):
-                    del open_jobs[job_id]  # cancelled: it takes no more documents
+            for handle, spec in list(open_jobs):
+                if self._add_chunk(handle, spec, chunk, seq):
+                    open_jobs.remove((handle, spec))  # cancelled: it takes no more
             seq += len(chunk)
         with self.db.begin() as conn:
             for job_id in ids:
                 ledger.close_job(conn, job_id, seq)
-        return JobGroup(self, group_id, [JobHandle(self, job_id) for job_id in ids])
+        return JobGroup(self, group_id, handles)
 
-    def _add_chunk(self, job_id: str, spec: TaskSpec, chunk: list[Any], seq: int) -> bool:
-        """Save and publish one chunk to one job of a group; True when the job was
-        cancelled meanwhile."""
+    def _add_chunk(self, job: JobHandle, spec: TaskSpec, chunk: list[Any], seq: int) -> bool:
+        """Save and publish one chunk to one job of a group (counting the documents
+        refused at the door in ``job.rejected``); True when the job was cancelled."""
         try:
-            wire, cancelled = self._save(job_id, spec.task, chunk, seq)
+            wire, cancelled = self._save(job.id, spec.task, chunk, seq)
         except SQLAlchemyError as exc:
-            raise SaveFailed(job_id, seq, seq, exc) from exc
+            raise SaveFailed(job.id, seq, seq, exc) from exc
+        job.rejected += len(chunk) - len(wire)
         if wire and not cancelled:
             try:
                 self._wait_for_room(queue_name(spec.task, spec.model, "bulk"))
-                self._publish(job_id, spec.task, spec.model, spec.params, "bulk", wire)
+                self._publish(job.id, spec.task, spec.model, spec.params, "bulk", wire)
             except PUBLISH_ERRORS as exc:
-                raise PublishFailed(job_id, seq + len(chunk), seq, exc) from exc
+                raise PublishFailed(job.id, seq + len(chunk), seq, exc) from exc
         return cancelled
 
     def group(self, group_id: str) -> JobGroup:
