@@ -406,6 +406,14 @@ def enqueue(
     text_field: TextFieldOpt = "text",
     id_field: IdFieldOpt = "id",
     name: JobNameOpt = None,
+    reuse: Annotated[
+        bool,
+        typer.Option(
+            "--reuse/--no-reuse",
+            help="Copy the result of a document whose text, task, model and parameters "
+            "were already computed (off by default here; on for annotate)",
+        ),
+    ] = False,
 ) -> None:
     """Queue a file of documents as one job; prints the job id."""
     from docqueue.params import InvalidParams
@@ -435,6 +443,7 @@ def enqueue(
             name=name,
             # what `docqueue resume` checks the file against, should this stop part way
             input_digest=input_digest(path, task, model, params, text_field, id_field),
+            reuse=reuse,
         )
     except (InvalidParams, InputError) as exc:
         raise fail(str(exc)) from None

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, delete, exists, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, case, delete, exists, func, insert, select, update
 
 from docqueue.db.schema import CANCELLED, DONE, FAILED, PENDING, Item, Job, Result, Tombstone
 
@@ -468,9 +468,11 @@ class Pace:
 
 
 def pace(conn: Connection, job_id: str) -> Pace:
+    """Copies of earlier results (reuse) count towards the last finish, not as computed."""
+    computed = func.sum(case((Result.reused.is_(False), 1), else_=0))
     row = conn.execute(
-        select(func.min(Result.started_at), func.max(Result.finished_at), func.count()).where(
-            Result.job_id == job_id, Result.worker_id.is_not(None), Result.reused.is_(False)
+        select(func.min(Result.started_at), func.max(Result.finished_at), computed).where(
+            Result.job_id == job_id, Result.worker_id.is_not(None)
         )
     ).one()
-    return Pace(row[0], row[1], row[2])
+    return Pace(row[0], row[1], int(row[2] or 0))
