@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -32,6 +33,7 @@ from docqueue.errors import ExitCode, one_line
 from docqueue.launcher import LocalWorkers, device_problem, pick_devices, serve_redis
 from docqueue.producer.client import Client, JobHandle, UnknownJob
 from docqueue.producer.client import Progress as JobProgress
+from docqueue.producer.groups import JobGroup, TaskSpec, group_job_ids
 from docqueue.producer.readers import input_digest, read_documents
 from docqueue.producer.results import OutputError, check_output
 from docqueue.tasks import TASKS_BY_FAMILY, cannot_do
@@ -69,6 +71,16 @@ def model_name_for(source: str) -> str:
     return f"m-{digest}"
 
 
+@dataclass(frozen=True)
+class TaskRun:
+    """One task of an annotate run: the task, the model (directory or hub id), its
+    parameters."""
+
+    task: str
+    source: str
+    params: dict[str, Any]
+
+
 def annotate(
     path: Path,
     *,
@@ -82,28 +94,81 @@ def annotate(
     device: str | None = None,
     job_name: str | None = None,
     callback_url: str | None = None,
+    reuse: bool = True,
 ) -> Summary:
-    """``job_name``: a rerun with the same name and the same input (file content,
+    """One task over a file (:func:`annotate_tasks` with one task)."""
+    return annotate_tasks(
+        path,
+        [TaskRun(task, source, params)],
+        out=out,
+        settings=settings,
+        text_field=text_field,
+        id_field=id_field,
+        device=device,
+        job_name=job_name,
+        reuse=reuse,
+        callback_url=callback_url,
+    )
+
+
+def annotate_tasks(
+    path: Path,
+    runs: list[TaskRun],
+    *,
+    out: Path,
+    settings: Settings,
+    text_field: str = "text",
+    id_field: str | None = "id",
+    device: str | None = None,
+    job_name: str | None = None,
+    reuse: bool = True,
+    callback_url: str | None = None,
+) -> Summary:
+    """Annotate a file with one task (one job, one result row per document) or
+    several (one job per task, on its own queue, the results joined per document:
+    :mod:`docqueue.producer.groups`).
+
+    ``job_name``: a rerun with the same name and the same input (file content,
     fields, task, model, parameters) resumes the earlier job instead of starting
-    over; the same name with another input starts a new job."""
+    over; the same name with another input starts a new job (one task only).
+    ``reuse``: documents whose text, task, model and parameters already have a
+    result in the ledger get a copy of it instead of being computed.
+    ``callback_url``: the job's summary is POSTed there when it finishes (one task)."""
     started = time.monotonic()
+    if len(runs) > 1 and job_name:
+        raise AnnotateError(
+            "--name resumes the job of one task; with several --task, run without --name",
+            ExitCode.USAGE,
+        )
+    if len(runs) > 1 and callback_url:
+        raise AnnotateError(
+            "--callback-url announces the job of one task; with several --task, run without it",
+            ExitCode.USAGE,
+        )
     # Everything that can be checked here is checked before anything starts.
     if callback_url is not None:
         check_callback_url(callback_url, settings)
     documents = read_documents(path, text_field=text_field, id_field=id_field)
+    if len(runs) > 1 and out.suffix.lower() not in (".jsonl", ".csv"):
+        raise AnnotateError(
+            f"{out}: several tasks are joined into .jsonl or .csv; export each task's job "
+            "to other formats with `docqueue export JOB`",
+            ExitCode.USAGE,
+        )
     try:
-        check_output(out, task)
+        check_output(out, runs[0].task)
     except OutputError as exc:
         raise AnnotateError(str(exc), ExitCode.USAGE) from None
     device = device or settings.device
     if device and (problem := device_problem(device)):
         raise AnnotateError(problem, ExitCode.USAGE)
-    name = model_name_for(source)
-    try:
-        local = locate(name, source, usage="--model /path/to/model")  # fail now, not in a worker
-    except ModelUnavailable as exc:
-        raise AnnotateError(str(exc)) from None
-    check_task(source, task, settings, local_only=local)
+    names = {run.source: model_name_for(run.source) for run in runs}
+    for run in runs:
+        try:  # fail now, not in a worker
+            local = locate(names[run.source], run.source, usage="--model /path/to/model")
+        except ModelUnavailable as exc:
+            raise AnnotateError(str(exc)) from None
+        check_task(run.source, run.task, settings, local_only=local)
     with (
         tempfile.TemporaryDirectory(prefix="docqueue-annotate-") as tmp,
         Board("connecting to Redis" if settings.redis() else "starting Redis") as board,
@@ -112,73 +177,132 @@ def annotate(
         client = Client(settings, redis_url=redis_url)
         if client.db.url.get_backend_name() == "sqlite":
             client.prune()  # the embedded ledger keeps retention_days, not everything
-        digest = None
-        if job_name:
-            digest = input_digest(path, task, name, params, text_field, id_field)
-        job_id = _earlier_job(client, job_name, digest)
+        watched: JobHandle | GroupWatch
         start: Callable[[], object]
-        if job_id is not None:
-            start = partial(client.resume, job_id, documents=documents)
-        else:
-            job_id = uuid.uuid4().hex
-            start = partial(
-                client.submit_many,
+        if len(runs) == 1:
+            run = runs[0]
+            watched, start = _single(
+                client,
+                path,
+                run,
+                names[run.source],
                 documents,
-                task=task,
-                model=name,
-                params=params,
+                job_name,
+                reuse,
+                text_field,
+                id_field,
+                callback_url,
+            )
+        else:
+            specs = [TaskSpec(r.task, names[r.source], r.params) for r in runs]
+            group_id = uuid.uuid4().hex
+            watched = GroupWatch(client, group_id, len(specs))
+            start = partial(
+                client.submit_tasks,
+                documents,
+                specs,
                 source=str(path.absolute()),
-                job_id=job_id,
-                name=job_name,
-                input_digest=digest,
-                callback_url=callback_url,
+                reuse=reuse,
+                group_id=group_id,
             )
         devices = pick_devices(device)
-        board.phase(f"loading model {source} on {', '.join(devices)}")
+        board.phase(f"loading {', '.join(names)} on {', '.join(devices)}")
         workers = LocalWorkers(
             settings.model_copy(update={"redis_url": SecretStr(redis_url)}),
-            {name: source},
+            {name: source for source, name in names.items()},
             devices,
             log_dir=Path(tmp),
         )
         try:
             final = _run(
                 workers,
-                JobHandle(client, job_id),
+                watched,
                 start,
                 board,
-                ready=lambda: bool(client.coverage(name, task).doing),
+                ready=lambda: all(client.coverage(names[r.source], r.task).doing for r in runs),
             )
         finally:
             workers.stop(settings.shutdown_grace)
-        webhook = _webhook_outcome(client, job_id)
-        job = client.job(job_id)
-        if final.total and final.failed == final.total and job.status().computed == 0:
-            first = next(job.results())
-            raise AnnotateError(
-                f"{path}: all {final.total} documents were refused ({first['error']})",
-                ExitCode.USAGE,
-            )
-        errors: list[dict[str, Any]] = []
-
-        def keep(row: dict[str, Any]) -> None:
-            if row["status"] == "failed" and len(errors) < 5:
-                errors.append(row)
-
-        board.phase(f"writing {out}")
         try:
-            # the input's own fields go beside the annotations
-            inputs = read_documents(path, text_field=text_field, id_field=id_field)
-            written = job.export(out, on_row=keep, inputs=inputs, text_field=text_field)
-        except (OSError, OutputError) as exc:
-            raise AnnotateError(
-                f"could not write {out} ({one_line(exc)}); the results are kept as job "
-                f"{job_id} in {redact(settings.database())}: run "
-                f"`docqueue export {job_id} --out {out}`"
-            ) from None
+            if len(runs) == 1:
+                job = client.job(watched.id)
+                fields = (text_field, id_field)
+                return _write_job(client, path, job, final, out, board, started, *fields)
+            return _write_group(client, client.group(watched.id), final, out, board, started)
         finally:
             client.close()
-    return Summary(job_id, final, time.monotonic() - started, written, errors, webhook)
+
+
+def _single(
+    client: Client,
+    path: Path,
+    run: TaskRun,
+    name: str,
+    documents: Any,
+    job_name: str | None,
+    reuse: bool,
+    text_field: str,
+    id_field: str | None,
+    callback_url: str | None,
+) -> tuple[JobHandle, Callable[[], object]]:
+    """The job of a one-task run (an earlier one of the same name resumed), and what
+    enqueues it."""
+    digest = None
+    if job_name:
+        digest = input_digest(path, run.task, name, run.params, text_field, id_field)
+    job_id = _earlier_job(client, job_name, digest)
+    if job_id is not None:
+        return JobHandle(client, job_id), partial(client.resume, job_id, documents=documents)
+    job_id = uuid.uuid4().hex
+    return JobHandle(client, job_id), partial(
+        client.submit_many,
+        documents,
+        task=run.task,
+        model=name,
+        params=run.params,
+        source=str(path.absolute()),
+        job_id=job_id,
+        name=job_name,
+        input_digest=digest,
+        reuse=reuse,
+        callback_url=callback_url,
+    )
+
+
+def _write_job(
+    client: Client,
+    path: Path,
+    job: JobHandle,
+    final: JobProgress,
+    out: Path,
+    board: Board,
+    started: float,
+    text_field: str,
+    id_field: str | None,
+) -> Summary:
+    webhook = _webhook_outcome(client, job.id)
+    if final.total and final.failed == final.total and job.status().computed == 0:
+        first = next(job.results())
+        raise AnnotateError(
+            f"{path}: all {final.total} documents were refused ({first['error']})",
+            ExitCode.USAGE,
+        )
+    errors: list[dict[str, Any]] = []
+
+    def keep(row: dict[str, Any]) -> None:
+        if row["status"] == "failed" and len(errors) < 5:
+            errors.append(row)
+
+    board.phase(f"writing {out}")
+    # the input's own fields go beside the annotations
+    inputs = read_documents(path, text_field=text_field, id_field=id_field)
+    written = _export(
+        client,
+        job.id,
+        lambda: job.export(out, on_row=keep, inputs=inputs, text_field=text_field),
+        out,
+    )
+    return Summary(job.id, final, time.monotonic() - started, written, errors, webhook)
 
 
 def _webhook_outcome(client: Client, job_id: str) -> str | None:
@@ -198,6 +322,68 @@ def _webhook_outcome(client: Client, job_id: str) -> str | None:
         f"webhook delivery {state.id} not sent ({state.last_error}); a worker or "
         f"`docqueue serve` on {redact(client.settings.database())} retries it"
     )
+
+
+def _write_group(
+    client: Client, group: JobGroup, final: JobProgress, out: Path, board: Board, started: float
+) -> Summary:
+    """Write the joined rows; the summary counts documents (done: every task done)."""
+    errors: list[dict[str, Any]] = []
+    states: Counter[str] = Counter()
+
+    def keep(row: dict[str, Any]) -> None:
+        states[row["status"]] += 1
+        if row["status"] == "failed" and len(errors) < 5:
+            failed = [
+                f"{label}: {row[label]['error']}"
+                for label in group.labels
+                if row[label]["status"] == "failed"
+            ]
+            errors.append({"id": row["id"], "seq": row["seq"], "error": "; ".join(failed)})
+
+    board.phase(f"writing {out}")
+    written = _export(client, group.id, lambda: group.export(out, on_row=keep), out)
+    documents = JobProgress(
+        total=written,
+        enqueued=written,
+        done=states["done"],
+        failed=states["failed"],
+        cancelled=states["cancelled"],
+        reused=final.reused,
+    )
+    return Summary(group.id, documents, time.monotonic() - started, written, errors)
+
+
+def _export(client: Client, job_id: str, export: Callable[[], int], out: Path) -> int:
+    try:
+        return export()
+    except (OSError, OutputError) as exc:
+        raise AnnotateError(
+            f"could not write {out} ({one_line(exc)}); the results are kept as job "
+            f"{job_id} in {redact(client.settings.database())}: run "
+            f"`docqueue export {job_id} --out {out}`"
+        ) from None
+
+
+class GroupWatch:
+    """A multi-task run seen as one job by the progress bar: its counts are the sums
+    over its tasks' jobs (documents x tasks)."""
+
+    def __init__(self, client: Client, group_id: str, tasks: int) -> None:
+        self.id = group_id
+        self.jobs = [JobHandle(client, job_id) for job_id in group_job_ids(group_id, tasks)]
+
+    def progress(self) -> JobProgress:
+        each = [job.progress() for job in self.jobs]  # UnknownJob until they are created
+        totals = [p.total for p in each]
+        return JobProgress(
+            total=None if None in totals else sum(t or 0 for t in totals),
+            enqueued=sum(p.enqueued for p in each),
+            done=sum(p.done for p in each),
+            failed=sum(p.failed for p in each),
+            cancelled=sum(p.cancelled for p in each),
+            reused=sum(p.reused for p in each),
+        )
 
 
 def check_task(source: str, task: str, settings: Settings, *, local_only: bool) -> None:
@@ -280,7 +466,7 @@ def _earlier_job(client: Client, job_name: str | None, digest: str | None) -> st
 
 def _run(
     workers: LocalWorkers,
-    job: JobHandle,
+    job: JobHandle | GroupWatch,
     start: Callable[[], object],
     board: Board,
     ready: Callable[[], bool],

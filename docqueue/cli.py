@@ -194,10 +194,28 @@ def _one_line(exc: BaseException) -> str:
     return redact(one_line(exc))
 
 
+TasksOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--task",
+        help="TASK or TASK:MODEL, once per task: --task classify:minilm --task embed:minilm "
+        "runs both in one pass, the results joined per document (default: classify)",
+    ),
+]
+ReuseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--reuse/--no-reuse",
+        help="Copy the result of a document whose text, task, model and parameters were "
+        "already computed, instead of computing it again",
+    ),
+]
+
+
 @app.command()
 def annotate(
     path: InputArg,
-    task: TaskOpt = "classify",
+    task: TasksOpt = None,
     model: Annotated[
         str | None,
         typer.Option("--model", help="Local model directory, hub id, or minilm (bundled)"),
@@ -221,11 +239,11 @@ def annotate(
         ),
     ] = None,
     callback_url: CallbackOpt = None,
+    reuse: ReuseOpt = True,
 ) -> None:
     """Annotate a file end to end: starts Redis, the SQLite ledger and workers itself."""
-    from docqueue.annotate import AnnotateError
-    from docqueue.annotate import annotate as run
-    from docqueue.params import InvalidParams, validate_params
+    from docqueue.annotate import AnnotateError, annotate_tasks
+    from docqueue.params import InvalidParams
     from docqueue.producer.extras import MissingExtra
     from docqueue.producer.readers import InputError
 
@@ -233,32 +251,18 @@ def annotate(
     settings = settings_or_exit()
     params = parse_params(param, labels, label, labels_file)
     try:
-        validate_params(task, params, max_new_tokens_cap=settings.max_new_tokens_cap)
-        from docqueue.worker.models import ModelUnavailable, default_model, resolve_source
-
-        if task == "classify" and not model and not params.get("labels"):
-            raise fail(
-                "classify needs labels or a model: --label NAME once per label (or --labels "
-                "a,b,c) for zero-shot labels with the bundled MiniLM, or --model DIR for a "
-                "classifier of your own"
-            )
-        try:  # a bundled name (--model minilm) becomes its directory
-            labelled = bool(params.get("labels"))
-            source = resolve_source(model) if model else default_model(task, labels=labelled)
-        except ModelUnavailable as exc:
-            raise fail(str(exc), ExitCode.SERVICE) from None
+        runs = task_runs(task or ["classify"], model, params, settings)
         with readable(path) as file:
-            summary = run(
+            summary = annotate_tasks(
                 file,
-                task=task,
-                source=source,
-                params=params,
+                runs,
                 out=out,
                 settings=settings,
                 text_field=text_field,
                 id_field=id_field,
                 device=device,
                 job_name=name,
+                reuse=reuse,
                 callback_url=callback_url,
             )
     except (InvalidParams, InputError, MissingExtra) as exc:
@@ -269,10 +273,11 @@ def annotate(
         raise fail("interrupted", ExitCode.INTERRUPTED) from None
     progress = summary.progress
     rate = (progress.done + progress.failed) / max(summary.seconds, 1e-9)
+    reused = f", {progress.reused} results reused" if progress.reused else ""
     err.print(
         f"{progress.done} done, {progress.failed} failed of {progress.total} documents in "
-        f"{summary.seconds:.1f}s ({rate:,.0f} docs/s including start-up) -> {out}  "
-        f"[job {summary.job_id}]",
+        f"{summary.seconds:.1f}s ({rate:,.0f} docs/s including start-up){reused} -> {out}  "
+        f"[{'job' if len(runs) == 1 else 'job group'} {summary.job_id}]",
         soft_wrap=True,
         markup=False,
     )
@@ -285,6 +290,46 @@ def annotate(
         err.print(summary.webhook, soft_wrap=True, markup=False)
     incomplete = progress.failed or progress.cancelled
     raise typer.Exit(ExitCode.SOME_FAILED if incomplete else ExitCode.OK)
+
+
+def task_runs(
+    specs: list[str], model: str | None, params: dict[str, Any], settings: Settings
+) -> list[Any]:
+    """``TASK`` or ``TASK:MODEL`` options as annotate's runs.  A task without a model
+    takes ``--model``, else the default for the task.  With several tasks, zero-shot
+    labels go to classify, and each ``--param`` to every task that takes it (one no
+    task takes is refused)."""
+    from docqueue.annotate import TaskRun
+    from docqueue.params import PARAMS, validate_params
+    from docqueue.worker.models import ModelUnavailable, default_model, resolve_source
+
+    parsed = []
+    for spec in specs:
+        name, _, spec_model = spec.partition(":")
+        parsed.append((name, spec_model or model))
+    if len(parsed) > 1:
+        for key in params:
+            if not any(t in PARAMS and key in PARAMS[t].model_fields for t, _ in parsed):
+                raise fail(f"--param {key}: none of the tasks takes it")
+    runs = []
+    for name, chosen in parsed:
+        own = params
+        if len(parsed) > 1 and name in PARAMS:
+            own = {k: v for k, v in params.items() if k in PARAMS[name].model_fields}
+        validate_params(name, own, max_new_tokens_cap=settings.max_new_tokens_cap)
+        if name == "classify" and not chosen and not own.get("labels"):
+            raise fail(
+                "classify needs labels or a model: --label NAME once per label (or --labels "
+                "a,b,c) for zero-shot labels with the bundled MiniLM, or --model DIR (or "
+                "--task classify:DIR) for a classifier of your own"
+            )
+        try:  # a bundled name (--model minilm) becomes its directory
+            labelled = bool(own.get("labels"))
+            source = resolve_source(chosen) if chosen else default_model(name, labels=labelled)
+        except ModelUnavailable as exc:
+            raise fail(str(exc), ExitCode.SERVICE) from None
+        runs.append(TaskRun(name, source, own))
+    return runs
 
 
 @app.command()
@@ -397,6 +442,14 @@ def enqueue(
     id_field: IdFieldOpt = "id",
     name: JobNameOpt = None,
     callback_url: CallbackOpt = None,
+    reuse: Annotated[
+        bool,
+        typer.Option(
+            "--reuse/--no-reuse",
+            help="Copy the result of a document whose text, task, model and parameters "
+            "were already computed (off by default here; on for annotate)",
+        ),
+    ] = False,
 ) -> None:
     """Queue a file of documents as one job; prints the job id."""
     from docqueue.params import InvalidParams
@@ -429,6 +482,7 @@ def enqueue(
                 # what `docqueue resume` checks the file against, should this stop part way
                 input_digest=input_digest(file, task, model, params, text_field, id_field),
                 callback_url=callback_url,
+                reuse=reuse,
             )
     except (InvalidParams, InputError, MissingExtra) as exc:
         raise fail(str(exc)) from None
@@ -473,7 +527,7 @@ def status(
     print(f"job {job.id}: {job.task} with model {job.model} ({job.lane})")
     print(
         f"  documents: {total}; done {current.done}, failed {current.failed}, "
-        f"pending {current.pending}"
+        f"pending {current.pending}" + (f"; reused {current.reused}" if job.reuse else "")
     )
     print(f"  {_pace(state)}")
     now = time.time()
@@ -679,6 +733,7 @@ def _job_json(summary: JobSummary) -> dict[str, Any]:
         "failed": progress.failed,
         "cancelled": progress.cancelled,
         "pending": progress.pending,
+        "reused": progress.reused,
         "created_at": job.created_at,
         "cancelled_at": job.cancelled_at,
     }

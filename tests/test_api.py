@@ -195,6 +195,7 @@ def test_jobs_from_a_list_and_from_files_give_one_result_per_document(
         "failed": 1,
         "cancelled": 0,
         "pending": 0,
+        "reused": 0,
     }
     assert status["docs_per_second"] > 0 and status["eta_seconds"] is None
     assert status["errors"] == {"failed": 1, "refused": 1, "on_workers": 0}

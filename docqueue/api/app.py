@@ -13,6 +13,7 @@ from docqueue.api import (
     dead_letters,
     documents,
     errors,
+    groups,
     health,
     jobs,
     metrics,
@@ -71,6 +72,7 @@ def create_app(settings: Settings, client: Client, close_client: bool = False) -
     app.add_middleware(metrics.RequestMetrics, counters=counters)
     for module in (
         jobs,
+        groups,
         documents,
         models,
         workers,

@@ -76,6 +76,7 @@ def create_job(
         model=body.model,
         params=body.params,
         name=body.name,
+        reuse=body.reuse,
         source=None,
         key=key,
         digest=digest,
@@ -143,6 +144,7 @@ async def upload_job(
                 model=fields.model,
                 params=fields.params or {},
                 name=fields.name,
+                reuse=fields.reuse,
                 source=name,
                 key=key,
                 digest=digest.hexdigest() if key else None,
@@ -178,6 +180,7 @@ def _submit(
     digest: str | None,
     param: str,
     callback_url: str | None = None,
+    reuse: bool = False,
 ) -> JobHandle:
     """Queue the documents as a job with :meth:`Client.submit_many`.  Nothing is left
     behind when it fails part way (a service down), or when every document is
@@ -195,6 +198,7 @@ def _submit(
             idempotency_key=key,
             input_digest=digest,
             callback_url=callback_url,
+            reuse=reuse,
         )
         if not handle.replayed:
             _refuse_if_none_can_run(handle, param)

@@ -83,6 +83,10 @@ class JobCreate(_Strict):
     """Task parameters, e.g. {"labels": ["billing", "outage"]} for classify."""
     name: JobName | None = None
     """Your name for the job, to find it by (GET /api/jobs?name=...)."""
+    reuse: bool = False
+    """Copy the result of an earlier document with the same text, task, model (the
+    same weights and dtype, as its worker fingerprints them) and parameters instead
+    of computing it again."""
     documents: list[DocumentItem] = Field(min_length=1)
     """Strings, or objects with text and id."""
     callback_url: CallbackUrl | None = None
@@ -91,10 +95,15 @@ class JobCreate(_Strict):
 
     def documents_for_client(self) -> list[Any]:
         """The documents as :meth:`Client.submit_many` takes them."""
-        return [
-            doc if isinstance(doc, str) else {"id": doc.id, "text": _plain(doc.text)}
-            for doc in self.documents
-        ]
+        return for_client(self.documents)
+
+
+def for_client(documents: list[DocumentItem]) -> list[Any]:
+    """Documents as :meth:`Client.submit_many` takes them."""
+    return [
+        doc if isinstance(doc, str) else {"id": doc.id, "text": _plain(doc.text)}
+        for doc in documents
+    ]
 
 
 class DocumentCreate(_Strict):
@@ -133,6 +142,10 @@ class UploadFields(_Strict):
     callback_url: CallbackUrl | None = None
     """Where to POST the job's summary when it finishes (a host the operator allowed
     in DOCQUEUE_WEBHOOK_HOSTS); signed, see the README's Webhooks section."""
+    reuse: bool = False
+    """Copy the result of an earlier document with the same text, task, model (the
+    same weights and dtype, as its worker fingerprints them) and parameters instead
+    of computing it again."""
 
 
 # --- responses ---------------------------------------------------------------------
@@ -150,6 +163,8 @@ class ProgressOut(_Out):
     failed: int
     cancelled: int
     pending: int
+    reused: int
+    """Of the done documents, those whose result was copied from an earlier one."""
 
 
 class ErrorCounts(_Out):
@@ -174,6 +189,10 @@ class JobBrief(_Out):
     """The uploaded file's name (None for documents sent as JSON)."""
     created_at: float
     cancelled_at: float | None
+    reuse: bool
+    """Whether the job copies earlier results of the same text, model and parameters."""
+    group_id: str | None
+    """The multi-task group the job belongs to (POST /api/job-groups), if any."""
     progress: ProgressOut
 
     @classmethod
@@ -189,6 +208,8 @@ class JobBrief(_Out):
             source=job.source,
             created_at=job.created_at,
             cancelled_at=job.cancelled_at,
+            reuse=job.reuse,
+            group_id=job.group_id,
             progress=_progress(progress),
         )
 
@@ -201,6 +222,7 @@ def _progress(progress: Any) -> ProgressOut:
         failed=progress.failed,
         cancelled=progress.cancelled,
         pending=progress.pending,
+        reused=progress.reused,
     )
 
 
@@ -224,7 +246,8 @@ class JobOut(JobBrief):
     def of_status(cls, status: JobStatus) -> JobOut:
         brief = JobBrief.of(JobSummary(status.job, status.progress))
         progress = status.progress
-        on_workers = max(0, status.computed - progress.done)
+        # computed counts the rows workers wrote, not the reused copies
+        on_workers = max(0, status.computed + progress.reused - progress.done)
         return cls(
             **brief.model_dump(),
             params=status.job.params,
@@ -290,3 +313,39 @@ class ModelOut(_Out):
 
 class ModelList(_Out):
     data: list[ModelOut]
+
+
+# --- job groups: several tasks over the same documents ------------------------------
+
+
+class GroupTask(_Strict):
+    task: Task
+    model: ModelName
+    """The model's name, as the workers serve it (GET /api/models)."""
+    params: Params = Field(default_factory=dict)
+
+
+class GroupCreate(_Strict):
+    tasks: list[GroupTask] = Field(min_length=1, max_length=16)
+    """One job per task, each on its own queue; the results are joined per document."""
+    name: JobName | None = None
+    """Your name for the group's jobs (GET /api/jobs?name=...)."""
+    reuse: bool = False
+    """Copy the result of an earlier document with the same text, task, model and
+    parameters instead of computing it again."""
+    documents: list[DocumentItem] = Field(min_length=1)
+    """Strings, or objects with text and id."""
+
+    def documents_for_client(self) -> list[Any]:
+        return for_client(self.documents)
+
+
+class GroupOut(_Out):
+    """A job group: each task's job (its status), under the label its results take."""
+
+    id: str
+    labels: list[str]
+    """Each task's key in a joined result row, in the order of the tasks."""
+    jobs: list[JobOut]
+    state: State
+    """running until every job is finished (cancelled when one was cancelled)."""

@@ -12,6 +12,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Select,
+    case,
     delete,
     exists,
     func,
@@ -48,6 +49,8 @@ class Progress:
     cancelled: int = 0
     #: When the job was cancelled (None: it was not).
     cancelled_at: float | None = None
+    #: Documents done by copying an earlier result (counted in ``done`` too).
+    reused: int = 0
 
     @property
     def pending(self) -> int:
@@ -82,14 +85,20 @@ def create_job(
     input_digest: str | None = None,
     idempotency_key: str | None = None,
     callback_url: str | None = None,
+    reuse: bool = False,
+    group_id: str | None = None,
 ) -> None:
     """Insert the job's row; raises IntegrityError when ``idempotency_key`` already
     names a job (one made by a concurrent request with that key)."""
-    # The key is written only when there is one, so that a job without one is the
-    # same insert on a ledger of revision 0003 (tests of migrations write those).
-    keyed: dict[str, str] = {} if idempotency_key is None else {"idempotency_key": idempotency_key}
+    # Newer columns are written only when set, so that a plain job is the same
+    # insert on a ledger of an older revision (tests of migrations write those).
+    keyed: dict[str, Any] = {} if idempotency_key is None else {"idempotency_key": idempotency_key}
     if callback_url is not None:
         keyed["callback_url"] = callback_url
+    if reuse:
+        keyed["reuse"] = True
+    if group_id is not None:
+        keyed["group_id"] = group_id
     conn.execute(
         insert(Job).values(
             id=job_id,
@@ -172,6 +181,10 @@ class JobInfo:
     cancelled_at: float | None = None
     idempotency_key: str | None = None
     callback_url: str | None = None
+    #: Whether workers copy earlier results of the same text, task, model and params.
+    reuse: bool = False
+    #: The multi-task group the job belongs to (None: a job of its own).
+    group_id: str | None = None
 
 
 def get_job(conn: Connection, job_id: str) -> JobInfo | None:
@@ -234,6 +247,12 @@ def create_single_jobs(conn: Connection, jobs: Sequence[SingleJob]) -> None:
     conn.execute(insert(Item), [_item_values(job.id, job.item) for job in jobs])
 
 
+def group_jobs(conn: Connection, group_id: str) -> list[str]:
+    """The ids of the group's jobs, in the order of its tasks (their ids sort so)."""
+    query = select(Job.id).where(Job.group_id == group_id).order_by(Job.id)
+    return list(conn.execute(query).scalars())
+
+
 def job_with_key(conn: Connection, idempotency_key: str) -> JobInfo | None:
     """The job a request with this idempotency key created, or None."""
     query = select(Job.__table__).where(Job.idempotency_key == idempotency_key)
@@ -251,11 +270,32 @@ def progress(conn: Connection, job_id: str) -> Progress | None:
             select(Item.status, func.count()).where(Item.job_id == job_id).group_by(Item.status)
         ).all()
     )
-    return _progress(job.total, job.cancelled_at, counts)
+    return _progress(
+        job.total, job.cancelled_at, counts, reused_counts(conn, [job_id]).get(job_id, 0)
+    )
 
 
-def _progress(total: int | None, cancelled_at: float | None, counts: dict[str, int]) -> Progress:
+def reused_counts(conn: Connection, job_ids: Sequence[str]) -> dict[str, int]:
+    """How many documents of each job were done by copying an earlier result
+    (jobs with none are left out)."""
+    if not job_ids:
+        return {}
+    query = (
+        select(Result.job_id, func.count())
+        .where(Result.job_id.in_(list(job_ids)), Result.reused.is_(True))
+        .group_by(Result.job_id)
+    )
+    return {job_id: count for job_id, count in conn.execute(query).all()}
+
+
+def _progress(
+    total: int | None,
+    cancelled_at: float | None,
+    counts: dict[str, int],
+    reused: int = 0,
+) -> Progress:
     return Progress(
+        reused=reused,
         total=total,
         enqueued=sum(counts.values()),
         done=counts.get(DONE, 0),
@@ -320,7 +360,14 @@ def list_jobs(
             .group_by(Item.job_id, Item.status)
         ):
             counts[job_id][status] = count
-    return [JobSummary(job, _progress(job.total, job.cancelled_at, counts[job.id])) for job in jobs]
+    reused = reused_counts(conn, [job.id for job in jobs])
+    return [
+        JobSummary(
+            job,
+            _progress(job.total, job.cancelled_at, counts[job.id], reused.get(job.id, 0)),
+        )
+        for job in jobs
+    ]
 
 
 def running_groups(conn: Connection) -> set[tuple[str, str, str]]:
@@ -525,12 +572,14 @@ class Pace:
 
 
 def pace(conn: Connection, job_id: str) -> Pace:
+    """Copies of earlier results (reuse) count towards the last finish, not as computed."""
+    computed = func.sum(case((Result.reused.is_(False), 1), else_=0))
     row = conn.execute(
-        select(func.min(Result.started_at), func.max(Result.finished_at), func.count()).where(
+        select(func.min(Result.started_at), func.max(Result.finished_at), computed).where(
             Result.job_id == job_id, Result.worker_id.is_not(None)
         )
     ).one()
-    return Pace(row[0], row[1], row[2])
+    return Pace(row[0], row[1], int(row[2] or 0))
 
 
 def timing(

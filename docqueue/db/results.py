@@ -42,6 +42,13 @@ class ResultRow:
     finished_at: float | None = None
     #: Failed tries this row stands for (errors only).
     attempts: int = 0
+    #: What a later job may reuse the row by (see :class:`docqueue.db.schema.Result`).
+    task: str | None = None
+    fingerprint: str | None = None
+    params_digest: str | None = None
+    text_hash: str | None = None
+    #: Copied from an earlier result instead of computed.
+    reused: bool = False
 
 
 _RESULT_COLUMNS = (
@@ -55,6 +62,11 @@ _RESULT_COLUMNS = (
     "enqueued_at",
     "started_at",
     "finished_at",
+    "task",
+    "fingerprint",
+    "params_digest",
+    "text_hash",
+    "reused",
 )
 
 
@@ -106,6 +118,11 @@ _PG_ARRAY_TYPES = {
     "enqueued_at": "float8",
     "started_at": "float8",
     "finished_at": "float8",
+    "task": "varchar",
+    "fingerprint": "varchar",
+    "params_digest": "varchar",
+    "text_hash": "varchar",
+    "reused": "boolean",
 }
 
 #: PostgreSQL: the whole batch as one statement over column arrays.  An executemany

@@ -22,6 +22,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -60,6 +61,11 @@ class Job(Base):
     #: Where the job's summary is POSTed when it finishes (a host of
     #: ``webhook_hosts``); None: nowhere.
     callback_url: Mapped[str | None] = mapped_column(String(2048))
+    #: Workers copy a document's result from an earlier one with the same text, task,
+    #: model fingerprint and parameters instead of computing it (:mod:`docqueue.worker.reuse`).
+    reuse: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    #: The jobs of one multi-task call (the same documents, one job per task) share it.
+    group_id: Mapped[str | None] = mapped_column(String(32), index=True)
 
 
 class Item(Base):
@@ -115,11 +121,22 @@ class Result(Base):
     enqueued_at: Mapped[float | None] = mapped_column(Float)
     started_at: Mapped[float | None] = mapped_column(Float)
     finished_at: Mapped[float | None] = mapped_column(Float)
+    #: What a later job may reuse this row by (None on rows written before reuse, and
+    #: on rows refused at the door): the task, the fingerprint of the model that
+    #: made it (:mod:`docqueue.worker.fingerprint`), a digest of the validated
+    #: parameters and the document's digest (``dq_items.digest``).
+    task: Mapped[str | None] = mapped_column(String(16))
+    fingerprint: Mapped[str | None] = mapped_column(String(128))
+    params_digest: Mapped[str | None] = mapped_column(String(64))
+    text_hash: Mapped[str | None] = mapped_column(String(64))
+    #: Copied from an earlier result instead of computed.
+    reused: Mapped[bool] = mapped_column(Boolean, server_default=false())
 
     __table_args__ = (
         ForeignKeyConstraint(
             ["job_id", "seq"], ["dq_items.job_id", "dq_items.seq"], ondelete="CASCADE"
         ),
+        Index("ix_dq_results_reuse", "task", "fingerprint", "params_digest", "text_hash"),
     )
 
 

@@ -6,6 +6,7 @@ from docqueue.producer.client import (
     DocumentCancelled,
     DocumentFailed,
     EnqueueStopped,
+    JobGroup,
     JobHandle,
     JobStatus,
     JobSummary,
@@ -15,6 +16,7 @@ from docqueue.producer.client import (
     ResultHandle,
     SaveFailed,
     Submission,
+    TaskSpec,
     UnknownJob,
     UnsupportedTask,
 )
@@ -26,6 +28,7 @@ __all__ = [
     "DocumentFailed",
     "EnqueueStopped",
     "InvalidDocument",
+    "JobGroup",
     "JobHandle",
     "JobStatus",
     "JobSummary",
@@ -36,6 +39,7 @@ __all__ = [
     "ResultHandle",
     "SaveFailed",
     "Submission",
+    "TaskSpec",
     "UnknownJob",
     "UnsupportedTask",
 ]

@@ -46,6 +46,7 @@ from docqueue.producer.documents import (
     name_problem,
     storable_source,
 )
+from docqueue.producer.groups import JobGroup, TaskSpec, group_job_ids
 from docqueue.producer.overview import Overview, read_overview
 from docqueue.producer.results import check_output, csv_columns, export_row, write_rows
 from docqueue.protocol import (
@@ -430,9 +431,17 @@ class Client:
         input_digest: str | None = None,
         idempotency_key: str | None = None,
         callback_url: str | None = None,
+        reuse: bool = False,
+        group_id: str | None = None,
     ) -> JobHandle:
         """Queue a stream of documents as one job, in chunks, without holding the stream
         in memory.  Pauses while the model's queue is full (back-pressure).
+
+        With ``reuse``, a document whose text, task, model fingerprint and parameters
+        already have a successful result gets a copy of it instead of being computed
+        (counted in ``progress().reused``); the worker decides, since only it knows
+        the fingerprint of its model.  ``group_id`` ties the job to the others of a
+        multi-task call (:meth:`submit_tasks`).
 
         Documents may be strings, (id, text) pairs, mappings with "text" and "id", or
         :class:`~docqueue.producer.documents.Record`.  Ones that cannot run get error
@@ -472,6 +481,8 @@ class Client:
                 input_digest=input_digest,
                 idempotency_key=idempotency_key,
                 callback_url=callback_url,
+                reuse=reuse,
+                group_id=group_id,
             )
 
         earlier = self._create_once(idempotency_key, input_digest, "bulk", create)
@@ -484,6 +495,85 @@ class Client:
         handle = JobHandle(self, new_id)
         handle.rejected = self._add(new_id, task, model, params, documents, 0, chunk_size)
         return handle
+
+    def submit_tasks(
+        self,
+        documents: Iterable[Any],
+        tasks: Sequence[TaskSpec],
+        *,
+        source: str | None = None,
+        chunk_size: int | None = None,
+        name: str | None = None,
+        reuse: bool = False,
+        group_id: str | None = None,
+    ) -> JobGroup:
+        """Several tasks over the same stream of documents, in one pass: one job per
+        task (each on its own queue), all named ``name`` and tied by a group id;
+        :class:`~docqueue.producer.groups.JobGroup` joins their results per
+        document.  Each chunk is saved and published to every job before the next
+        is read, so the stream is read once and never held whole.  ``group_id`` (32
+        hex digits) lets the caller know the group's id before its jobs exist.
+        Raises what :meth:`submit_many` raises."""
+        if not tasks:
+            raise InvalidParams("no tasks: name at least one")
+        if problem := name_problem(name):
+            raise InvalidParams(problem)
+        specs = [
+            TaskSpec(t.task, t.model, self._validate(t.task, t.model, t.params)) for t in tasks
+        ]
+        group_id = group_id or uuid.uuid4().hex
+        ids = group_job_ids(group_id, len(specs))
+        with self.db.begin() as conn:
+            for job_id, spec in zip(ids, specs, strict=True):
+                ledger.create_job(
+                    conn,
+                    job_id,
+                    task=spec.task,
+                    model=spec.model,
+                    params=spec.params,
+                    lane="bulk",
+                    source=storable_source(source),
+                    name=name,
+                    reuse=reuse,
+                    group_id=group_id,
+                )
+        size = chunk_size or self.settings.chunk_size
+        handles = [JobHandle(self, job_id) for job_id in ids]
+        seq, open_jobs = 0, list(zip(handles, specs, strict=True))
+        stream = iter(documents)
+        while open_jobs and (chunk := list(itertools.islice(stream, size))):
+            for handle, spec in list(open_jobs):
+                if self._add_chunk(handle, spec, chunk, seq):
+                    open_jobs.remove((handle, spec))  # cancelled: it takes no more
+            seq += len(chunk)
+        with self.db.begin() as conn:
+            for job_id in ids:
+                ledger.close_job(conn, job_id, seq)
+        return JobGroup(self, group_id, handles)
+
+    def _add_chunk(self, job: JobHandle, spec: TaskSpec, chunk: list[Any], seq: int) -> bool:
+        """Save and publish one chunk to one job of a group (counting the documents
+        refused at the door in ``job.rejected``); True when the job was cancelled."""
+        try:
+            wire, cancelled = self._save(job.id, spec.task, chunk, seq)
+        except SQLAlchemyError as exc:
+            raise SaveFailed(job.id, seq, seq, exc) from exc
+        job.rejected += len(chunk) - len(wire)
+        if wire and not cancelled:
+            try:
+                self._wait_for_room(queue_name(spec.task, spec.model, "bulk"))
+                self._publish(job.id, spec.task, spec.model, spec.params, "bulk", wire)
+            except PUBLISH_ERRORS as exc:
+                raise PublishFailed(job.id, seq + len(chunk), seq, exc) from exc
+        return cancelled
+
+    def group(self, group_id: str) -> JobGroup:
+        """The jobs of a multi-task call; raises :class:`UnknownJob` when there are none."""
+        with self.db.connect() as conn:
+            ids = ledger.group_jobs(conn, group_id)
+        if not ids:
+            raise UnknownJob(group_id)
+        return JobGroup(self, group_id, [JobHandle(self, job_id) for job_id in ids])
 
     def _add(
         self,

@@ -29,11 +29,19 @@ from docqueue.config import Settings
 from docqueue.db.results import ResultRow
 from docqueue.errors import one_line
 from docqueue.params import InvalidParams, validate_params
-from docqueue.protocol import BatchMessage, Document, document_problem, document_size, params_key
+from docqueue.protocol import (
+    BatchMessage,
+    Document,
+    document_digest,
+    document_problem,
+    document_size,
+    params_key,
+)
 from docqueue.worker.batcher import Shape
 from docqueue.worker.delivery import Delivery, InvalidMessage, ack
 from docqueue.worker.groups import Groups
 from docqueue.worker.ledger import JobStates, document_disagreement
+from docqueue.worker.reuse import Hashed, split_reusable
 from docqueue.worker.runners import Features, Runner
 from docqueue.worker.store import StoreUnavailable
 from docqueue.worker.work import Envelope, GroupKey, WorkItem, error_row
@@ -57,10 +65,12 @@ class Admitted:
 
     #: Tokenized documents for the buffer: (group, its batch shape, documents).
     work: list[tuple[GroupKey, Shape, list[WorkItem]]] = field(default_factory=list)
-    #: Rows decided without the model.
+    #: Rows decided without the model: refusals, and copies of earlier results.
     rejected: list[tuple[ResultRow, Envelope]] = field(default_factory=list)
     #: Documents in the deliveries admitted (each becomes work or a rejected row).
     documents: int = 0
+    #: Of the rejected rows, copies of earlier results (:mod:`.reuse`).
+    reused: int = 0
     #: Deliveries whose job this worker's database does not hold, by job.
     unknown: dict[str, list[Delivery]] = field(default_factory=dict)
 
@@ -105,7 +115,13 @@ class Admission:
                     group_params[key] = params
                     pending[key].append((seq, doc, envelope))
         for key, docs in pending.items():
-            self._tokenize(key, group_params[key], docs, admitted)
+            hashed = [(seq, doc, env, document_digest(doc)) for seq, doc, env in docs]
+            runner = self.runners[key[1]][key[2]]
+            split = split_reusable(self.jobs, runner, key, hashed, self.worker_id)
+            admitted.rejected.extend(split.copied)
+            admitted.reused += len(split.copied)
+            if split.to_compute:
+                self._tokenize(key, group_params[key], split.to_compute, admitted)
         return admitted
 
     def _agreeing(
@@ -217,19 +233,21 @@ class Admission:
         return None
 
     def _tokenize(
-        self, key: GroupKey, params: dict[str, Any], docs: list[Pending], admitted: Admitted
+        self, key: GroupKey, params: dict[str, Any], docs: list[Hashed], admitted: Admitted
     ) -> None:
         lane, model, task, _ = key
         runner = self.runners[model][task]
-        features = self._preprocess(runner, [doc for _, doc, _ in docs], params)
+        features = self._preprocess(runner, [doc for _, doc, _, _ in docs], params)
         now = time.monotonic()
         work = []
-        for (seq, _, envelope), feature in zip(docs, features, strict=True):
+        for (seq, _, envelope, text_hash), feature in zip(docs, features, strict=True):
             if isinstance(feature, str):
                 row = error_row(envelope, seq, feature, self.worker_id)
                 admitted.rejected.append((row, envelope))
             else:
-                work.append(WorkItem(envelope.job, seq, feature, envelope, now))
+                work.append(
+                    WorkItem(envelope.job, seq, feature, envelope, now, text_hash=text_hash)
+                )
         if work:
             self.groups.enter(key, params, len(work))
             admitted.work.append((key, self.groups.shape(key, runner), work))

@@ -28,6 +28,7 @@ from typing import Any, Literal, Protocol
 from sqlalchemy import Connection, Engine, and_, case, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from docqueue.db.reuse import Reusable, ReuseKey, find_reusable
 from docqueue.db.schema import Item, Job, Tombstone
 from docqueue.errors import one_line
 from docqueue.params import InvalidParams, validate_params
@@ -59,6 +60,8 @@ class JobRecord:
     #: The job's parameters in canonical form (:func:`canonical_params`).
     params: str | None = None
     lane: str | None = None
+    #: The job copies earlier results of the same text, task, model and parameters.
+    reuse: bool = False
 
     def disagreement(self, batch: BatchMessage) -> str | None:
         """Why ``batch`` cannot be a message of this job, or None."""
@@ -142,6 +145,10 @@ class Ledger(Protocol):
         the database does not hold are left out.  None: this ledger holds no
         documents to compare with.  Raises :class:`StoreUnavailable`."""
 
+    def reusable(self, key: ReuseKey, text_hashes: Collection[str]) -> dict[str, Reusable]:
+        """Earlier successes to copy, by text hash (:func:`docqueue.db.reuse.find_reusable`).
+        Raises :class:`StoreUnavailable`."""
+
 
 class SqlLedger:
     def __init__(self, db: Engine) -> None:
@@ -149,7 +156,7 @@ class SqlLedger:
 
     def states(self, job_ids: Collection[str]) -> dict[str, JobRecord]:
         ids = list(job_ids)
-        columns = (Job.id, Job.cancelled_at, Job.task, Job.model, Job.params, Job.lane)
+        columns = (Job.id, Job.cancelled_at, Job.task, Job.model, Job.params, Job.lane, Job.reuse)
         try:
             with self.db.connect() as conn:
                 jobs = conn.execute(select(*columns).where(Job.id.in_(ids))).all()
@@ -172,6 +179,7 @@ class SqlLedger:
                 model=sys.intern(job.model),
                 params=sys.intern(canonical_params(job.task, job.params or {})),
                 lane=sys.intern(job.lane),
+                reuse=bool(job.reuse),
             )
         return found
 
@@ -199,6 +207,13 @@ class SqlLedger:
         except SQLAlchemyError as exc:
             raise StoreUnavailable(one_line(exc)) from exc
         return found
+
+    def reusable(self, key: ReuseKey, text_hashes: Collection[str]) -> dict[str, Reusable]:
+        try:
+            with self.db.connect() as conn:
+                return find_reusable(conn, key, text_hashes)
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(one_line(exc)) from exc
 
 
 #: (jobs, sequence numbers): every job listed has all these sequence numbers wanted.
@@ -255,6 +270,9 @@ class OpenLedger:
     ) -> dict[DocumentKey, StoredDocument] | None:
         return None
 
+    def reusable(self, key: ReuseKey, text_hashes: Collection[str]) -> dict[str, Reusable]:
+        return {}
+
 
 class JobStates:
     """This worker's view of the jobs it has work for (used by the intake thread,
@@ -288,6 +306,11 @@ class JobStates:
         """The stored form of the wanted documents (one query; see
         :meth:`Ledger.documents`).  Raises :class:`StoreUnavailable`."""
         return self.ledger.documents(wanted) if wanted else {}
+
+    def reusable(self, key: ReuseKey, text_hashes: Collection[str]) -> dict[str, Reusable]:
+        """Earlier successes to copy, by text hash (:meth:`Ledger.reusable`).
+        Raises :class:`StoreUnavailable`."""
+        return self.ledger.reusable(key, text_hashes) if text_hashes else {}
 
     def poll(self) -> set[str]:
         """Learn which jobs ended since the last poll (at most every poll_interval);

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from docqueue.config import Settings
 from docqueue.errors import one_line
 from docqueue.tasks import CAUSAL_LM, CLASSIFIER, ENCODER, SEQ2SEQ, TASKS_BY_FAMILY, Family, Task
+from docqueue.worker.fingerprint import model_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class LoadedModel:
     device: Any
     #: Longest input in tokens (special tokens included).
     max_length: int
+    #: What results record of the model that made them (:mod:`.fingerprint`).
+    fingerprint: str = ""
 
     @property
     def tasks(self) -> tuple[Task, ...]:
@@ -210,6 +213,7 @@ def load_model(name: str, source: str, settings: Settings) -> LoadedModel:
         tokenizer=tokenizer,
         device=device,
         max_length=_max_length(source, config, tokenizer),
+        fingerprint=model_fingerprint(source, config, dtype),
     )
     log.info(
         "model %s loaded from %s: %s, tasks %s, %s on %s, inputs up to %d tokens",

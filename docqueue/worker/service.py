@@ -80,7 +80,11 @@ def run_worker(settings: Settings, redis_url: str, loglevel: str = "INFO") -> in
             "pid": os.getpid(),
             "device": device,
             "models": {
-                name: {"source": m.source, "tasks": list(runners[name])}
+                name: {
+                    "source": m.source,
+                    "tasks": list(runners[name]),
+                    "fingerprint": m.fingerprint,
+                }
                 for name, m in loaded.items()
             },
             "started_at": time.time(),

@@ -47,6 +47,9 @@ class WorkItem:
     envelope: Envelope
     arrived: float
     failures: int = 0
+    #: :func:`docqueue.protocol.document_digest` of the document (what a later job
+    #: reuses its result by); None when the engine runs offline.
+    text_hash: str | None = None
 
     @property
     def length(self) -> int:

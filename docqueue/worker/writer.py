@@ -20,6 +20,7 @@ from docqueue.logs import jobs_extra
 from docqueue.worker.delivery import Delivery, ack
 from docqueue.worker.groups import Groups
 from docqueue.worker.metrics import WorkerMetrics
+from docqueue.worker.reuse import reuse_key
 from docqueue.worker.runners import Runner
 from docqueue.worker.store import ResultStore, StoreUnavailable
 from docqueue.worker.work import Computed, Dropped, Envelope, Rejected, error_row
@@ -141,6 +142,7 @@ class Writer:
         _, model, task, _ = computed.key
         runner = self.runners[model][task]
         computed_jobs = (i.job for i in items)
+        rkey = reuse_key(runner, computed.key)
         try:
             if computed.ready is not None:
                 computed.ready.synchronize()
@@ -169,6 +171,10 @@ class Writer:
                     enqueued_at=i.envelope.enqueued_at,
                     started_at=computed.started_at,
                     finished_at=computed.finished_at,
+                    task=task,
+                    fingerprint=None if rkey is None else rkey.fingerprint,
+                    params_digest=None if rkey is None else rkey.params_digest,
+                    text_hash=i.text_hash,
                 ),
                 i.envelope,
             )

@@ -3,14 +3,14 @@ a model no worker has served, is kept as OpenAI keeps it (status ``failed``, wit
 its ``errors``) and has no job, so its ``job_id`` may be null.
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0009"
-down_revision = "0007"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
