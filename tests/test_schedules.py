@@ -431,9 +431,12 @@ def test_a_directory_schedule_reads_new_and_changed_files_only(
     (inbox / "b.jsonl").write_text('{"id": "x", "text": "thanks a lot"}\n')
     (inbox / "a.jsonl").write_text('{"id": "1", "text": "refund my invoice now"}\n')
     assert run_schedule(client, schedule, LEASE).documents == 2  # b is new, a changed
+    (inbox / "c.jsonl").write_text('{"id": "y", "text": "thanks a lot"}\n')
+    copied = run_schedule(client, schedule, LEASE)  # the text b.jsonl had: reused
+    assert (copied.documents, copied.reused) == (1, 1)
     with client.db.connect() as conn:
         keys = sorted(conn.execute(text("SELECT key FROM inbox_labels")).scalars())
-    assert keys == ["a.jsonl:1", "a.jsonl:2", "b.jsonl:x"]
+    assert keys == ["a.jsonl:1", "a.jsonl:2", "b.jsonl:x", "c.jsonl:y"]
 
 
 def beat(settings, config: Path, tmp_path: Path, name: str) -> subprocess.Popen:

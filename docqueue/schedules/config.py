@@ -139,6 +139,9 @@ class Schedule(_Strict):
     tasks: list[TaskSpec]
     source: DirectorySource | TableSource = Field(discriminator="kind")
     into: WriteBack
+    #: Copy the result of a document whose text, task, model fingerprint and parameters
+    #: were computed before (an unchanged row), instead of computing it again.
+    reuse: bool = True
     #: Longest a run waits for its jobs before it counts as failed.
     timeout: float = Field(3600.0, gt=0)
 

@@ -137,7 +137,7 @@ def _submit_wait_write(
     resume: bool,
 ) -> None:
     jobs = [
-        _start(client, spec, job_id, new, schedule.name, resume)
+        _start(client, spec, job_id, new, schedule, resume)
         for spec, job_id in zip(schedule.tasks, job_ids, strict=True)
     ]
     for job in jobs:
@@ -147,11 +147,16 @@ def _submit_wait_write(
     for job in jobs:
         progress = job.progress()
         counts.failed += progress.failed
-        counts.reused += getattr(progress, "reused", 0)
+        counts.reused += progress.reused
 
 
 def _start(
-    client: Client, spec: Any, job_id: str, new: sources.NewDocuments, name: str, resume: bool
+    client: Client,
+    spec: Any,
+    job_id: str,
+    new: sources.NewDocuments,
+    schedule: Schedule,
+    resume: bool,
 ) -> JobHandle:
     if resume:
         try:
@@ -165,7 +170,8 @@ def _start(
         model=spec.model,
         params=spec.params,
         job_id=job_id,
-        name=f"schedule:{name}",
+        name=f"schedule:{schedule.name}",
+        reuse=schedule.reuse,
     )
 
 
