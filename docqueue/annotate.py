@@ -15,11 +15,11 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 from rich.console import Console
@@ -29,12 +29,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from docqueue.config import Settings, redact
 from docqueue.errors import ExitCode, one_line
 from docqueue.launcher import LocalWorkers, device_problem, pick_devices, serve_redis
-from docqueue.producer.client import Client, JobHandle, UnknownJob
-from docqueue.producer.client import Progress as JobProgress
+from docqueue.producer.documents import Record
 from docqueue.producer.readers import input_digest, read_documents
 from docqueue.producer.results import OutputError, check_output
+from docqueue.protocol import done_channel
 from docqueue.tasks import TASKS_BY_FAMILY, cannot_do
-from docqueue.worker.models import ModelUnavailable, family_of, locate
+from docqueue.worker.models import ModelUnavailable, family_of, family_on_disk, locate
+
+if TYPE_CHECKING:  # imported once the worker is starting (1 s on a small CPU)
+    from docqueue.producer.client import Client, JobHandle
+    from docqueue.producer.client import Progress as JobProgress
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True)
@@ -97,34 +101,15 @@ def annotate(
     except ModelUnavailable as exc:
         raise AnnotateError(str(exc)) from None
     check_task(source, task, settings, local_only=local)
+    ids = (text_field, id_field)
     with (
         tempfile.TemporaryDirectory(prefix="docqueue-annotate-") as tmp,
         Board("connecting to Redis" if settings.redis() else "starting Redis") as board,
         serve_redis(settings, Path(tmp)) as redis_url,
     ):
-        client = Client(settings, redis_url=redis_url)
-        if client.db.url.get_backend_name() == "sqlite":
-            client.prune()  # the embedded ledger keeps retention_days, not everything
-        digest = None
-        if job_name:
-            digest = input_digest(path, task, name, params, text_field, id_field)
-        job_id = _earlier_job(client, job_name, digest)
-        start: Callable[[], object]
-        if job_id is not None:
-            start = partial(client.resume, job_id, documents=documents)
-        else:
-            job_id = uuid.uuid4().hex
-            start = partial(
-                client.submit_many,
-                documents,
-                task=task,
-                model=name,
-                params=params,
-                source=str(path.absolute()),
-                job_id=job_id,
-                name=job_name,
-                input_digest=digest,
-            )
+        # The worker starts first: its imports and model load are most of a small
+        # run, and they overlap with everything this process does until the first
+        # document is queued (opening the ledger, reading and enqueueing the file).
         devices = pick_devices(device)
         board.phase(f"loading model {source} on {', '.join(devices)}")
         workers = LocalWorkers(
@@ -133,7 +118,12 @@ def annotate(
             devices,
             log_dir=Path(tmp),
         )
+        client = None
         try:
+            from docqueue.producer.client import Client, JobHandle
+
+            client = Client(settings, redis_url=redis_url)
+            job_id, start = _prepare(client, path, documents, task, name, params, job_name, ids)
             final = _run(
                 workers,
                 JobHandle(client, job_id),
@@ -141,47 +131,104 @@ def annotate(
                 board,
                 ready=lambda: bool(client.coverage(name, task).doing),
             )
+            # The worker winds down while the results are written.
+            workers.request_stop()
+            return _finish(client, job_id, final, path, out, board, settings, started)
         finally:
             workers.stop(settings.shutdown_grace)
-        job = client.job(job_id)
-        if final.total and final.failed == final.total and job.status().computed == 0:
-            first = next(job.results())
-            raise AnnotateError(
-                f"{path}: all {final.total} documents were refused ({first['error']})",
-                ExitCode.USAGE,
-            )
-        errors: list[dict[str, Any]] = []
+            if client is not None:
+                client.close()
 
-        def keep(row: dict[str, Any]) -> None:
-            if row["status"] == "failed" and len(errors) < 5:
-                errors.append(row)
 
-        board.phase(f"writing {out}")
-        try:
-            written = job.export(out, on_row=keep)
-        except (OSError, OutputError) as exc:
-            raise AnnotateError(
-                f"could not write {out} ({one_line(exc)}); the results are kept as job "
-                f"{job_id} in {redact(settings.database())}: run "
-                f"`docqueue export {job_id} --out {out}`"
-            ) from None
-        finally:
-            client.close()
+def _prepare(
+    client: Client,
+    path: Path,
+    documents: Iterator[Record],
+    task: str,
+    name: str,
+    params: dict[str, Any],
+    job_name: str | None,
+    fields: tuple[str, str | None],
+) -> tuple[str, Callable[[], object]]:
+    """The job to run (a new one, or the earlier one of that name to resume) and
+    the call that enqueues its documents."""
+    if client.db.url.get_backend_name() == "sqlite":
+        client.prune()  # the embedded ledger keeps retention_days, not everything
+    digest = None
+    if job_name:
+        digest = input_digest(path, task, name, params, *fields)
+    job_id = _earlier_job(client, job_name, digest)
+    if job_id is not None:
+        return job_id, partial(client.resume, job_id, documents=documents)
+    job_id = uuid.uuid4().hex
+    return job_id, partial(
+        client.submit_many,
+        documents,
+        task=task,
+        model=name,
+        params=params,
+        source=str(path.absolute()),
+        job_id=job_id,
+        name=job_name,
+        input_digest=digest,
+    )
+
+
+def _finish(
+    client: Client,
+    job_id: str,
+    final: JobProgress,
+    path: Path,
+    out: Path,
+    board: Board,
+    settings: Settings,
+    started: float,
+) -> Summary:
+    """Write the results of the finished job to ``out``."""
+    job = client.job(job_id)
+    if final.total and final.failed == final.total and job.status().computed == 0:
+        first = next(job.results())
+        raise AnnotateError(
+            f"{path}: all {final.total} documents were refused ({first['error']})",
+            ExitCode.USAGE,
+        )
+    errors: list[dict[str, Any]] = []
+
+    def keep(row: dict[str, Any]) -> None:
+        if row["status"] == "failed" and len(errors) < 5:
+            errors.append(row)
+
+    board.phase(f"writing {out}")
+    try:
+        written = job.export(out, on_row=keep)
+    except (OSError, OutputError) as exc:
+        raise AnnotateError(
+            f"could not write {out} ({one_line(exc)}); the results are kept as job "
+            f"{job_id} in {redact(settings.database())}: run "
+            f"`docqueue export {job_id} --out {out}`"
+        ) from None
     return Summary(job_id, final, time.monotonic() - started, written, errors)
 
 
 def check_task(source: str, task: str, settings: Settings, *, local_only: bool) -> None:
     """Refuse a task the model's family cannot do (a GPT-2 asked to summarize),
-    naming the tasks it can do, before anything is started."""
-    from transformers import AutoConfig
+    naming the tasks it can do, before anything is started.  A local model's
+    config.json usually answers without importing transformers (2 s that would
+    compete with the worker's start for the CPU)."""
+    family = family_on_disk(source)
+    if family is None:
+        from transformers import AutoConfig
 
-    try:
-        config = AutoConfig.from_pretrained(
-            source, trust_remote_code=settings.trust_remote_code, local_files_only=local_only
-        )
-    except (OSError, ValueError) as exc:
-        raise AnnotateError(f"model {source}: cannot read its config ({one_line(exc)})") from None
-    tasks = TASKS_BY_FAMILY[family_of(config)]
+        try:
+            config = AutoConfig.from_pretrained(
+                source, trust_remote_code=settings.trust_remote_code, local_files_only=local_only
+            )
+        except (OSError, ValueError) as exc:
+            raise AnnotateError(
+                f"model {source}: cannot read its config ({one_line(exc)})"
+            ) from None
+        family = family_of(config)
+    tasks = TASKS_BY_FAMILY[family]
     if task not in tasks:
         raise AnnotateError(cannot_do(source, task, tasks), ExitCode.USAGE)
 
@@ -256,7 +303,24 @@ def _run(
     ready: Callable[[], bool],
 ) -> JobProgress:
     """Enqueue on a thread (``start``) and show progress until the job finishes.
-    ``ready`` says whether a worker is up (the board then says "annotating")."""
+    ``ready`` says whether a worker is up (the board then says "annotating").
+    The worker publishes on the job's channel after each commit: the progress is
+    read again at once then, and at least every quarter second."""
+    with job.client.redis.pubsub(ignore_subscribe_messages=True) as commits:
+        commits.subscribe(done_channel(job.id))
+        return _follow(workers, job, start, board, ready, commits)
+
+
+def _follow(
+    workers: LocalWorkers,
+    job: JobHandle,
+    start: Callable[[], object],
+    board: Board,
+    ready: Callable[[], bool],
+    commits: Any,
+) -> JobProgress:
+    from docqueue.producer.client import UnknownJob
+
     failed: list[BaseException] = []
 
     def enqueue() -> None:
@@ -297,4 +361,6 @@ def _run(
             return current
         if workers.all_exited():
             raise AnnotateError(f"worker stopped: {workers.failure()}")
-        time.sleep(0.25)
+        if commits.get_message(timeout=0.25) is not None:
+            while commits.get_message(timeout=0) is not None:
+                pass  # several commits since: one read covers them
