@@ -11,7 +11,6 @@ import sys
 
 import pytest
 
-from docqueue.launcher import nvidia_driver_present
 from docqueue.tasks import CAUSAL_LM, CLASSIFIER, ENCODER, SEQ2SEQ
 from docqueue.worker.models import family_of, family_on_disk, packaged_embedding_model
 
