@@ -128,12 +128,13 @@ def test_bench_generative_arms(tmp_path: Path) -> None:
         assert set(ratios(part)) == {"c/sorted", "b/a"}, part
 
 
+@pytest.mark.timeout(1200)  # four cold processes, 10 s each here, minutes on a loaded machine
 @pytest.mark.parametrize("task", ["classify", "embed", "summarize", "generate"])
 def test_bench_whole_process_times_the_plain_script_and_annotate(tmp_path: Path, task: str):
     """Both whole-process arms at one document and a three-document file, one
     round: every cell a positive number, each ratio the quotient of its cells."""
     argv = ["-m", "docqueue", "bench", "--whole-process", "--task", task]
-    report = run(tmp_path, *argv, "--docs", "3", "--rounds", "1", timeout=600)
+    report = run(tmp_path, *argv, "--docs", "3", "--rounds", "1", timeout=1200)
     assert f"docqueue bench --whole-process: {task}" in report, report
     rows = [line for line in report.splitlines() if re.match(r"\| [\d,]+ \|", line)]
     assert [row.split("|")[1].strip() for row in rows] == ["1", "3"], report
