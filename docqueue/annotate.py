@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 from rich.console import Console
@@ -28,17 +28,18 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from docqueue.config import Settings, redact
-from docqueue.db import webhooks
 from docqueue.errors import ExitCode, one_line
 from docqueue.launcher import LocalWorkers, device_problem, pick_devices, serve_redis
-from docqueue.producer.client import Client, JobHandle, UnknownJob
-from docqueue.producer.client import Progress as JobProgress
-from docqueue.producer.groups import JobGroup, TaskSpec, group_job_ids
 from docqueue.producer.readers import input_digest, read_documents
 from docqueue.producer.results import OutputError, check_output
+from docqueue.protocol import done_channel
 from docqueue.tasks import TASKS_BY_FAMILY, cannot_do
-from docqueue.webhooks import Sender, check_callback_url
-from docqueue.worker.models import ModelUnavailable, family_of, locate
+from docqueue.worker.models import ModelUnavailable, family_of, family_on_disk, locate
+
+if TYPE_CHECKING:  # imported once the worker is starting (1 s on a small CPU)
+    from docqueue.producer.client import Client, JobHandle
+    from docqueue.producer.client import Progress as JobProgress
+    from docqueue.producer.groups import JobGroup
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True)
@@ -147,6 +148,8 @@ def annotate_tasks(
         )
     # Everything that can be checked here is checked before anything starts.
     if callback_url is not None:
+        from docqueue.webhooks import check_callback_url
+
         check_callback_url(callback_url, settings)
     documents = read_documents(path, text_field=text_field, id_field=id_field)
     if len(runs) > 1 and out.suffix.lower() not in (".jsonl", ".csv"):
@@ -169,42 +172,15 @@ def annotate_tasks(
         except ModelUnavailable as exc:
             raise AnnotateError(str(exc)) from None
         check_task(run.source, run.task, settings, local_only=local)
+    fields = (text_field, id_field)
     with (
         tempfile.TemporaryDirectory(prefix="docqueue-annotate-") as tmp,
         Board("connecting to Redis" if settings.redis() else "starting Redis") as board,
         serve_redis(settings, Path(tmp)) as redis_url,
     ):
-        client = Client(settings, redis_url=redis_url)
-        if client.db.url.get_backend_name() == "sqlite":
-            client.prune()  # the embedded ledger keeps retention_days, not everything
-        watched: JobHandle | GroupWatch
-        start: Callable[[], object]
-        if len(runs) == 1:
-            run = runs[0]
-            watched, start = _single(
-                client,
-                path,
-                run,
-                names[run.source],
-                documents,
-                job_name,
-                reuse,
-                text_field,
-                id_field,
-                callback_url,
-            )
-        else:
-            specs = [TaskSpec(r.task, names[r.source], r.params) for r in runs]
-            group_id = uuid.uuid4().hex
-            watched = GroupWatch(client, group_id, len(specs))
-            start = partial(
-                client.submit_tasks,
-                documents,
-                specs,
-                source=str(path.absolute()),
-                reuse=reuse,
-                group_id=group_id,
-            )
+        # The worker starts first: its imports and model load are most of a small
+        # run, and they overlap with everything this process does until the first
+        # document is queued (opening the ledger, reading and enqueueing the file).
         devices = pick_devices(device)
         board.phase(f"loading {', '.join(names)} on {', '.join(devices)}")
         workers = LocalWorkers(
@@ -213,24 +189,68 @@ def annotate_tasks(
             devices,
             log_dir=Path(tmp),
         )
+        client: Client | None = None
         try:
+            from docqueue.producer.client import Client
+
+            client = Client(settings, redis_url=redis_url)
+            if client.db.url.get_backend_name() == "sqlite":
+                client.prune()  # the embedded ledger keeps retention_days, not everything
+            watched, start = _jobs(
+                client, path, runs, names, documents, job_name, reuse, callback_url, fields
+            )
+            coverage = client.coverage
             final = _run(
                 workers,
+                client,
                 watched,
                 start,
                 board,
-                ready=lambda: all(client.coverage(names[r.source], r.task).doing for r in runs),
+                ready=lambda: all(coverage(names[r.source], r.task).doing for r in runs),
             )
-        finally:
-            workers.stop(settings.shutdown_grace)
-        try:
+            # The workers wind down while the results are written.
+            workers.request_stop()
             if len(runs) == 1:
                 job = client.job(watched.id)
-                fields = (text_field, id_field)
                 return _write_job(client, path, job, final, out, board, started, *fields)
             return _write_group(client, client.group(watched.id), final, out, board, started)
         finally:
-            client.close()
+            workers.stop(settings.shutdown_grace)
+            if client is not None:
+                client.close()
+
+
+def _jobs(
+    client: Client,
+    path: Path,
+    runs: list[TaskRun],
+    names: dict[str, str],
+    documents: Any,
+    job_name: str | None,
+    reuse: bool,
+    callback_url: str | None,
+    fields: tuple[str, str | None],
+) -> tuple[JobHandle | GroupWatch, Callable[[], object]]:
+    """What the progress bar follows (the job, or the group of one job per task) and
+    the call that enqueues the documents."""
+    if len(runs) == 1:
+        run = runs[0]
+        return _single(
+            client, path, run, names[run.source], documents, job_name, reuse, *fields, callback_url
+        )
+    from docqueue.producer.groups import TaskSpec
+
+    specs = [TaskSpec(r.task, names[r.source], r.params) for r in runs]
+    group_id = uuid.uuid4().hex
+    start = partial(
+        client.submit_tasks,
+        documents,
+        specs,
+        source=str(path.absolute()),
+        reuse=reuse,
+        group_id=group_id,
+    )
+    return GroupWatch(client, group_id, len(specs)), start
 
 
 def _single(
@@ -247,6 +267,8 @@ def _single(
 ) -> tuple[JobHandle, Callable[[], object]]:
     """The job of a one-task run (an earlier one of the same name resumed), and what
     enqueues it."""
+    from docqueue.producer.client import JobHandle
+
     digest = None
     if job_name:
         digest = input_digest(path, run.task, name, run.params, text_field, id_field)
@@ -308,6 +330,9 @@ def _write_job(
 def _webhook_outcome(client: Client, job_id: str) -> str | None:
     """The job's webhook, attempted here if its workers stopped before they sent
     it (annotate runs nothing after it returns): one line saying what happened."""
+    from docqueue.db import webhooks
+    from docqueue.webhooks import Sender
+
     with client.db.connect() as conn:
         state = webhooks.of_job(conn, job_id)
     if state is not None and state.delivered_at is None and state.failed_at is None:
@@ -328,6 +353,8 @@ def _write_group(
     client: Client, group: JobGroup, final: JobProgress, out: Path, board: Board, started: float
 ) -> Summary:
     """Write the joined rows; the summary counts documents (done: every task done)."""
+    from docqueue.producer.client import Progress as JobProgress
+
     errors: list[dict[str, Any]] = []
     states: Counter[str] = Counter()
 
@@ -370,10 +397,15 @@ class GroupWatch:
     over its tasks' jobs (documents x tasks)."""
 
     def __init__(self, client: Client, group_id: str, tasks: int) -> None:
+        from docqueue.producer.client import JobHandle
+        from docqueue.producer.groups import group_job_ids
+
         self.id = group_id
         self.jobs = [JobHandle(client, job_id) for job_id in group_job_ids(group_id, tasks)]
 
     def progress(self) -> JobProgress:
+        from docqueue.producer.client import Progress as JobProgress
+
         each = [job.progress() for job in self.jobs]  # UnknownJob until they are created
         totals = [p.total for p in each]
         return JobProgress(
@@ -388,16 +420,23 @@ class GroupWatch:
 
 def check_task(source: str, task: str, settings: Settings, *, local_only: bool) -> None:
     """Refuse a task the model's family cannot do (a GPT-2 asked to summarize),
-    naming the tasks it can do, before anything is started."""
-    from transformers import AutoConfig
+    naming the tasks it can do, before anything is started.  A local model's
+    config.json usually answers without importing transformers (2 s that would
+    compete with the worker's start for the CPU)."""
+    family = family_on_disk(source)
+    if family is None:
+        from transformers import AutoConfig
 
-    try:
-        config = AutoConfig.from_pretrained(
-            source, trust_remote_code=settings.trust_remote_code, local_files_only=local_only
-        )
-    except (OSError, ValueError) as exc:
-        raise AnnotateError(f"model {source}: cannot read its config ({one_line(exc)})") from None
-    tasks = TASKS_BY_FAMILY[family_of(config)]
+        try:
+            config = AutoConfig.from_pretrained(
+                source, trust_remote_code=settings.trust_remote_code, local_files_only=local_only
+            )
+        except (OSError, ValueError) as exc:
+            raise AnnotateError(
+                f"model {source}: cannot read its config ({one_line(exc)})"
+            ) from None
+        family = family_of(config)
+    tasks = TASKS_BY_FAMILY[family]
     if task not in tasks:
         raise AnnotateError(cannot_do(source, task, tasks), ExitCode.USAGE)
 
@@ -466,13 +505,32 @@ def _earlier_job(client: Client, job_name: str | None, digest: str | None) -> st
 
 def _run(
     workers: LocalWorkers,
+    client: Client,
     job: JobHandle | GroupWatch,
     start: Callable[[], object],
     board: Board,
     ready: Callable[[], bool],
 ) -> JobProgress:
     """Enqueue on a thread (``start``) and show progress until the job finishes.
-    ``ready`` says whether a worker is up (the board then says "annotating")."""
+    ``ready`` says whether a worker is up (the board then says "annotating").
+    Workers publish on a job's channel after each commit: the progress is read
+    again at once then, and at least every quarter second."""
+    jobs = job.jobs if isinstance(job, GroupWatch) else [job]
+    with client.redis.pubsub(ignore_subscribe_messages=True) as commits:
+        commits.subscribe(*(done_channel(j.id) for j in jobs))
+        return _follow(workers, job, start, board, ready, commits)
+
+
+def _follow(
+    workers: LocalWorkers,
+    job: JobHandle | GroupWatch,
+    start: Callable[[], object],
+    board: Board,
+    ready: Callable[[], bool],
+    commits: Any,
+) -> JobProgress:
+    from docqueue.producer.client import UnknownJob
+
     failed: list[BaseException] = []
 
     def enqueue() -> None:
@@ -513,4 +571,6 @@ def _run(
             return current
         if workers.all_exited():
             raise AnnotateError(f"worker stopped: {workers.failure()}")
-        time.sleep(0.25)
+        if commits.get_message(timeout=0.25) is not None:
+            while commits.get_message(timeout=0) is not None:
+                pass  # several commits since: one read covers them

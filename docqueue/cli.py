@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from docqueue.config import Settings, redact
-from docqueue.errors import ExitCode, one_line
+from docqueue.errors import ExitCode, exit_now, one_line
 from docqueue.schedules.cli import schedule_app
 from docqueue.tasks import task_list
 
@@ -289,7 +289,7 @@ def annotate(
     if summary.webhook:
         err.print(summary.webhook, soft_wrap=True, markup=False)
     incomplete = progress.failed or progress.cancelled
-    raise typer.Exit(ExitCode.SOME_FAILED if incomplete else ExitCode.OK)
+    exit_now(ExitCode.SOME_FAILED if incomplete else ExitCode.OK)
 
 
 def task_runs(
@@ -392,7 +392,7 @@ def worker(
         code = run_worker(settings, redis_url, loglevel=loglevel)
     except (ModelUnavailable, MetricsUnavailable) as exc:
         raise fail(str(exc), ExitCode.SERVICE) from None
-    raise typer.Exit(code)
+    exit_now(code)
 
 
 def _gpus(gpus: str) -> list[str]:
@@ -1070,12 +1070,39 @@ def bench(
         ),
     ] = False,
     workers: Annotated[int, typer.Option("--workers", help="Worker processes for --soak")] = 2,
+    whole_process: Annotated[
+        bool,
+        typer.Option(
+            "--whole-process",
+            help="Instead: the plain script a user would write against docqueue annotate, "
+            "each a fresh process timed to its output file, at one document and a whole "
+            "file (--docs), medians of --rounds interleaved runs",
+        ),
+    ] = False,
+    rounds: Annotated[int, typer.Option("--rounds", help="Runs per arm for --whole-process")] = 5,
 ) -> None:
     """Benchmark docqueue against hand-written pipeline() loops, side by side."""
-    from docqueue.bench import Options
+    from docqueue.bench import DEFAULT_CORPUS, Options, load_corpus
     from docqueue.bench import run as run_bench
 
     _logging("WARNING")
+    if whole_process:
+        import tempfile
+
+        from docqueue.bench import wholeprocess
+        from docqueue.worker.dtype import whole_process_dtype
+
+        settings = settings_or_exit()
+        wholeprocess.run(
+            task,
+            Path(tempfile.gettempdir()) / "docqueue-bench" / "whole-process",
+            load_corpus(corpus or DEFAULT_CORPUS),
+            whole_file=docs,
+            rounds=rounds,
+            dtype=whole_process_dtype(task, settings.dtype),
+            threads=settings.torch_threads,
+        )
+        return
     if soak:
         from docqueue.bench import soak as soak_bench
 

