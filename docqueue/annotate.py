@@ -182,7 +182,8 @@ def annotate_tasks(
         # run, and they overlap with everything this process does until the first
         # document is queued (opening the ledger, reading and enqueueing the file).
         devices = pick_devices(device)
-        board.phase(f"loading {', '.join(names)} on {', '.join(devices)}")
+        models = "model" if len(names) == 1 else "models"
+        board.phase(f"loading {models} {', '.join(names)} on {', '.join(devices)}")
         workers = LocalWorkers(
             settings.model_copy(update={"redis_url": SecretStr(redis_url)}),
             {name: source for source, name in names.items()},
