@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from docqueue.params import InvalidParams, validate_params
-from docqueue.producer.documents import Record, check
+from docqueue.producer.documents import Checked, Record, check
 
 #: Supported endpoints, and the docqueue task each runs.
 ENDPOINTS = {
@@ -286,24 +286,33 @@ class Reader:
     """The documents of a batch file, one per line, for :meth:`Client.submit_many`;
     ``errors`` collects the first line errors (OpenAI's batch ``errors``)."""
 
-    def __init__(self, endpoint: str, plan: Plan, max_new_tokens_cap: int | None) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        plan: Plan,
+        max_new_tokens_cap: int | None,
+        max_chars: int = sys.maxsize,
+    ) -> None:
         self.endpoint, self.plan, self.cap = endpoint, plan, max_new_tokens_cap
         self.task = ENDPOINTS[endpoint]
+        self.max_chars = max_chars
         self.errors: list[dict[str, Any]] = []
 
-    def records(self, lines: Iterable[tuple[int, bytes]]) -> Iterator[Record]:
+    def records(self, lines: Iterable[tuple[int, bytes]]) -> Iterator[Record | Checked]:
+        """Each line's document, checked as the Client checks it (``max_chars``: the
+        Client's limit), so that a refusal names its line and nothing is checked twice."""
         for number, line in lines:
             try:
                 request = parse(line, self.endpoint)
                 self._check_plan(request)
                 record = Record(request.text, request.custom_id)
-                # the Client's own document check, here so that its refusal names the line
-                if problem := check(record, task=self.task, max_chars=sys.maxsize).error:
-                    raise LineError(problem)
+                checked = check(record, task=self.task, max_chars=self.max_chars)
+                if checked.error:
+                    raise LineError(checked.error)
             except (LineError, InvalidParams) as exc:
                 yield self._refused(number, line, exc)
                 continue
-            yield record
+            yield checked
 
     def _check_plan(self, request: Request) -> None:
         plan = self.plan

@@ -112,7 +112,8 @@ def _create(
     """Queue the lines as a job, then add the batch row; a failure part way deletes
     the job (nothing half-created)."""
     job_id = uuid.uuid4().hex
-    reader = Reader(body.endpoint, plan, client.settings.max_new_tokens_cap)
+    settings = client.settings
+    reader = Reader(body.endpoint, plan, settings.max_new_tokens_cap, settings.max_document_chars)
     try:
         handle = client.submit_many(
             reader.records(_lines(client, info.id)),

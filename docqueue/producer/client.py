@@ -622,8 +622,11 @@ class Client:
     ) -> tuple[list[tuple[int, Document]], bool]:
         """Check and store one chunk of documents numbered from ``seq``, in one
         transaction; returns the ones to publish, and whether the job was cancelled."""
+        limit = self.settings.max_document_chars
         checked = [
-            check(as_record(doc), task=task, max_chars=self.settings.max_document_chars)
+            # a document the caller already checked for this task and limit (the batch
+            # API does, to name the line a refusal concerns) is not checked twice
+            doc if isinstance(doc, Checked) else check(as_record(doc), task=task, max_chars=limit)
             for doc in chunk
         ]
         rows = [_item_row(seq + i, c) for i, c in enumerate(checked)]
