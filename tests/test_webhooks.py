@@ -204,6 +204,7 @@ def test_a_finished_job_is_posted_once_signed_after_the_receiver_fails_twice(
         "failed": 2,
         "cancelled": 0,
         "pending": 0,
+        "reused": 0,
     }
     assert (status.progress.done, status.progress.failed) == (2, 2)
     # one refused at the door (the empty text), one failed on a worker

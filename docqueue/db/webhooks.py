@@ -133,6 +133,7 @@ def summary(
                 "failed": progress.failed,
                 "cancelled": progress.cancelled,
                 "pending": progress.pending,
+                "reused": progress.reused,
             },
             "errors": {
                 "failed": progress.failed,
