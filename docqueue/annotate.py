@@ -141,6 +141,12 @@ def annotate_tasks(
             "--name resumes the job of one task; with several --task, run without --name",
             ExitCode.USAGE,
         )
+    names = {run.source: model_name_for(run.source) for run in runs}
+    if len(runs) > 1:
+        from docqueue.producer.groups import TaskSpec, repeated_task
+
+        if twice := repeated_task([TaskSpec(r.task, names[r.source]) for r in runs]):
+            raise AnnotateError(twice, ExitCode.USAGE)
     if len(runs) > 1 and callback_url:
         raise AnnotateError(
             "--callback-url announces the job of one task; with several --task, run without it",
@@ -165,7 +171,6 @@ def annotate_tasks(
     device = device or settings.device
     if device and (problem := device_problem(device)):
         raise AnnotateError(problem, ExitCode.USAGE)
-    names = {run.source: model_name_for(run.source) for run in runs}
     for run in runs:
         try:  # fail now, not in a worker
             local = locate(names[run.source], run.source, usage="--model /path/to/model")
@@ -321,7 +326,7 @@ def _write_job(
     inputs = read_documents(path, text_field=text_field, id_field=id_field)
     written = _export(
         client,
-        job.id,
+        [job.id],
         lambda: job.export(out, on_row=keep, inputs=inputs, text_field=text_field),
         out,
     )
@@ -370,7 +375,8 @@ def _write_group(
             errors.append({"id": row["id"], "seq": row["seq"], "error": "; ".join(failed)})
 
     board.phase(f"writing {out}")
-    written = _export(client, group.id, lambda: group.export(out, on_row=keep), out)
+    ids = [job.id for job in group.jobs]
+    written = _export(client, ids, lambda: group.export(out, on_row=keep), out)
     documents = JobProgress(
         total=written,
         enqueued=written,
@@ -382,14 +388,18 @@ def _write_group(
     return Summary(group.id, documents, time.monotonic() - started, written, errors)
 
 
-def _export(client: Client, job_id: str, export: Callable[[], int], out: Path) -> int:
+def _export(client: Client, job_ids: list[str], export: Callable[[], int], out: Path) -> int:
     try:
         return export()
     except (OSError, OutputError) as exc:
+        where = redact(client.settings.database())
+        if len(job_ids) == 1:
+            kept = f"job {job_ids[0]} in {where}: run `docqueue export {job_ids[0]} --out {out}`"
+        else:  # a group: one job per task, each exported on its own
+            jobs = ", ".join(job_ids)
+            kept = f"jobs {jobs} (one per task) in {where}: run `docqueue export JOB` for each"
         raise AnnotateError(
-            f"could not write {out} ({one_line(exc)}); the results are kept as job "
-            f"{job_id} in {redact(client.settings.database())}: run "
-            f"`docqueue export {job_id} --out {out}`"
+            f"could not write {out} ({one_line(exc)}); the results are kept as {kept}"
         ) from None
 
 

@@ -152,3 +152,13 @@ def test_joined_rows_label_each_task_and_say_the_documents_state():
     }
     assert joined(rows[:2], labels[:2])["status"] == "failed"
     assert flat(row, labels)["classify:b.error"] == "empty document"
+
+
+def test_a_task_of_a_model_named_twice_is_refused_before_anything_is_created(client):
+    """Their joined columns would be one: the second would overwrite the first."""
+    from docqueue.params import InvalidParams
+
+    twice = [TaskSpec("classify", "m", {"labels": ["a", "b"]}), TaskSpec("classify", "m")]
+    with pytest.raises(InvalidParams, match="classify:m is named twice"):
+        client.submit_tasks(["one", "two"], twice)
+    assert client.jobs() == []

@@ -111,7 +111,8 @@ def summary(
     """The body of a delivery: the numbers ``GET /api/jobs/{id}`` reports."""
     pace = ledger.pace(conn, job.id)
     elapsed, rate, _ = ledger.timing(job.created_at, progress, pace, now)
-    on_workers = max(0, pace.computed - progress.done)
+    # copies of earlier results are done without a worker computing them
+    on_workers = max(0, pace.computed + progress.reused - progress.done)
     return {
         "event": JOB_FINISHED,
         "delivery_id": delivery_id,

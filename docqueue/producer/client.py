@@ -46,7 +46,7 @@ from docqueue.producer.documents import (
     name_problem,
     storable_source,
 )
-from docqueue.producer.groups import JobGroup, TaskSpec, group_job_ids
+from docqueue.producer.groups import JobGroup, TaskSpec, group_job_ids, repeated_task
 from docqueue.producer.overview import Overview, read_overview
 from docqueue.producer.results import check_output, csv_columns, export_row, write_rows
 from docqueue.protocol import (
@@ -516,7 +516,7 @@ class Client:
         Raises what :meth:`submit_many` raises."""
         if not tasks:
             raise InvalidParams("no tasks: name at least one")
-        if problem := name_problem(name):
+        if problem := name_problem(name) or repeated_task(tasks):
             raise InvalidParams(problem)
         specs = [
             TaskSpec(t.task, t.model, self._validate(t.task, t.model, t.params)) for t in tasks

@@ -45,6 +45,16 @@ def group_job_ids(group_id: str, n: int) -> list[str]:
     return [f"{group_id[:28]}{i:04x}" for i in range(n)]
 
 
+def repeated_task(specs: Sequence[TaskSpec]) -> str | None:
+    """Why ``specs`` cannot be joined: a (task, model) pair named twice (their columns
+    would be one), or None."""
+    pairs = [(s.task, s.model) for s in specs]
+    for task, model in pairs:
+        if pairs.count((task, model)) > 1:
+            return f"{task}:{model} is named twice; a group runs each task of a model once"
+    return None
+
+
 def labels_for(specs: Sequence[TaskSpec]) -> list[str]:
     """Each task's key in a joined row: its name, or ``task:model`` when the task
     appears more than once."""
