@@ -280,6 +280,16 @@ def _single(
         digest = input_digest(path, run.task, name, run.params, text_field, id_field)
     job_id = _earlier_job(client, job_name, digest)
     if job_id is not None:
+        earlier = client.job(job_id).info()
+        if (earlier.callback_url, earlier.reuse) != (callback_url, reuse):
+            console.print(
+                f"job {job_id} goes on with the callback URL and reuse it was created with "
+                f"({earlier.callback_url or 'no callback'}, reuse "
+                f"{'on' if earlier.reuse else 'off'}), not this run's",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
         return JobHandle(client, job_id), partial(client.resume, job_id, documents=documents)
     job_id = uuid.uuid4().hex
     return JobHandle(client, job_id), partial(

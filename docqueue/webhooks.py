@@ -148,6 +148,7 @@ class Sender:
     def __init__(self, db: Engine, settings: Settings) -> None:
         self.db = db
         self.settings = settings
+        self._said_no_secret = False
 
     def backoff(self, attempts: int) -> float:
         """Seconds to wait after the ``attempts``-th failed attempt."""
@@ -160,11 +161,13 @@ class Sender:
         with self.db.connect() as conn:
             due = rows.due(conn, time.time() if now is None else now)
         if due and secret is None:
-            log.error(
-                "%d webhook deliveries are due but DOCQUEUE_WEBHOOK_SECRET is not set; "
-                "they wait until a sender that has it sends them",
-                len(due),
-            )
+            if not self._said_no_secret:  # once, not every second
+                log.error(
+                    "%d webhook deliveries are due but DOCQUEUE_WEBHOOK_SECRET is not set; "
+                    "they wait until a sender that has it sends them",
+                    len(due),
+                )
+                self._said_no_secret = True
             return 0
         sent = 0
         for delivery in due:
