@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import SAMPLE, make_settings, wait_until
@@ -554,3 +555,37 @@ def test_a_retry_with_the_same_idempotency_key_sends_what_the_first_call_could_n
     job.wait(timeout=60)
     progress = job.progress()
     assert (progress.total, progress.done) == (100, 100)
+
+
+def test_a_retry_racing_the_first_call_adds_each_document_once_and_both_succeed(client):
+    """A retried request with the same key finds the job while the first call is still
+    adding its documents: whichever adds a document first keeps it, neither fails."""
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+
+    def slow() -> Iterator[str]:
+        yield "one"
+        started.set()
+        release.wait(10)
+        yield from ("two", "three")
+
+    first: dict[str, Any] = {}
+
+    def original() -> None:
+        first["handle"] = client.submit_many(
+            slow(), task="classify", model="m", idempotency_key="race", chunk_size=1
+        )
+
+    thread = threading.Thread(target=original)
+    thread.start()
+    assert started.wait(10)
+    retry = client.submit_many(
+        ["one", "two", "three"], task="classify", model="m", idempotency_key="race", chunk_size=1
+    )
+    release.set()
+    thread.join(10)
+    assert retry.replayed and first["handle"].id == retry.id
+    progress = client.job(retry.id).progress()
+    assert (progress.total, progress.enqueued) == (3, 3)
+    assert [row["seq"] for row in client.job(retry.id).results_page()] == [0, 1, 2]

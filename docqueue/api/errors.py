@@ -26,7 +26,13 @@ from starlette.requests import ClientDisconnect
 from docqueue.config import redact
 from docqueue.errors import one_line
 from docqueue.params import InvalidParams
-from docqueue.producer.client import KeyReused, PublishFailed, UnknownJob, UnsupportedTask
+from docqueue.producer.client import (
+    KeyReused,
+    PublishFailed,
+    SaveFailed,
+    UnknownJob,
+    UnsupportedTask,
+)
 from docqueue.producer.documents import InvalidDocument
 from docqueue.webhooks import CallbackRefused
 
@@ -150,6 +156,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(KeyReused, refused(422, "Idempotency-Key"))
     app.add_exception_handler(ClientDisconnect, refused(400))
     app.add_exception_handler(PublishFailed, unavailable("Redis"))
+    app.add_exception_handler(SaveFailed, unavailable("the database"))
     app.add_exception_handler(RedisConnectionError, unavailable("Redis"))
     app.add_exception_handler(RedisTimeout, unavailable("Redis"))
     app.add_exception_handler(OperationalError, unavailable("the database"))

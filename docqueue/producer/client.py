@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -68,6 +69,9 @@ if TYPE_CHECKING:
 
 A = TypeVar("A")
 T = TypeVar("T")
+
+
+log = logging.getLogger(__name__)
 
 
 class DocumentFailed(RuntimeError):
@@ -597,6 +601,12 @@ class Client:
         while chunk := list(itertools.islice(stream, size)):
             try:
                 wire, cancelled = self._save(job_id, task, chunk, seq)
+            except IntegrityError:
+                # These sequence numbers are taken: another producer is adding this
+                # job's documents (a retried request racing the first, or a resume
+                # beside the original); the rest, and closing the job, are its.
+                log.info("job %s: another producer is adding its documents", job_id)
+                return rejected
             except SQLAlchemyError as exc:
                 raise SaveFailed(job_id, seq, published, exc) from exc
             rejected += len(chunk) - len(wire)
