@@ -20,7 +20,7 @@ from pydantic import (
     Tag,
 )
 
-from docqueue.db.jobs import JobSummary
+from docqueue.db.jobs import JobSummary, error_counts
 from docqueue.producer.client import JobStatus, ServedModel
 from docqueue.protocol import ChatMessage, ModelName
 from docqueue.tasks import Task
@@ -245,20 +245,13 @@ class JobOut(JobBrief):
     @classmethod
     def of_status(cls, status: JobStatus) -> JobOut:
         brief = JobBrief.of(JobSummary(status.job, status.progress))
-        progress = status.progress
-        # computed counts the rows workers wrote, not the reused copies
-        on_workers = max(0, status.computed + progress.reused - progress.done)
         return cls(
             **brief.model_dump(),
             params=status.job.params,
             elapsed_seconds=status.elapsed,
             docs_per_second=status.rate,
             eta_seconds=status.eta,
-            errors=ErrorCounts(
-                failed=progress.failed,
-                refused=max(0, progress.failed - on_workers),
-                on_workers=on_workers,
-            ),
+            errors=ErrorCounts(**error_counts(status.progress, status.computed)),
             workers=len(status.workers),
             warning=status.problem,
         )

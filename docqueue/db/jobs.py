@@ -596,6 +596,18 @@ def timing(
     return max(0.0, end - created_at), rate, eta
 
 
+def error_counts(progress: Progress, computed: int) -> dict[str, int]:
+    """A job's errors as its status reports them: failed, of which refused at the door
+    and failed on a worker.  ``computed`` counts the rows workers wrote (:func:`pace`),
+    which leaves out reused copies: those are done without a worker computing them."""
+    on_workers = max(0, computed + progress.reused - progress.done)
+    return {
+        "failed": progress.failed,
+        "refused": max(0, progress.failed - on_workers),
+        "on_workers": on_workers,
+    }
+
+
 def record_finished(conn: Connection, job_ids: Iterable[str], now: float) -> None:
     """Called in each transaction that can finish a job (results written, the job
     closed, cancelled): its webhook delivery, when it has a callback."""

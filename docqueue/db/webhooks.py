@@ -111,8 +111,6 @@ def summary(
     """The body of a delivery: the numbers ``GET /api/jobs/{id}`` reports."""
     pace = ledger.pace(conn, job.id)
     elapsed, rate, _ = ledger.timing(job.created_at, progress, pace, now)
-    # copies of earlier results are done without a worker computing them
-    on_workers = max(0, pace.computed + progress.reused - progress.done)
     return {
         "event": JOB_FINISHED,
         "delivery_id": delivery_id,
@@ -136,11 +134,7 @@ def summary(
                 "pending": progress.pending,
                 "reused": progress.reused,
             },
-            "errors": {
-                "failed": progress.failed,
-                "refused": max(0, progress.failed - on_workers),
-                "on_workers": on_workers,
-            },
+            "errors": ledger.error_counts(progress, pace.computed),
             "elapsed_seconds": elapsed,
             "docs_per_second": rate,
         },
