@@ -14,13 +14,14 @@ import openai
 import pytest
 import test_api
 from conftest import wait_until
-from sqlalchemy import update
+from sqlalchemy import select, update
 from test_api import GONE, TOKEN, register_gone_model
 from transformers import AutoTokenizer
 
 from docqueue.config import Settings
 from docqueue.db import make_engine
-from docqueue.db.schema import Batch, Job, StoredFile
+from docqueue.db.files import CHUNK_BYTES
+from docqueue.db.schema import Batch, Item, Job, StoredFile
 
 #: A real `docqueue serve` process, as tests/test_api.py starts it.
 serve = test_api.serve
@@ -189,6 +190,44 @@ def test_a_cancelled_batch_lists_its_lines_in_the_error_file(serve, settings):
     assert all(line["response"] is None for line in errors)
     files_are_listed_paged_and_deleted(client)  # this server's start serves the three
     batch_past_its_window_expires(client, settings)
+
+
+PAD = "x" * 420
+
+
+def test_a_long_file_opening_with_a_byte_order_mark_keeps_every_line_in_order(serve, settings):
+    """2,500 lines over 1 MiB (stored in two chunks, a line cut between them), a byte
+    order mark before the first, a bad line in the middle: every line is one document,
+    in the file's order, the first read past its mark, the bad one named by number."""
+    register_gone_model(settings)  # accepted, never run
+    client = sdk(serve())
+    lines: list[Any] = [
+        {"custom_id": f"r{i}", "url": CLASSIFY, "body": {"model": GONE, "input": f"text {i} {PAD}"}}
+        for i in range(2500)
+    ]
+    lines[1500] = {**lines[1500], "url": "/v1/embeddings"}  # not the batch's endpoint
+    data = b"\xef\xbb\xbf" + jsonl(lines)
+    assert len(data) > CHUNK_BYTES
+    uploaded = client.files.create(file=("bom.jsonl", data), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint=CLASSIFY, completion_window="24h"
+    )
+    assert batch.request_counts is not None and batch.request_counts.total == 2500
+    assert batch.errors is not None and batch.errors.data is not None
+    assert [(e.line, e.code) for e in batch.errors.data] == [(1501, "invalid_request")]
+    engine = make_engine(settings.database())
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(Item.seq, Item.user_id, Item.text, Item.status)
+            .join(Job, Job.id == Item.job_id)
+            .where(Job.name == batch.id)
+            .order_by(Item.seq)
+        ).all()
+    engine.dispose()
+    assert [(seq, user_id) for seq, user_id, _, _ in rows] == [(i, f"r{i}") for i in range(2500)]
+    assert rows[0].text == f"text 0 {PAD}" and rows[2499].text == f"text 2499 {PAD}"
+    assert [seq for seq, _, _, status in rows if status != "pending"] == [1500]
+    client.batches.cancel(batch.id)
 
 
 def test_bad_requests_are_clear_4xx_or_failed_batches_and_create_no_job(serve, settings):

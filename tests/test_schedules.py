@@ -474,17 +474,30 @@ def test_beat_runs_a_schedule_every_second_and_only_one_beat_leads(
         # each row once, whichever run took it
         assert sum(r.documents for r in succeeded()) == 2, every_run
         assert len([r for r in succeeded() if r.documents]) == 2, every_run
-        listed = subprocess.run(
-            [sys.executable, "-m", "docqueue", "schedule", "list", "--config", str(config)],
-            env={**os.environ, **settings_env(settings)},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert listed.returncode == 0, listed.stderr
-        assert (
-            "tickets" in listed.stdout and "succeeded" in listed.stdout and "leads" in listed.stdout
-        )
+
+        def listing() -> str:
+            # A wide console: at rich's default 80 columns the table folds its cells.
+            listed = subprocess.run(
+                [sys.executable, "-m", "docqueue", "schedule", "list", "--config", str(config)],
+                env={**os.environ, **settings_env(settings), "COLUMNS": "200"},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert listed.returncode == 0, listed.stderr
+            return listed.stdout
+
+        # The table shows the newest run, and at one run a second that one may still be
+        # going (or skipped) at the instant of listing: list again until it has finished.
+        shown = [listing()]
+
+        def shows_success() -> bool:
+            if "succeeded" not in shown[-1]:
+                shown.append(listing())
+            return "succeeded" in shown[-1]
+
+        wait_until(shows_success, 30, "schedule list to show a succeeded run")
+        assert "tickets" in shown[-1] and "leads" in shown[-1], shown[-1]
         # The leader stops: the other takes over when the lease lapses.
         leader = first if holder[0].split(":")[1] == str(first.pid) else second
         other = second if leader is first else first
