@@ -8,6 +8,7 @@ everything again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -23,34 +24,49 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
+from redis.exceptions import RedisError
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from docqueue.config import Settings, redact
-from docqueue.errors import ExitCode, one_line
+from docqueue.errors import DocqueueError, ExitCode, one_line
+from docqueue.formats.readers import input_digest, read_documents
+from docqueue.formats.results import OutputError, check_output
+from docqueue.humanize import per_second, plural
+from docqueue.interrupts import Interrupts, StopNow, held_documents
+from docqueue.jobspec import JobSpec
 from docqueue.launcher import LocalWorkers, device_problem, pick_devices, serve_redis
-from docqueue.producer.readers import input_digest, read_documents
-from docqueue.producer.results import OutputError, check_output
 from docqueue.protocol import done_channel
-from docqueue.tasks import TASKS_BY_FAMILY, cannot_do
+from docqueue.tasks import cannot_do, declared, tasks_of
 from docqueue.worker.models import ModelUnavailable, family_of, family_on_disk, locate
 
 if TYPE_CHECKING:  # imported once the worker is starting (1 s on a small CPU)
+    from docqueue.core.groups import JobGroup
+    from docqueue.core.jobs import Progress as JobProgress
     from docqueue.producer.client import Client, JobHandle
-    from docqueue.producer.client import Progress as JobProgress
-    from docqueue.producer.groups import JobGroup
 
 log = logging.getLogger(__name__)
+
+#: Seconds annotate's publishing keeps trying while Redis does not answer.
+REDIS_PATIENCE = 120.0
 console = Console(stderr=True)
 
 
-class AnnotateError(RuntimeError):
+class AnnotateError(DocqueueError, RuntimeError):
     """Stops the run with one line of explanation (and an exit code)."""
 
     def __init__(self, message: str, code: int = ExitCode.SERVICE) -> None:
         super().__init__(message)
         self.code = code
+
+
+class Stopped(AnnotateError):
+    """The run was stopped with Ctrl-C; the message says what is saved and how to go
+    on."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, ExitCode.INTERRUPTED)
 
 
 @dataclass
@@ -72,14 +88,38 @@ def model_name_for(source: str) -> str:
     return f"m-{digest}"
 
 
+def model_label_for(given: str) -> str:
+    """The model as a person reads it, where annotate names it ``m-<digest>``: a
+    bundled model by its name (``minilm``), a directory by its absolute path (two
+    directories named alike stay apart), a hub id as written."""
+    from docqueue.worker.models import BUNDLED, resolve_source
+
+    for name in BUNDLED:
+        if given == name or (os.path.isdir(given) and _same_path(given, name, resolve_source)):
+            return name
+    return os.path.abspath(given) if os.path.isdir(given) else given
+
+
+def _same_path(given: str, bundled: str, resolve: Callable[[str], str]) -> bool:
+    try:
+        return os.path.samefile(given, resolve(bundled))
+    except (ModelUnavailable, OSError):
+        return False
+
+
 @dataclass(frozen=True)
 class TaskRun:
     """One task of an annotate run: the task, the model (directory or hub id), its
-    parameters."""
+    parameters, and the model as the person named it (default: from ``source``)."""
 
     task: str
     source: str
     params: dict[str, Any]
+    label: str | None = None
+
+    @property
+    def model_label(self) -> str:
+        return self.label or model_label_for(self.source)
 
 
 def annotate(
@@ -127,7 +167,7 @@ def annotate_tasks(
 ) -> Summary:
     """Annotate a file with one task (one job, one result row per document) or
     several (one job per task, on its own queue, the results joined per document:
-    :mod:`docqueue.producer.groups`).
+    :mod:`docqueue.core.groups`).
 
     ``job_name``: a rerun with the same name and the same input (file content,
     fields, task, model, parameters) resumes the earlier job instead of starting
@@ -143,9 +183,10 @@ def annotate_tasks(
         )
     names = {run.source: model_name_for(run.source) for run in runs}
     if len(runs) > 1:
-        from docqueue.producer.groups import TaskSpec, repeated_task
+        from docqueue.core.groups import TaskSpec, repeated_task
 
-        if twice := repeated_task([TaskSpec(r.task, names[r.source]) for r in runs]):
+        specs = [TaskSpec(r.task, names[r.source], model_label=r.model_label) for r in runs]
+        if twice := repeated_task(specs):
             raise AnnotateError(twice, ExitCode.USAGE)
     if len(runs) > 1 and callback_url:
         raise AnnotateError(
@@ -176,9 +217,10 @@ def annotate_tasks(
             local = locate(names[run.source], run.source, usage="--model /path/to/model")
         except ModelUnavailable as exc:
             raise AnnotateError(str(exc)) from None
-        check_task(run.source, run.task, settings, local_only=local)
+        check_task(run.source, run.task, settings, local_only=local, params=run.params)
     fields = (text_field, id_field)
     with (
+        Interrupts() as interrupts,
         tempfile.TemporaryDirectory(prefix="docqueue-annotate-") as tmp,
         Board("connecting to Redis" if settings.redis() else "starting Redis") as board,
         serve_redis(settings, Path(tmp)) as redis_url,
@@ -188,18 +230,23 @@ def annotate_tasks(
         # document is queued (opening the ledger, reading and enqueueing the file).
         devices = pick_devices(device)
         models = "model" if len(names) == 1 else "models"
-        board.phase(f"loading {models} {', '.join(names)} on {', '.join(devices)}")
+        shown = ", ".join(dict.fromkeys(r.model_label for r in runs))
+        board.phase(f"loading {models} {shown} on {', '.join(devices)}")
         workers = LocalWorkers(
             settings.model_copy(update={"redis_url": SecretStr(redis_url)}),
             {name: source for source, name in names.items()},
             devices,
             log_dir=Path(tmp),
         )
+        interrupts.on_stop_now.append(workers.send_kill)
         client: Client | None = None
+        watched: JobHandle | GroupWatch | None = None
+        going_on = _going_on(job_name, reuse)
         try:
             from docqueue.producer.client import Client
 
-            client = Client(settings, redis_url=redis_url)
+            # Its documents ride through a Redis restart (a configured Redis).
+            client = Client(settings, redis_url=redis_url, publish_patience=REDIS_PATIENCE)
             if client.db.url.get_backend_name() == "sqlite":
                 client.prune()  # the embedded ledger keeps retention_days, not everything
             watched, start = _jobs(
@@ -213,17 +260,71 @@ def annotate_tasks(
                 start,
                 board,
                 ready=lambda: all(coverage(names[r.source], r.task).doing for r in runs),
+                stopping=_Stopping(interrupts, settings.shutdown_grace, going_on),
             )
             # The workers wind down while the results are written.
             workers.request_stop()
+            interrupts.phase = "write"
+            where = redact(client.settings.database())
+            interrupts.on_write = lambda: board.say(
+                f"writing {out} goes on; Ctrl-C again stops now (the results stay in {where})"
+            )
+            check = interrupts.check
             if len(runs) == 1:
                 job = client.job(watched.id)
-                return _write_job(client, path, job, final, out, board, started, *fields)
-            return _write_group(client, client.group(watched.id), final, out, board, started)
+                return _write_job(client, path, job, final, out, board, started, *fields, check)
+            group = client.group(watched.id)
+            return _write_group(client, group, final, out, board, started, check)
+        except StopNow:
+            workers.kill()  # what is committed stays: SQL commits are atomic
+            if client is None or watched is None:
+                raise
+            raise Stopped(_stopped(client, watched, going_on)) from None
         finally:
-            workers.stop(settings.shutdown_grace)
+            if interrupts.now:
+                workers.kill()
+            else:
+                workers.stop(settings.shutdown_grace)
             if client is not None:
                 client.close()
+
+
+def _going_on(job_name: str | None, reuse: bool) -> str:
+    """How a stopped run goes on, for the line that says it stopped."""
+    if job_name:
+        return "the same command resumes"
+    if reuse:
+        return "the same command computes only what is not saved yet"
+    return "give --name NAME to make a run you can resume"
+
+
+def _stopped(client: Client, watched: JobHandle | GroupWatch, going_on: str) -> str:
+    """``stopped: 120 of 400 documents done and saved in ...; the same command resumes``."""
+    from docqueue.producer.client import UnknownJob
+
+    try:
+        current = watched.progress()
+    except UnknownJob:  # stopped before the job was created
+        return f"stopped before any document was queued; {going_on}"
+    total = current.total if current.total is not None else current.enqueued
+    what = "job group" if isinstance(watched, GroupWatch) else "job"
+    where = redact(client.settings.database())
+    return (
+        f"stopped: {current.done + current.failed} of {plural(total, 'document')} done and "
+        f"saved in {where} ({what} {watched.id}); {going_on}"
+    )
+
+
+@dataclass
+class _Stopping:
+    """What the progress loop needs to stop gently on a first Ctrl-C."""
+
+    interrupts: Interrupts
+    #: How long the workers have to finish what they hold (DOCQUEUE_SHUTDOWN_GRACE).
+    grace: float
+    going_on: str
+    #: The workers were asked to stop.
+    asked: bool = False
 
 
 def _jobs(
@@ -244,18 +345,12 @@ def _jobs(
         return _single(
             client, path, run, names[run.source], documents, job_name, reuse, *fields, callback_url
         )
-    from docqueue.producer.groups import TaskSpec
+    from docqueue.core.groups import TaskSpec
 
-    specs = [TaskSpec(r.task, names[r.source], r.params) for r in runs]
+    specs = [TaskSpec(r.task, names[r.source], r.params, r.model_label) for r in runs]
     group_id = uuid.uuid4().hex
-    start = partial(
-        client.submit_tasks,
-        documents,
-        specs,
-        source=str(path.absolute()),
-        reuse=reuse,
-        group_id=group_id,
-    )
+    group = JobSpec("", "", source=str(path.absolute()), reuse=reuse, group_id=group_id)
+    start = partial(client.enqueue_tasks, specs, group, documents)
     return GroupWatch(client, group_id, len(specs)), start
 
 
@@ -292,19 +387,18 @@ def _single(
             )
         return JobHandle(client, job_id), partial(client.resume, job_id, documents=documents)
     job_id = uuid.uuid4().hex
-    return JobHandle(client, job_id), partial(
-        client.submit_many,
-        documents,
-        task=run.task,
-        model=name,
-        params=run.params,
+    spec = JobSpec(
+        run.task,
+        name,
+        run.params,
         source=str(path.absolute()),
-        job_id=job_id,
         name=job_name,
         input_digest=digest,
         reuse=reuse,
         callback_url=callback_url,
+        model_label=run.model_label,
     )
+    return JobHandle(client, job_id), partial(client.enqueue, spec, documents, job_id=job_id)
 
 
 def _write_job(
@@ -317,6 +411,7 @@ def _write_job(
     started: float,
     text_field: str,
     id_field: str | None,
+    check: Callable[[], None] = lambda: None,
 ) -> Summary:
     webhook = _webhook_outcome(client, job.id)
     if final.total and final.failed == final.total and job.status().computed == 0:
@@ -328,6 +423,7 @@ def _write_job(
     errors: list[dict[str, Any]] = []
 
     def keep(row: dict[str, Any]) -> None:
+        check()  # a second Ctrl-C stops the writing too
         if row["status"] == "failed" and len(errors) < 5:
             errors.append(row)
 
@@ -346,15 +442,7 @@ def _write_job(
 def _webhook_outcome(client: Client, job_id: str) -> str | None:
     """The job's webhook, attempted here if its workers stopped before they sent
     it (annotate runs nothing after it returns): one line saying what happened."""
-    from docqueue.db import webhooks
-    from docqueue.webhooks import Sender
-
-    with client.db.connect() as conn:
-        state = webhooks.of_job(conn, job_id)
-    if state is not None and state.delivered_at is None and state.failed_at is None:
-        Sender(client.db, client.settings).run_once()
-        with client.db.connect() as conn:
-            state = webhooks.of_job(conn, job_id)
+    state = client.job(job_id).webhook(send_due=True)
     if state is None:
         return None
     if state.delivered_at is not None:
@@ -366,15 +454,22 @@ def _webhook_outcome(client: Client, job_id: str) -> str | None:
 
 
 def _write_group(
-    client: Client, group: JobGroup, final: JobProgress, out: Path, board: Board, started: float
+    client: Client,
+    group: JobGroup,
+    final: JobProgress,
+    out: Path,
+    board: Board,
+    started: float,
+    check: Callable[[], None] = lambda: None,
 ) -> Summary:
     """Write the joined rows; the summary counts documents (done: every task done)."""
-    from docqueue.producer.client import Progress as JobProgress
+    from docqueue.core.jobs import Progress as JobProgress
 
     errors: list[dict[str, Any]] = []
     states: Counter[str] = Counter()
 
     def keep(row: dict[str, Any]) -> None:
+        check()
         states[row["status"]] += 1
         if row["status"] == "failed" and len(errors) < 5:
             failed = [
@@ -418,14 +513,14 @@ class GroupWatch:
     over its tasks' jobs (documents x tasks)."""
 
     def __init__(self, client: Client, group_id: str, tasks: int) -> None:
+        from docqueue.core.groups import group_job_ids
         from docqueue.producer.client import JobHandle
-        from docqueue.producer.groups import group_job_ids
 
         self.id = group_id
         self.jobs = [JobHandle(client, job_id) for job_id in group_job_ids(group_id, tasks)]
 
     def progress(self) -> JobProgress:
-        from docqueue.producer.client import Progress as JobProgress
+        from docqueue.core.jobs import Progress as JobProgress
 
         each = [job.progress() for job in self.jobs]  # UnknownJob until they are created
         totals = [p.total for p in each]
@@ -439,9 +534,17 @@ class GroupWatch:
         )
 
 
-def check_task(source: str, task: str, settings: Settings, *, local_only: bool) -> None:
+def check_task(
+    source: str,
+    task: str,
+    settings: Settings,
+    *,
+    local_only: bool,
+    params: dict[str, Any] | None = None,
+) -> None:
     """Refuse a task the model's family cannot do (a GPT-2 asked to summarize),
-    naming the tasks it can do, before anything is started.  A local model's
+    naming the tasks it can do, or parameters it cannot take (zero-shot labels on a
+    classifier with its own head), before anything is started.  A local model's
     config.json usually answers without importing transformers (2 s that would
     compete with the worker's start for the CPU)."""
     family = family_on_disk(source)
@@ -457,9 +560,12 @@ def check_task(source: str, task: str, settings: Settings, *, local_only: bool) 
                 f"model {source}: cannot read its config ({one_line(exc)})"
             ) from None
         family = family_of(config)
-    tasks = TASKS_BY_FAMILY[family]
+    tasks = tasks_of(family)
     if task not in tasks:
         raise AnnotateError(cannot_do(source, task, tasks), ExitCode.USAGE)
+    refused = declared(task).refusal(family, params or {}, source)
+    if refused:
+        raise AnnotateError(refused, ExitCode.USAGE)
 
 
 class Board:
@@ -478,6 +584,10 @@ class Board:
         )
         self.task = self.bar.add_task("", total=None, rate="")
         self.first = first
+
+    def say(self, text: str) -> None:
+        """A line above the bar (the bar goes on below it)."""
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def phase(self, text: str) -> None:
         self.bar.update(self.task, description=escape(text))
@@ -531,24 +641,84 @@ def _run(
     start: Callable[[], object],
     board: Board,
     ready: Callable[[], bool],
+    stopping: _Stopping,
 ) -> JobProgress:
     """Enqueue on a thread (``start``) and show progress until the job finishes.
     ``ready`` says whether a worker is up (the board then says "annotating").
     Workers publish on a job's channel after each commit: the progress is read
-    again at once then, and at least every quarter second."""
+    again at once then, and at least every quarter second.  After a first Ctrl-C
+    the workers finish what they hold and stop, the bar still moving; then
+    :class:`Stopped` says what is saved."""
     jobs = job.jobs if isinstance(job, GroupWatch) else [job]
-    with client.redis.pubsub(ignore_subscribe_messages=True) as commits:
-        commits.subscribe(*(done_channel(j.id) for j in jobs))
-        return _follow(workers, job, start, board, ready, commits)
+    commits = CommitNotices(client.redis, [done_channel(j.id) for j in jobs])
+    try:
+        return _follow(workers, client, job, start, board, ready, commits, stopping)
+    finally:
+        commits.close()
+
+
+def _stop_gently(
+    workers: LocalWorkers,
+    client: Client,
+    job: JobHandle | GroupWatch,
+    board: Board,
+    stopping: _Stopping,
+) -> None:
+    """A first Ctrl-C: say at once what happens, and ask the workers to finish."""
+    jobs = job.jobs if isinstance(job, GroupWatch) else [job]
+    try:
+        held = plural(held_documents(client.redis, [j.id for j in jobs]), "document")
+    except Exception:  # Redis away: say it without the number
+        held = "the documents"
+    board.say(
+        f"stopping: the workers finish and save what they can of the {held} they hold "
+        f"in {stopping.grace:g}s (the rest stay pending); Ctrl-C again stops now; "
+        f"{stopping.going_on}"
+    )
+    board.bar.update(board.task, description="stopping")
+    workers.request_stop()
+    stopping.asked = True
+
+
+class CommitNotices:
+    """The workers' notices of commits to some jobs (Redis pub/sub).  While Redis
+    does not answer (restarted, failing over), waiting for one is a plain sleep and
+    the subscription is made again later: progress is read from SQL either way, so
+    a Redis restart only slows the board down."""
+
+    def __init__(self, redis: Any, channels: list[str]) -> None:
+        self.redis, self.channels = redis, channels
+        self.pubsub: Any = None
+
+    def wait(self, timeout: float) -> None:
+        """Until a notice comes (taking any others already there), or ``timeout``."""
+        try:
+            if self.pubsub is None:
+                self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+                self.pubsub.subscribe(*self.channels)
+            if self.pubsub.get_message(timeout=timeout) is not None:
+                while self.pubsub.get_message(timeout=0) is not None:
+                    pass  # several commits since: one read covers them
+        except RedisError:
+            self.close()
+            time.sleep(timeout)
+
+    def close(self) -> None:
+        if self.pubsub is not None:
+            with contextlib.suppress(RedisError):
+                self.pubsub.close()
+            self.pubsub = None
 
 
 def _follow(
     workers: LocalWorkers,
+    client: Client,
     job: JobHandle | GroupWatch,
     start: Callable[[], object],
     board: Board,
     ready: Callable[[], bool],
-    commits: Any,
+    commits: CommitNotices,
+    stopping: _Stopping,
 ) -> JobProgress:
     from docqueue.producer.client import UnknownJob
 
@@ -578,20 +748,23 @@ def _follow(
             continue
         handled = current.done + current.failed
         total = current.total if current.total is not None else current.enqueued
-        if not annotating and (handled or ready()):
+        if not annotating and not stopping.asked and (handled or ready()):
             board.phase("annotating")
             annotating = True
+        stopping.interrupts.check()
+        if stopping.interrupts.stopping and not stopping.asked:
+            _stop_gently(workers, client, job, board, stopping)
         if handled and first_seen is None:
             first_seen = (time.monotonic(), handled)
         rate = ""
         if first_seen is not None and time.monotonic() - first_seen[0] >= 1.0:
             since, baseline = first_seen
-            rate = f"{(handled - baseline) / (time.monotonic() - since):,.0f} docs/s"
+            rate = f"{per_second((handled - baseline) / (time.monotonic() - since))} docs/s"
         bar.update(shown, completed=handled, total=total or None, rate=rate)
         if current.finished:
             return current
         if workers.all_exited():
+            if stopping.asked:
+                raise Stopped(_stopped(client, job, stopping.going_on))
             raise AnnotateError(f"worker stopped: {workers.failure()}")
-        if commits.get_message(timeout=0.25) is not None:
-            while commits.get_message(timeout=0) is not None:
-                pass  # several commits since: one read covers them
+        commits.wait(0.25)

@@ -9,14 +9,50 @@ Every field can be set with a ``DOCQUEUE_`` environment variable, e.g.
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Shortest bearer token the API accepts: shorter ones can be guessed.
 MIN_TOKEN_CHARS = 16
+#: A host in a list of hosts: a name or address, ``*.`` and a domain, or ``[IPv6]``;
+#: then ``:port``, or ``:*`` for any port where a port is checked (webhook hosts).
+HOST_ENTRY = re.compile(
+    r"(\*\.)?[A-Za-z0-9_.-]+(:(\d{1,5}|\*))?|\[[0-9A-Fa-f:.]+\](:(\d{1,5}|\*))?"
+)
+
+
+def _names(value: Any) -> Any:
+    """A JSON list, or names separated by commas; blanks dropped."""
+    if isinstance(value, str):
+        text = value.strip()
+        value = json.loads(text) if text.startswith("[") else text.split(",")
+    if isinstance(value, list):
+        value = [v.strip() if isinstance(v, str) else v for v in value]
+        value = [v for v in value if v != ""]
+    return value
+
+
+#: ``DOCQUEUE_TASK_MODULES``: module names.
+TaskModules = Annotated[list[str], NoDecode]
+
+
+class ConfiguredTaskModules(BaseSettings):
+    """``DOCQUEUE_TASK_MODULES`` alone: what the CLI reads before it builds its
+    commands' help (which lists the tasks), where the rest of the settings may not
+    be valid yet."""
+
+    model_config = SettingsConfigDict(env_prefix="DOCQUEUE_", extra="ignore")
+
+    task_modules: TaskModules = Field(default_factory=list)
+
+    @field_validator("task_modules", mode="before")
+    @classmethod
+    def _list(cls, value: Any) -> Any:
+        return _names(value)
 
 
 class Settings(BaseSettings):
@@ -57,6 +93,11 @@ class Settings(BaseSettings):
     #: (a docqueue.worker.runners.Runner subclass).  Operator's code, like models:
     #: nothing in a message can choose it.
     runners: dict[str, str] = Field(default_factory=dict)
+    #: Modules of the operator's own tasks (a JSON list or names separated by commas),
+    #: each with a ``TASK = TaskDeclaration(...)`` (see CONTRIBUTING, "Adding a task"):
+    #: imported by every process that names tasks (CLI, API, workers, Client), so the
+    #: task is in their catalogue.  Operator's code, like runners.
+    task_modules: TaskModules = Field(default_factory=list)
     #: "cpu", "cuda:0", ... ; None picks cuda:0 when available, else cpu.
     device: str | None = None
     #: Weights dtype: auto = bf16 (or fp16) on GPU, fp32 on CPU.
@@ -73,6 +114,13 @@ class Settings(BaseSettings):
     #: chunk_size documents per message this bounds the documents buffered in memory;
     #: 64 x 64 keeps a CPU worker or a GPU busy while acks flow.
     prefetch_messages: int = Field(64, ge=1)
+    #: Within that, a worker holds only the documents it computes in this many
+    #: seconds at its measured rate: the rest stay queued, where autoscalers see them
+    #: and a worker started later can take them.
+    prefetch_seconds: float = Field(3.0, gt=0)
+    #: ... but never fewer than this many documents (a cold start, before any batch
+    #: ran; a model so slow that a few seconds is not a batch).
+    prefetch_floor: int = Field(256, ge=1)
     #: The same for the interactive lanes (one document per message).
     interactive_prefetch: int = Field(512, ge=1)
     #: Messages carrying more documents than this are refused by workers.
@@ -87,12 +135,20 @@ class Settings(BaseSettings):
     max_new_tokens_cap: int = Field(1024, ge=1)
     #: Attempts before a document the model keeps failing on gets an error row.
     max_attempts: int = Field(3, ge=1)
+    #: A message whose job a worker's database does not hold goes back to its queue
+    #: (with a growing delay, for a worker on the right database); after this many
+    #: returns, by any workers, it becomes a dead letter saying why.
+    max_returns: int = Field(20, ge=0)
     #: Seconds before Redis hands an unacked message to another worker.  Must exceed
     #: the time a message can spend buffered plus its batch: a shorter value makes a
     #: slow batch run twice (results stay single: SQL keeps the first success).
     visibility_timeout: float = Field(3600.0, gt=0)
     #: How often workers sweep for messages whose visibility timeout expired.
     restore_interval: float = Field(10.0, gt=0)
+    #: Seconds a producer holds a job it is adding documents to; it renews the hold
+    #: every third of this.  Workers close as failed a job whose producer stopped
+    #: renewing before its documents were all in (clocks may differ by much less).
+    enqueue_lease: float = Field(60.0, ge=1)
     #: Seconds SIGTERM waits for buffered documents to finish before returning them.
     shutdown_grace: float = Field(30.0, ge=0)
     heartbeat_interval: float = Field(2.0, gt=0)
@@ -117,10 +173,19 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
 
     # --- HTTP API (docqueue serve) -----------------------------------------------
+    #: Host names the API answers to besides loopback names and addresses and the
+    #: address ``docqueue serve --host`` names: a JSON list or names separated by
+    #: commas, each ``name``, ``name:port`` or ``*.example.com``.  Any other ``Host``
+    #: is refused (DNS rebinding); a browser's request that changes something must
+    #: come from the server's own origin or from one of these.
+    api_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     #: Bearer tokens the API accepts: a JSON list or tokens separated by commas.
     #: Several, so a new one can be rolled out before the old one is dropped.
     #: Without any, ``docqueue serve`` listens on loopback only.
     api_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    #: Serve /openapi.json, /docs and /redoc without a token on a server with tokens
+    #: (they name every route and field).  Without tokens everything is served.
+    api_public_docs: bool = False
     #: Largest JSON request body in bytes (a job's documents sent as a list are
     #: held in memory while they are queued).
     api_max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024)
@@ -132,11 +197,15 @@ class Settings(BaseSettings):
     #: /v1/completions, /v1/chat/completions) waits for its results, in seconds;
     #: after that it answers 504 naming the queued jobs, which finish anyway.
     api_sync_timeout: float = Field(60.0, gt=0)
+    #: How often each API process expires the OpenAI-compatible batches still
+    #: running past their completion window, in seconds (reading a batch does too).
+    api_batch_sweep_interval: float = Field(60.0, gt=0)
 
     # --- completion webhooks -------------------------------------------------------
     #: Hosts a job's callback URL may name: a JSON list or names separated by commas
-    #: ("hooks.example.com", or "*.example.com" for its subdomains).  Any other host
-    #: is refused when the job is created.  Empty: no callbacks at all.
+    #: ("hooks.example.com", or "*.example.com" for its subdomains), each on the
+    #: scheme's own port unless it names one ("host:8443") or any ("host:*").  Any
+    #: other host or port is refused when the job is created.  Empty: no callbacks.
     webhook_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     #: The shared secret deliveries are signed with (HMAC-SHA256 of the body, in the
     #: X-Docqueue-Signature header).  Jobs with a callback are refused without one.
@@ -147,24 +216,34 @@ class Settings(BaseSettings):
     #: ``webhook_max_backoff``.
     webhook_backoff: float = Field(2.0, gt=0)
     webhook_max_backoff: float = Field(600.0, gt=0)
-    #: Seconds one POST may take before it counts as a failed attempt.
+    #: Seconds one POST may take all told (connecting, sending, the answer's
+    #: headers) before it counts as a failed attempt.
     webhook_timeout: float = Field(10.0, gt=0)
     #: How long a sender holds a delivery it claimed; another sender takes it after
     #: that (a sender that died).  Must exceed ``webhook_timeout``.
     webhook_lease: float = Field(60.0, gt=0)
     #: How often senders look for due deliveries, in seconds.
     webhook_poll_interval: float = Field(1.0, gt=0)
+    #: Where the end of every OpenAI-compatible batch is POSTed, as OpenAI's batch
+    #: webhook events (batch.completed, batch.failed, batch.expired,
+    #: batch.cancelled), like the endpoint of an OpenAI project.  None: not sent.
+    #: Its host must be allowed by ``webhook_hosts``.
+    webhook_batch_url: str | None = None
 
-    @field_validator("api_tokens", "webhook_hosts", mode="before")
+    @field_validator("api_tokens", "webhook_hosts", "api_hosts", "task_modules", mode="before")
     @classmethod
     def _token_list(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            text = value.strip()
-            value = json.loads(text) if text.startswith("[") else text.split(",")
-        if isinstance(value, list):
-            value = [v.strip() if isinstance(v, str) else v for v in value]
-            value = [v for v in value if v != ""]
-        return value
+        return _names(value)
+
+    @field_validator("api_hosts", "webhook_hosts")
+    @classmethod
+    def _host_names(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            if not HOST_ENTRY.fullmatch(host):
+                raise ValueError(
+                    f"{host!r} is not a host: write name, name:port, *.example.com or [::1]:port"
+                )
+        return hosts
 
     @field_validator("api_tokens")
     @classmethod
@@ -181,7 +260,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"token {number}: use printable ASCII characters without spaces")
         return tokens
 
-    @field_validator("webhook_secret", mode="before")
+    @field_validator("webhook_secret", "webhook_batch_url", mode="before")
     @classmethod
     def _secret_or_none(cls, value: Any) -> Any:
         """An empty variable (``DOCQUEUE_WEBHOOK_SECRET=``, what docker-compose passes
@@ -199,6 +278,23 @@ class Settings(BaseSettings):
                 "print(secrets.token_urlsafe())'"
             )
         return secret
+
+    @model_validator(mode="after")
+    def _webhooks_usable(self) -> Settings:
+        if self.webhook_lease <= self.webhook_timeout:
+            raise ValueError(
+                f"DOCQUEUE_WEBHOOK_LEASE ({self.webhook_lease:g}) must exceed "
+                f"DOCQUEUE_WEBHOOK_TIMEOUT ({self.webhook_timeout:g}): an attempt must end "
+                "before another sender may take its delivery"
+            )
+        if self.webhook_batch_url is not None:
+            from docqueue.webhooks import check_callback_url  # it imports this module
+
+            try:
+                check_callback_url(self.webhook_batch_url, self)
+            except ValueError as exc:
+                raise ValueError(f"DOCQUEUE_WEBHOOK_BATCH_URL: {exc}") from None
+        return self
 
     def redis(self) -> str | None:
         return self.redis_url.get_secret_value() if self.redis_url else None

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import text
-
 from docqueue.config import redact
+from docqueue.db.engine import ping
 from docqueue.db.workers import every_worker
 from docqueue.errors import one_line
 from docqueue.producer.client import Client
@@ -19,7 +18,7 @@ def problem(client: Client, worker_host: str | None = None) -> str | None:
     require a live worker heartbeat from that host name."""
     try:
         with client.db.connect() as conn:
-            conn.execute(text("SELECT 1"))
+            ping(conn)
             workers = every_worker(conn) if worker_host is not None else []
     except Exception as exc:
         return f"the database is unreachable: {redact(one_line(exc))}"

@@ -17,10 +17,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from docqueue.errors import Refused
+
 Labels = list[str] | dict[str, str]
 
 
-class LabelsError(ValueError):
+class LabelsError(Refused, ValueError):
     """Labels that cannot be read one way; the message is one line."""
 
 

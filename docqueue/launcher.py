@@ -8,7 +8,9 @@ is configured.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,9 +19,13 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 from docqueue.config import Settings, settings_env
+from docqueue.worker.parent import PARENT_ENV
 
 
 class EmbeddedRedis:
@@ -33,7 +39,7 @@ class EmbeddedRedis:
 
         self.directory = Path(directory or tempfile.mkdtemp(prefix="docqueue-redis-"))
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.socket = self.directory / "redis.sock"
+        self.socket, self._socket_directory = _socket_in(self.directory)
         self.port = port
         self.password = password
         args = [
@@ -57,10 +63,18 @@ class EmbeddedRedis:
         ]
         if password:
             args += ["--requirepass", password]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self._wait_ready()
+        # A session of its own: a terminal's Ctrl-C meant for annotate must not stop
+        # the Redis its workers still need to finish (docqueue.interrupts).
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        try:
+            self._wait_ready()
+        except BaseException:  # Ctrl-C included: no signal of the terminal's stops it
+            self.shutdown()
+            raise
 
-    def _wait_ready(self, timeout: float = 10.0) -> None:
+    def _wait_ready(self, timeout: float = 30.0) -> None:
         from docqueue.broker import redis_client
 
         deadline = time.monotonic() + timeout
@@ -72,7 +86,11 @@ class EmbeddedRedis:
                     return
             except Exception:
                 time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not start in {timeout:.0f}s")
+        log = self.directory / "redis.log"
+        last = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+        raise RuntimeError(
+            f"redis-server did not answer in {timeout:.0f}s ({last[0] if last else 'no log'})"
+        )
 
     @property
     def url(self) -> str:
@@ -91,12 +109,31 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self._socket_directory is not None:
+            shutil.rmtree(self._socket_directory, ignore_errors=True)
 
     def __enter__(self) -> EmbeddedRedis:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+#: The longest unix socket path Linux connects to (``sun_path`` holds 108 bytes with
+#: its terminating NUL); redis-server binds a longer one truncated, so clients never
+#: find it.
+MAX_SOCKET_PATH = 107
+
+
+def _socket_in(directory: Path) -> tuple[Path, Path | None]:
+    """The socket's path in ``directory``, else (a deep directory, such as pytest's
+    tmp_path) in a short directory of its own under the system's temporary one,
+    returned second so that it is removed with the server."""
+    socket = directory / "redis.sock"
+    if len(os.fsencode(socket)) <= MAX_SOCKET_PATH:
+        return socket, None
+    short = Path(tempfile.mkdtemp(prefix="dq-redis-"))
+    return short / "redis.sock", short
 
 
 @contextmanager
@@ -197,11 +234,18 @@ class WorkerProcess:
         self.started = time.perf_counter()
         #: SIGTERM was sent (``LocalWorkers.request_stop``).
         self.stop_requested = False
+        # The worker stops if this process is killed outright (docqueue.worker.parent).
+        env = {**env, PARENT_ENV: str(os.getpid())}
+        # A session of its own: a terminal's Ctrl-C reaches the parent alone, which
+        # decides what the worker does (annotate: docqueue.interrupts; --gpus
+        # forwards it once, where the terminal's would have been a second).
         if log_path is None:  # output goes where this process's goes
-            self.proc = subprocess.Popen(argv, env=env)
+            self.proc = subprocess.Popen(argv, env=env, start_new_session=True)
         else:
             with log_path.open("wb") as out:
-                self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+                self.proc = subprocess.Popen(
+                    argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                )
         self.pid = self.proc.pid
 
     def log(self) -> str:
@@ -210,11 +254,8 @@ class WorkerProcess:
     def wait_ready(self, timeout: float = 90.0) -> WorkerProcess:
         """Until the worker's first heartbeat row (its models are loaded) and its
         consumer is up ("worker ready" in its log, where it has a log file)."""
-        from sqlalchemy import select
-        from sqlalchemy.exc import DBAPIError
-
         from docqueue.db import make_engine
-        from docqueue.db.schema import WorkerBeat
+        from docqueue.db.workers import worker_of_pid
 
         engine = make_engine(self.database_url)
         deadline = time.monotonic() + timeout
@@ -222,15 +263,9 @@ class WorkerProcess:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
-                try:
-                    with engine.connect() as conn:
-                        beat = conn.execute(
-                            select(WorkerBeat.id).where(WorkerBeat.pid == self.pid)
-                        ).first()
-                except DBAPIError:  # the worker has not created the tables yet
-                    beat = None
+                beat = worker_of_pid(engine, self.pid)
                 if beat and (self.log_path is None or "worker ready" in self.log()):
-                    self.worker_id = beat[0]
+                    self.worker_id = beat
                     return self
                 time.sleep(0.1)
         finally:
@@ -346,8 +381,89 @@ class LocalWorkers:
         for process in self.processes:
             process.kill()
 
+    def send_kill(self) -> None:
+        """SIGKILL to each, without waiting (safe in a signal handler: no lock of
+        the Popen objects is taken); :meth:`kill` or :meth:`stop` reaps them."""
+        for process in self.processes:
+            if process.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGKILL)
+
     def __enter__(self) -> LocalWorkers:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class ApiServer:
+    """One ``python -m docqueue serve`` process on a free loopback port, with the
+    settings in its environment (the one way tests and benchmarks start the API)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        log_path: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        args: Sequence[str] = (),
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("DOCQUEUE_")}
+        argv = [sys.executable, "-m", "docqueue", "serve", "--port", str(self.port), *args]
+        with log_path.open("wb") as out:
+            self.proc = subprocess.Popen(
+                argv,
+                env={**inherited, **settings_env(settings), **(env or {})},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 60.0) -> Self:
+        """Until it answers HTTP (``/health``, whatever its services' state)."""
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"docqueue serve exited with {self.proc.returncode}:\n{self.log()}"
+                )
+            try:
+                httpx.get(f"{self.url}/health", timeout=1)
+                return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise TimeoutError(f"docqueue serve did not answer in {timeout:.0f}s:\n{self.log()}")
+
+    def stop(self, grace: float = 15.0) -> int:
+        """SIGTERM, then SIGKILL ``grace`` seconds later; returns its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

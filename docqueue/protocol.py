@@ -16,7 +16,7 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StringConstraints
 
-from docqueue.tasks import CHAT_TASKS, Task
+from docqueue.tasks import Task, names, takes_chat
 
 PROTOCOL_VERSION: Final = 1
 TASK_NAME = "docqueue.batch"
@@ -29,6 +29,9 @@ ModelName = Annotated[str, StringConstraints(strict=True, pattern=MODEL_NAME_PAT
 MAX_SEQ: Final = 2**31 - 1
 #: A sequence number on the wire: a JSON integer in range, never "0", 0.0 or true.
 Seq = Annotated[int, Strict(), Field(ge=0, le=MAX_SEQ)]
+#: The longest document id the ledger holds (``dq_items.user_id``; PostgreSQL
+#: enforces it, SQLite does not).
+MAX_ID_CHARS: Final = 512
 StrictText = Annotated[str, Strict()]
 _MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
 
@@ -51,9 +54,25 @@ def queue_name(task: str, model: str, lane: str) -> str:
     return interactive_queue(model) if lane == "interactive" else bulk_queue(task, model)
 
 
+def queue_of(name: str) -> tuple[str, Lane, str] | None:
+    """(model, lane, task) of a queue's name (task "" for an interactive lane), or
+    None for a name that is not a docqueue queue's."""
+    prefix, _, rest = name.partition(".")
+    first, _, model = rest.partition(".")
+    if prefix != "docqueue" or not is_model_name(model):
+        return None
+    if first == "interactive":
+        return model, "interactive", ""
+    return (model, "bulk", first) if first in names() else None
+
+
 def done_channel(job_id: str) -> str:
     """Redis pub/sub channel a worker publishes to after committing a job's results."""
     return f"docqueue:done:{job_id}"
+
+
+#: The pattern of every job's done channel (one subscription for all of them).
+DONE_PATTERN = done_channel("*")
 
 
 class ChatMessage(BaseModel):
@@ -106,7 +125,7 @@ def document_problem(doc: Document, task: str) -> str | None:
         if "\x00" in doc:
             return "document contains NUL (\\x00) characters"
         return None
-    if task not in CHAT_TASKS:
+    if not takes_chat(task):
         return f"{task} takes text, not chat messages"
     if not doc:
         return "no chat messages"
@@ -138,6 +157,14 @@ def document_digest(doc: Document) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def stored_document(text: str, chat: bool) -> Document:
+    """A document as the ledger keeps it (its text, or its chat as JSON), back in
+    wire form: for a worker comparing a message with it, and for resume."""
+    if chat:
+        return [ChatMessage.model_validate(m) for m in json.loads(text)]
+    return text
+
+
 def task_argument(body: Any) -> Any:
     """The single argument of a decoded Celery task message for :data:`TASK_NAME`
     (protocol 2: ``[args, kwargs, embed]``; protocol 1: a dict with ``args`` and
@@ -147,23 +174,24 @@ def task_argument(body: Any) -> Any:
             raise ValueError(f"message body has {len(body)} parts, not [args, kwargs, embed]")
         args, kwargs, embed = body
         if not isinstance(embed, dict):
-            raise ValueError(f"message embed is {_json_type(embed)}, not an object")
+            raise ValueError(f"message embed is {json_type(embed)}, not an object")
     elif isinstance(body, dict):
         args, kwargs = body.get("args"), body.get("kwargs", {})
     else:
-        raise ValueError(f"message body is {_json_type(body)}, not a task message")
+        raise ValueError(f"message body is {json_type(body)}, not a task message")
     if not isinstance(args, list):
-        raise ValueError(f"message args is {_json_type(args)}, not a list")
+        raise ValueError(f"message args is {json_type(args)}, not a list")
     if len(args) != 1:
         raise ValueError(f"message args has {len(args)} values; {TASK_NAME} takes one")
     if not isinstance(kwargs, dict):
-        raise ValueError(f"message kwargs is {_json_type(kwargs)}, not an object")
+        raise ValueError(f"message kwargs is {json_type(kwargs)}, not an object")
     if kwargs:
         raise ValueError(f"message kwargs {sorted(kwargs)[:3]}: {TASK_NAME} takes none")
     return args[0]
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """What a JSON value is, for a person: \"a number\", \"null\", \"an object\"."""
     names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
     if value is None:
         return "null"

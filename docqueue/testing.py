@@ -9,6 +9,11 @@ generation and special tokens are real, which is what tests of batching, storage
 and runners need.
 
 * ``build_classifier``: a BERT sequence classifier (``classify``);
+* ``build_nli``: a BERT classifier with NLI labels (``classify`` with zero-shot labels,
+  by entailment);
+* ``build_token_classifier``: a BERT token classifier with BIO labels (``ner``),
+  its tokenizer WordPiece or byte-level BPE;
+* ``build_masked_lm``: a BERT masked language model (``fill-mask``, ``embed``);
 * ``build_seq2seq``: a BART or T5 encoder-decoder (``summarize``);
 * ``build_causal_lm``: a GPT-2 or Llama decoder, the Llama one with a chat template
   (``generate``);
@@ -33,11 +38,16 @@ from typing import Any
 
 __all__ = [
     "CHAT_TEMPLATE",
+    "NER_LABELS",
+    "NLI_LABELS",
     "SPECIAL_BERT",
     "bpe_tokenizer",
     "build_causal_lm",
     "build_classifier",
     "build_head_on",
+    "build_masked_lm",
+    "build_nli",
+    "build_token_classifier",
     "build_seq2seq",
     "save_model",
     "seed_weights",
@@ -169,6 +179,111 @@ def build_classifier(
     )
     seed_weights(seed)
     model = AutoModelForSequenceClassification.from_config(config)
+    return save_model(path, model, tokenizer)
+
+
+#: The labels of ``build_nli`` (MNLI's order, as facebook/bart-large-mnli has them).
+NLI_LABELS = ("contradiction", "neutral", "entailment")
+#: The labels of ``build_token_classifier`` (CoNLL's BIO tags).
+NER_LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
+
+
+def _bert_config(tokenizer: Any, hidden: int, layers: int, max_length: int, **extra: Any) -> Any:
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 16),
+        intermediate_size=hidden * 2,
+        max_position_embeddings=max_length,
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
+    )
+
+
+def _labelled(labels: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {label: i for i, label in enumerate(labels)},
+    }
+
+
+def build_nli(
+    path: str | Path,
+    corpus: Iterable[str],
+    *,
+    hidden: int = 32,
+    layers: int = 1,
+    max_length: int = 128,
+    labels: tuple[str, ...] = NLI_LABELS,
+    vocab_size: int = 1000,
+    seed: int = 0,
+) -> Path:
+    """A BERT sequence classifier whose labels make it an NLI model (``entailment``
+    among them): zero-shot classification by entailment, premise and hypothesis as
+    a pair with token type ids."""
+    from transformers import AutoModelForSequenceClassification
+
+    tokenizer = wordpiece_tokenizer(corpus, vocab_size, max_length)
+    # Weights drawn wide: BERT's default (0.02) leaves a tiny model's logits within
+    # 1e-6 of each other, and the labels' order a matter of rounding.
+    config = _bert_config(
+        tokenizer, hidden, layers, max_length, initializer_range=0.5, **_labelled(labels)
+    )
+    seed_weights(seed)
+    model = AutoModelForSequenceClassification.from_config(config)
+    return save_model(path, model, tokenizer)
+
+
+def build_token_classifier(
+    path: str | Path,
+    corpus: Iterable[str],
+    *,
+    hidden: int = 32,
+    layers: int = 1,
+    max_length: int = 128,
+    labels: tuple[str, ...] = NER_LABELS,
+    tokenizer: str = "wordpiece",
+    vocab_size: int = 1000,
+    seed: int = 0,
+) -> Path:
+    """A BERT token classifier (``ner``); ``tokenizer`` "wordpiece" (continuations
+    marked ``##``) or "bpe" (byte-level, words told apart by the text around them)."""
+    from transformers import AutoModelForTokenClassification
+
+    if tokenizer == "wordpiece":
+        tok = wordpiece_tokenizer(corpus, vocab_size, max_length)
+    elif tokenizer == "bpe":
+        tok = bpe_tokenizer(corpus, vocab_size, max_length, add_bos=True, add_eos=True)
+    else:
+        raise ValueError(f"unknown tokenizer kind {tokenizer!r}")
+    config = _bert_config(tok, hidden, layers, max_length, **_labelled(labels))
+    seed_weights(seed)
+    model = AutoModelForTokenClassification.from_config(config)
+    return save_model(path, model, tok)
+
+
+def build_masked_lm(
+    path: str | Path,
+    corpus: Iterable[str],
+    *,
+    hidden: int = 32,
+    layers: int = 1,
+    max_length: int = 128,
+    vocab_size: int = 1000,
+    seed: int = 0,
+) -> Path:
+    """A BERT masked language model with its MLM head (``fill-mask``; its encoder
+    also embeds)."""
+    from transformers import AutoModelForMaskedLM
+
+    tokenizer = wordpiece_tokenizer(corpus, vocab_size, max_length)
+    config = _bert_config(tokenizer, hidden, layers, max_length)
+    seed_weights(seed)
+    model = AutoModelForMaskedLM.from_config(config)
     return save_model(path, model, tokenizer)
 
 

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from pydantic import SecretStr
@@ -47,6 +48,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+#: Tests whose figures or deadlines a busy neighbour would move (latency bounds,
+#: benchmarks, fault drills): under ``--dist loadgroup`` they all run in one xdist
+#: worker, one after another, never beside each other.
+TIMING = pytest.mark.xdist_group("timing")
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     redis = os.environ.get("DOCQUEUE_TEST_REDIS_URL") or "embedded redis-server"
     return [f"docqueue: redis {redis}; databases {', '.join(BACKENDS)}"]
@@ -60,10 +67,37 @@ def sample_texts() -> list[str]:
 # --- Redis ---------------------------------------------------------------------------
 
 
+def xdist_index() -> int:
+    """This pytest process's number under pytest-xdist (gw0 -> 0, gw1 -> 1), 0 alone."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(name.removeprefix("gw") or 0)
+
+
+def own_database(url: str, index: int) -> str:
+    """The Redis URL ``url`` with the database number raised by ``index``: each xdist
+    worker flushes a database of its own, never its neighbour's."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(
+            f"DOCQUEUE_TEST_REDIS_URL must be a redis:// or rediss:// URL, not {url!r}"
+        )
+    database = int(parts.path.strip("/") or 0) + index
+    if database > 15:
+        raise ValueError(
+            f"DOCQUEUE_TEST_REDIS_URL names database {database - index}; xdist worker {index} "
+            f"would use {database}, past Redis's default 16 databases: name a lower one "
+            "(database N and the next ones are flushed by the tests)"
+        )
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[str]:
+    """The Redis the environment names (its database N + this xdist worker's number),
+    else a private redis-server of this pytest process.  Never another server."""
     url = os.environ.get("DOCQUEUE_TEST_REDIS_URL")
     if url:
+        url = own_database(url, xdist_index())
         redis_client(url).ping()  # unreachable: fail loudly
         yield url
         return
@@ -149,6 +183,32 @@ def tiny_classifier(tmp_path_factory: pytest.TempPathFactory, sample_texts: list
     from docqueue.testing import build_classifier
 
     return str(build_classifier(tmp_path_factory.mktemp("tiny-classifier"), sample_texts))
+
+
+#: The window of the tiny NER model: most sample documents are longer.
+NER_WINDOW = 32
+
+
+@pytest.fixture(scope="session")
+def encoder_models(
+    tmp_path_factory: pytest.TempPathFactory, sample_texts: list[str]
+) -> dict[str, str]:
+    """Tiny token classifiers (WordPiece and byte-level BPE, a 32-token window), a
+    masked language model and an NLI classifier, built once."""
+    from docqueue.testing import build_masked_lm, build_nli, build_token_classifier
+
+    root = tmp_path_factory.mktemp("encoders")
+    window = NER_WINDOW
+    return {
+        "ner": str(build_token_classifier(root / "ner", sample_texts, max_length=window)),
+        "ner-bpe": str(
+            build_token_classifier(
+                root / "ner-bpe", sample_texts, max_length=window, tokenizer="bpe"
+            )
+        ),
+        "mlm": str(build_masked_lm(root / "mlm", sample_texts)),
+        "nli": str(build_nli(root / "nli", sample_texts)),
+    }
 
 
 # --- worker processes ----------------------------------------------------------------

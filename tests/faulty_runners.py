@@ -52,3 +52,13 @@ class SlowClassifier(ClassifyRunner):
     def forward(self, inputs: dict[str, Any], params: dict[str, Any]) -> Any:
         time.sleep(0.5)
         return super().forward(inputs, params)
+
+
+class PacedClassifier(ClassifyRunner):
+    """Takes at least 0.15 s per batch: however quiet the machine, a worker's rate stays
+    below 64 / 0.15 = 427 documents a second, so that a big job lasts long enough for a
+    drill to restart Redis or cut a link under it."""
+
+    def forward(self, inputs: dict[str, Any], params: dict[str, Any]) -> Any:
+        time.sleep(0.15)
+        return super().forward(inputs, params)

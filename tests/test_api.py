@@ -7,14 +7,11 @@ import csv
 import io
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +23,22 @@ from docqueue.config import Settings, settings_env
 from docqueue.db import make_engine, migrate
 from docqueue.db.workers import beat
 from docqueue.errors import ExitCode
+from docqueue.launcher import ApiServer, free_port
 
 TOKEN = "test-token-0123456789abcdef"
 OTHER_TOKEN = "test-token-fedcba9876543210"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 #: A model that a worker served once and stopped serving: jobs for it are accepted
 #: and wait (no worker process needed), which lets them be cancelled untouched.
 GONE = "ghost"
 
 
-@dataclass
-class Server:
-    url: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    clients: list[httpx.Client] = field(default_factory=list)
+class Server(ApiServer):
+    """A ``docqueue serve`` process, with httpx clients that close with it."""
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.clients: list[httpx.Client] = []
 
     def http(self, token: str | None = TOKEN) -> httpx.Client:
         """A client sending ``token`` (closed with the server)."""
@@ -51,22 +47,10 @@ class Server:
         self.clients.append(client)
         return client
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 15.0) -> int:
         for client in self.clients:
             client.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        return super().stop(grace)
 
 
 def serve_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -81,27 +65,10 @@ def serve(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Server]]
     started: list[Server] = []
 
     def start(**env: str) -> Server:
-        port = free_port()
         log_path = tmp_path / f"serve-{len(started)}.log"
-        with log_path.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "docqueue", "serve", "--port", str(port)],
-                env=serve_env(settings, **{"DOCQUEUE_API_TOKENS": json.dumps([TOKEN]), **env}),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        server = Server(f"http://127.0.0.1:{port}", proc, log_path)
+        server = Server(settings, log_path, env={"DOCQUEUE_API_TOKENS": json.dumps([TOKEN]), **env})
         started.append(server)
-
-        def answering() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"docqueue serve exited with {proc.returncode}:\n{server.log()}")
-            try:
-                return httpx.get(f"{server.url}/openapi.json", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(answering, 60, "docqueue serve to answer")
+        server.wait_ready()
         return server
 
     yield start
@@ -401,7 +368,7 @@ def test_tokens_are_required_rotatable_and_never_logged(serve, settings, tmp_pat
         "/api/jobs", json={"task": "classify", "model": "x", "documents": ["a"]}
     )
     assert no_token.status_code == 401
-    assert server.http(None).get("/openapi.json").status_code == 200
+    assert server.http(None).get("/openapi.json").status_code == 401  # a map: behind the token
     server.stop()
     log = server.log()
     assert "GET /api/models" in log
@@ -440,7 +407,8 @@ def test_bad_input_is_a_clear_4xx_and_leaves_nothing(serve, settings):
     unknown = error_of(http.post("/api/jobs", json={**job, "model": "nope"}), 422)
     assert unknown["param"] == "model"
     assert unknown["message"] == (
-        "unknown model nope: no worker has served it (live workers serve: none)"
+        "unknown model nope: no worker has served it and DOCQUEUE_MODELS does not declare "
+        f"it (known models: {GONE})"
     )
     params = error_of(http.post("/api/jobs", json={**job, "params": {"labels": ["one"]}}), 422)
     assert params["param"] == "params" and "between 2 and 256 labels" in params["message"]

@@ -22,7 +22,7 @@ def test_no_request_gets_a_server_error(serve, settings: Settings) -> None:
     # A model a worker once served: requests naming it get past the model check.
     register_gone_model(settings)
     server = serve(DOCQUEUE_API_SYNC_TIMEOUT="1", DOCQUEUE_API_MAX_WAIT="1")
-    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
+    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json", headers=AUTH)
     operations = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
     assert len(operations) > 20
     for operation in operations:

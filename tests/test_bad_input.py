@@ -21,6 +21,7 @@ def test_annotate_reports_every_bad_document_and_finishes_the_rest(tmp_path, tin
         json.dumps({"id": "a", "text": "Same id as the first document."}).encode(),
         json.dumps({"id": "f", "body": "the text is under another name"}).encode(),
         json.dumps({"id": "g", "text": 42}).encode(),
+        json.dumps({"id": "h", "text": None}).encode(),
     ]
     path = tmp_path / "docs.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
@@ -30,7 +31,7 @@ def test_annotate_reports_every_bad_document_and_finishes_the_rest(tmp_path, tin
     no_traceback(result)
     assert result.returncode == 1, result.stderr  # some documents failed
     rows = read_jsonl(tmp_path / "out.jsonl")
-    assert [r["seq"] for r in rows] == list(range(9))
+    assert [r["seq"] for r in rows] == list(range(10))
     by_seq = {r["seq"]: r for r in rows}
     assert by_seq[0]["status"] == "done" and by_seq[0]["duplicate_id"] is True
     assert by_seq[6]["status"] == "done" and by_seq[6]["duplicate_id"] is True
@@ -46,8 +47,9 @@ def test_annotate_reports_every_bad_document_and_finishes_the_rest(tmp_path, tin
         "status": "failed",
         "error": "line 8: no 'text' field",
     }
-    assert by_seq[8]["error"] == "text is int, not a string"
-    assert "3 done, 6 failed of 9 documents" in result.stderr
+    assert by_seq[8]["error"] == "line 9: 'text' is a number, not a string"
+    assert by_seq[9]["error"] == "line 10: no 'text' value (null)"  # as the README says
+    assert "3 done, 7 failed of 10 documents" in result.stderr
     assert "id b: empty document" in result.stderr
 
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from docqueue.worker.batcher import (
     WINDOW_BATCHES,
     Buffer,
+    Cohort,
     Flush,
-    Group,
     Shape,
     Wait,
     padded_tokens,
@@ -31,9 +31,9 @@ SHAPE = Shape(padded_tokens, budget=100, max_rows=8)
 MAX_WAIT = 0.010
 
 
-def group(lengths: list[int], arrived: float = 0.0, interactive: bool = False, shape=SHAPE):
+def cohort(lengths: list[int], arrived: float = 0.0, interactive: bool = False, shape=SHAPE):
     items = [Item(n, arrived + i * 1e-6, f"i{i}") for i, n in enumerate(lengths)]
-    return Group(items, shape, interactive)
+    return Cohort(items, shape, interactive)
 
 
 def test_nothing_buffered_waits_without_deadline():
@@ -41,27 +41,27 @@ def test_nothing_buffered_waits_without_deadline():
 
 
 def test_small_group_waits_until_its_oldest_item_is_max_wait_old():
-    groups = {"a": group([10, 10], arrived=1.0)}
-    decision = plan(groups, now=1.005, max_wait=MAX_WAIT)
+    cohorts = {"a": cohort([10, 10], arrived=1.0)}
+    decision = plan(cohorts, now=1.005, max_wait=MAX_WAIT)
     assert isinstance(decision, Wait) and decision.until is not None
     assert abs(decision.until - 1.010) < 1e-9
-    flushed = plan(groups, now=1.0101, max_wait=MAX_WAIT)
+    flushed = plan(cohorts, now=1.0101, max_wait=MAX_WAIT)
     assert flushed == Flush("a", [0, 1])
 
 
 def test_group_that_fills_the_budget_flushes_before_max_wait():
     # 10 rows of 10 tokens = 100 padded tokens = the budget
-    groups = {"a": group([10] * 10, arrived=1.0)}
-    decision = plan(groups, now=1.0, max_wait=MAX_WAIT)
+    cohorts = {"a": cohort([10] * 10, arrived=1.0)}
+    decision = plan(cohorts, now=1.0, max_wait=MAX_WAIT)
     assert isinstance(decision, Flush)
     assert len(decision.positions) == 8  # max_rows caps it
 
 
 def test_batch_cost_never_exceeds_budget():
-    groups = {"a": group([30, 31, 29, 40, 33, 5, 6], arrived=0.0)}
-    decision = plan(groups, now=1.0, max_wait=MAX_WAIT)
+    cohorts = {"a": cohort([30, 31, 29, 40, 33, 5, 6], arrived=0.0)}
+    decision = plan(cohorts, now=1.0, max_wait=MAX_WAIT)
     assert isinstance(decision, Flush)
-    chosen = [groups["a"].items[i].length for i in decision.positions]
+    chosen = [cohorts["a"].items[i].length for i in decision.positions]
     assert padded_tokens(len(chosen), max(chosen)) <= SHAPE.budget
     assert 0 in decision.positions  # the oldest always goes
 
@@ -69,7 +69,7 @@ def test_batch_cost_never_exceeds_budget():
 def test_batch_takes_items_of_similar_length_around_the_oldest():
     # oldest is 50 tokens; the budget (100) fits two rows of <= 50
     lengths = [50, 3, 48, 90, 4, 49]
-    decision = plan({"a": group(lengths)}, now=1.0, max_wait=MAX_WAIT)
+    decision = plan({"a": cohort(lengths)}, now=1.0, max_wait=MAX_WAIT)
     assert isinstance(decision, Flush)
     chosen = sorted(lengths[i] for i in decision.positions)
     assert chosen == [49, 50]
@@ -77,40 +77,40 @@ def test_batch_takes_items_of_similar_length_around_the_oldest():
 
 def test_short_oldest_item_is_batched_with_other_short_ones():
     lengths = [5, 60, 6, 70, 4, 5]
-    decision = plan({"a": group(lengths)}, now=1.0, max_wait=MAX_WAIT)
+    decision = plan({"a": cohort(lengths)}, now=1.0, max_wait=MAX_WAIT)
     assert isinstance(decision, Flush)
     chosen = sorted(lengths[i] for i in decision.positions)
     assert chosen == [4, 5, 5, 6]  # the next step, 60, would cost 5 x 60 > 100
 
 
 def test_an_item_longer_than_the_budget_still_runs_alone():
-    decision = plan({"a": group([500, 3])}, now=1.0, max_wait=MAX_WAIT)
+    decision = plan({"a": cohort([500, 3])}, now=1.0, max_wait=MAX_WAIT)
     assert decision == Flush("a", [0])
 
 
 def test_interactive_group_goes_before_an_older_bulk_group():
-    groups = {
-        "bulk": group([10] * 20, arrived=0.0),
-        "interactive": group([10], arrived=0.5, interactive=True),
+    cohorts = {
+        "bulk": cohort([10] * 20, arrived=0.0),
+        "interactive": cohort([10], arrived=0.5, interactive=True),
     }
-    decision = plan(groups, now=1.0, max_wait=MAX_WAIT)
+    decision = plan(cohorts, now=1.0, max_wait=MAX_WAIT)
     assert decision == Flush("interactive", [0])
 
 
 def test_interactive_item_still_waits_max_wait_to_gather_company():
-    groups = {"interactive": group([10], arrived=1.0, interactive=True)}
-    assert plan(groups, now=1.001, max_wait=MAX_WAIT) == Wait(1.0 + MAX_WAIT)
+    cohorts = {"interactive": cohort([10], arrived=1.0, interactive=True)}
+    assert plan(cohorts, now=1.001, max_wait=MAX_WAIT) == Wait(1.0 + MAX_WAIT)
 
 
 def test_among_due_groups_the_oldest_goes_first():
-    groups = {"young": group([10] * 3, arrived=0.9), "old": group([10] * 3, arrived=0.1)}
-    decision = plan(groups, now=2.0, max_wait=MAX_WAIT)
+    cohorts = {"young": cohort([10] * 3, arrived=0.9), "old": cohort([10] * 3, arrived=0.1)}
+    decision = plan(cohorts, now=2.0, max_wait=MAX_WAIT)
     assert isinstance(decision, Flush) and decision.key == "old"
 
 
 def test_wait_until_the_earliest_deadline_of_all_groups():
-    groups = {"a": group([10], arrived=1.0), "b": group([10], arrived=0.995)}
-    assert plan(groups, now=1.001, max_wait=MAX_WAIT) == Wait(0.995 + MAX_WAIT)
+    cohorts = {"a": cohort([10], arrived=1.0), "b": cohort([10], arrived=0.995)}
+    assert plan(cohorts, now=1.001, max_wait=MAX_WAIT) == Wait(0.995 + MAX_WAIT)
 
 
 def test_generation_cost_counts_new_tokens():
@@ -118,7 +118,7 @@ def test_generation_cost_counts_new_tokens():
         return rows * (longest + 40)
 
     shape = Shape(cost, budget=200, max_rows=64)
-    decision = plan({"g": group([10] * 10, shape=shape)}, now=1.0, max_wait=MAX_WAIT)
+    decision = plan({"g": cohort([10] * 10, shape=shape)}, now=1.0, max_wait=MAX_WAIT)
     assert isinstance(decision, Flush) and len(decision.positions) == 4  # 4 x (10 + 40) = 200
 
 
@@ -128,9 +128,9 @@ def test_window_bounds_what_the_oldest_item_is_compared_with():
     shape = Shape(padded_tokens, budget=1000, max_rows=2)
     window = 2 * WINDOW_BATCHES
     lengths = [50] + [10] * window + [50]
-    chosen = select(group(lengths, shape=shape))
+    chosen = select(cohort(lengths, shape=shape))
     assert chosen[0] == 0 and len(chosen) == 2 and chosen[1] < window
-    assert select(group([50] + [10] * (window - 2) + [50], shape=shape)) == [0, window - 1]
+    assert select(cohort([50] + [10] * (window - 2) + [50], shape=shape)) == [0, window - 1]
 
 
 def test_nothing_starves_every_item_is_taken_in_bounded_rounds():
@@ -142,7 +142,7 @@ def test_nothing_starves_every_item_is_taken_in_bounded_rounds():
     for _round in range(len(items)):
         if not items:
             break
-        decision = plan({"a": Group(items, SHAPE)}, now=now, max_wait=MAX_WAIT)
+        decision = plan({"a": Cohort(items, SHAPE)}, now=now, max_wait=MAX_WAIT)
         assert isinstance(decision, Flush)
         chosen = set(decision.positions)
         taken += [items[i] for i in chosen]

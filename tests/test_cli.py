@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Any
 
 import pytest
 from conftest import ROOT, SAMPLE, wait_until
 from proxy import Proxy
+from test_readme import readme_main_command
 
 from docqueue.broker import redis_client
 from docqueue.config import settings_env
 from docqueue.protocol import bulk_queue
 
 TICKETS = ROOT / "examples" / "tickets.jsonl"
+#: annotate's name for a model on the wire (docqueue.annotate.model_name_for)
+INTERNAL_NAME = r"\bm-[0-9a-f]{10}\b"
 
 
 def docqueue(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300):
@@ -42,28 +47,32 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def test_readme_main_command_gives_real_answers_with_embedded_defaults(tmp_path):
-    """The README's first command (after the install): embedded Redis, SQLite file in
-    the working directory, one CPU worker, the packaged MiniLM for zero-shot labels."""
-    result = docqueue(
-        "annotate",
-        str(TICKETS),
-        "--task",
-        "classify",
-        "--labels",
-        "billing,outage,praise",
-        "--out",
-        "results.jsonl",
-        cwd=tmp_path,
-    )
+    """The README's first command (after the install), as the README spells it:
+    embedded Redis, SQLite file in the working directory, one CPU worker, the packaged
+    MiniLM for zero-shot labels."""
+    argv = readme_main_command()
+    assert argv[0] == "docqueue", argv
+    # the README runs from the clone's root: its relative paths are read from there
+    args = [str(ROOT / a) if (ROOT / a).is_file() else a for a in argv[1:]]
+    result = docqueue(*args, cwd=tmp_path)
     no_traceback(result)
     assert result.returncode == 0, result.stderr
-    rows = read_jsonl(tmp_path / "results.jsonl")
+    rows = read_jsonl(tmp_path / argv[argv.index("--out") + 1])
     tickets = read_jsonl(TICKETS)
     assert [r["id"] for r in rows] == [t["id"] for t in tickets]
     right = sum(r["label"] == t["topic"] for r, t in zip(rows, tickets, strict=True))
     assert right >= 33
     assert (tmp_path / "docqueue.db").exists()
     assert "36 done, 0 failed" in result.stderr
+    # the model as the user knows it (the bundled minilm), not annotate's m-<digest>
+    listed = docqueue("jobs", cwd=tmp_path, env={"COLUMNS": "300"})
+    assert listed.returncode == 0, listed.stderr
+    # ... TASK MODEL CREATED ("7s ago")
+    assert listed.stdout.splitlines()[1].split()[-4:-2] == ["classify", "minilm"], listed.stdout
+    job_id = listed.stdout.splitlines()[1].split()[0]
+    status = docqueue("status", job_id, cwd=tmp_path)
+    assert f"job {job_id}: classify with model minilm (bulk)" in status.stdout, status.stdout
+    assert re.search(INTERNAL_NAME, listed.stdout + status.stdout) is None
 
 
 def test_annotate_with_a_local_classifier_on_real_text(tmp_path, tiny_classifier):
@@ -84,6 +93,8 @@ def test_annotate_with_a_local_classifier_on_real_text(tmp_path, tiny_classifier
     ids = [json.loads(line)["id"] for line in SAMPLE.read_text().splitlines()]
     assert [r["id"] for r in rows] == ids
     assert all(r["status"] == "done" and r["label"] for r in rows)
+    # the ledger and the results, nothing left beside them (no lock file)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docqueue.db", "out.jsonl"]
 
 
 def test_annotate_embed_writes_unit_vectors(tmp_path):
@@ -110,6 +121,9 @@ def test_annotate_embed_writes_unit_vectors(tmp_path):
     assert [r["id"] for r in rows] == ["a", "b"]
     assert all(len(r["embedding"]) == 384 for r in rows)
     assert abs(sum(x * x for x in rows[0]["embedding"]) - 1.0) < 1e-4
+    # two documents in several seconds: a rate below one, shown as such (not "0 docs/s")
+    rate = re.search(r"\(([\d.,]+) docs/s including start-up\)", result.stderr)
+    assert rate and float(rate.group(1).replace(",", "")) > 0, result.stderr
 
 
 def test_missing_model_is_one_line_not_a_traceback(tmp_path):
@@ -179,6 +193,12 @@ def test_enqueue_status_export_and_dead_workers(tmp_path, settings, start_worker
     worker.kill()
     time.sleep(settings.heartbeat_timeout + 1)
     status = docqueue("status", job_id, cwd=tmp_path, env=env)
+    assert "state: finished" in status.stdout
+    assert "no live worker" not in status.stdout  # a finished job waits for nobody
+    waiting = docqueue(
+        "enqueue", str(docs), "--model", "tiny", "--text-field", "body", cwd=tmp_path, env=env
+    )
+    status = docqueue("status", waiting.stdout.strip(), cwd=tmp_path, env=env)
     assert "no live worker serves model tiny (last seen " in status.stdout
     no_traceback(status)
 
@@ -299,10 +319,24 @@ def _newest_job_saved(client) -> int:
     return found[0].progress.enqueued if found else 0
 
 
-def _via(proxy: Proxy, url: str) -> str:
-    parts = urlsplit(url)
-    user = f"{parts.username}@" if parts.username else ""
-    return url.replace(parts.netloc, f"{user}127.0.0.1:{proxy.port}", 1)
+@contextlib.contextmanager
+def enqueue_process(docs: Path, *fields: str, cwd: Path, env: dict[str, str]):
+    """``docqueue enqueue`` as a process whose output the test reads; killed and
+    reaped at the end whatever the test found (no pipe or process outlives it)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "docqueue", "enqueue", str(docs), "--model", "tiny", *fields],
+        cwd=cwd,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
 
 
 def _finish_and_check(client, start_worker, tiny_classifier, job_id: str, ids: list[str]):
@@ -323,26 +357,18 @@ def test_an_enqueue_cut_off_from_redis_says_what_was_saved_and_resume_completes_
     documents never read."""
     docs = tmp_path / "docs.csv"
     docs.write_text("key,body\n" + "".join(f"k{i},Document {i} about files.\n" for i in range(201)))
-    redis = urlsplit(settings.redis())
-    proxy = Proxy((redis.hostname or "127.0.0.1", redis.port or 6379))
+    proxy = Proxy.before(settings.redis())  # the embedded server's socket, or host and port
     env = {
         **settings_env(settings),
-        "DOCQUEUE_REDIS_URL": _via(proxy, settings.redis()),
+        "DOCQUEUE_REDIS_URL": proxy.url(settings.redis()),
         "DOCQUEUE_MAX_QUEUED_MESSAGES": "1",  # the producer waits after the first chunk
     }
     fields = ["--text-field", "body", "--id-field", "key"]
     try:
-        producer = subprocess.Popen(
-            [sys.executable, "-m", "docqueue", "enqueue", str(docs), "--model", "tiny", *fields],
-            cwd=tmp_path,
-            env={**os.environ, **env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        wait_until(lambda: _newest_job_saved(client) == 128, 60, "two chunks saved")
-        proxy.cut()
-        _, stderr = producer.communicate(timeout=120)
+        with enqueue_process(docs, *fields, cwd=tmp_path, env=env) as producer:
+            wait_until(lambda: _newest_job_saved(client) == 128, 60, "two chunks saved")
+            proxy.cut()
+            _, stderr = producer.communicate(timeout=120)
     finally:
         proxy.close()
     job_id = client.jobs(limit=1)[0].job.id
@@ -370,27 +396,19 @@ def test_an_enqueue_whose_database_goes_away_says_so_and_resume_completes_it(
     if not database_url.startswith("postgresql"):
         pytest.skip("cutting the database off needs a database server (PostgreSQL)")
     docs = _ids_file(tmp_path / "docs.jsonl", 201, {})
-    database = urlsplit(database_url)
-    proxy = Proxy((database.hostname or "127.0.0.1", database.port or 5432))
+    proxy = Proxy.before(database_url)
     env = {
         **settings_env(settings),
-        "DOCQUEUE_DATABASE_URL": _via(proxy, database_url),
+        "DOCQUEUE_DATABASE_URL": proxy.url(database_url),
         "DOCQUEUE_MAX_QUEUED_MESSAGES": "1",
     }
     try:
-        producer = subprocess.Popen(
-            [sys.executable, "-m", "docqueue", "enqueue", str(docs), "--model", "tiny"],
-            cwd=tmp_path,
-            env={**os.environ, **env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        wait_until(lambda: _newest_job_saved(client) == 128, 60, "two chunks saved")
-        proxy.cut()
-        # make room: the producer publishes its second chunk, then fails to save the third
-        redis_client(settings.redis()).lpop(bulk_queue("classify", "tiny"))
-        _, stderr = producer.communicate(timeout=120)
+        with enqueue_process(docs, cwd=tmp_path, env=env) as producer:
+            wait_until(lambda: _newest_job_saved(client) == 128, 60, "two chunks saved")
+            proxy.cut()
+            # make room: the producer publishes its second chunk, then fails to save the third
+            redis_client(settings.redis()).lpop(bulk_queue("classify", "tiny"))
+            _, stderr = producer.communicate(timeout=120)
     finally:
         proxy.close()
     job_id = client.jobs(limit=1)[0].job.id
@@ -404,3 +422,133 @@ def test_an_enqueue_whose_database_goes_away_says_so_and_resume_completes_it(
     assert resumed.returncode == 0, resumed.stderr
     assert int(resumed.stdout) == 201
     _finish_and_check(client, start_worker, tiny_classifier, job_id, [f"d{i}" for i in range(201)])
+
+
+def test_help_keeps_each_command_summary_on_one_line(tmp_path):
+    """Rich keeps a docstring's line breaks: at any width they cut sentences in the
+    middle inside the Commands box.  Wide enough, each summary is one line."""
+    import inspect
+
+    import typer.main
+
+    from docqueue.cli import app
+
+    top: Any = typer.main.get_command(app)  # a group (typer's own copy of click's)
+    groups: list[tuple[list[str], Any]] = [([], top)]
+    groups += [([n], c) for n, c in top.commands.items() if hasattr(c, "commands")]
+    for path, group in groups:
+        shown = docqueue(*path, "--help", cwd=tmp_path, env={"COLUMNS": "400"}, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        lines = [" ".join(line.strip("│ ").split()) for line in shown.stdout.splitlines()]
+        for name, command in group.commands.items():
+            summary = " ".join(inspect.cleandoc(command.help or "").split("\n\n")[0].split())
+            assert any(summary in line for line in lines), (path, name, shown.stdout)
+
+
+def test_results_jsonl_is_never_replaced_unless_named(tmp_path):
+    """annotate and export without --out write results.jsonl, and refuse to replace
+    one there (a file the user did not name), in one line saying how, before
+    anything starts."""
+    (tmp_path / "results.jsonl").write_text("yesterday's results\n")
+    runs = {
+        "annotate": docqueue("annotate", str(TICKETS), "--labels", "a,b", cwd=tmp_path),
+        "export": docqueue("export", "0" * 32, cwd=tmp_path),
+    }
+    for command, result in runs.items():
+        no_traceback(result)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 2 and len(lines) == 1, (command, result.stderr)
+        assert lines[0] == (
+            "error: results.jsonl exists and --out was not given: pass --out results.jsonl "
+            "to replace it, or --out with another file name"
+        )
+    assert (tmp_path / "results.jsonl").read_text() == "yesterday's results\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.jsonl"]  # nothing started
+
+
+def test_status_lists_the_queues_of_the_configured_redis_not_the_ledgers_past(
+    tmp_path, settings, client
+):
+    """`docqueue status` lists this Redis's queues that hold messages, and those live
+    workers serve (empty or not); not the queues of workers long gone (annotate's,
+    on its embedded Redis) nor of running jobs whose messages are not here."""
+    from docqueue.db.workers import beat
+
+    held = client.submit_many(["a message left in the queue"], task="classify", model="minilm")
+    held.cancel()  # finished in the ledger; its message stays queued until a worker drops it
+    elsewhere = client.submit_many(["made on another Redis"], task="embed", model="gone")
+    redis_client(settings.redis()).delete(bulk_queue("embed", "gone"))  # still running
+    with client.db.begin() as conn:
+        for worker_id, model, stopped in (
+            ("annotate-w", "m-caf98a2c5f", True),
+            ("w", "tiny", False),
+        ):
+            beat(
+                conn,
+                worker_id,
+                hostname="h",
+                pid=1,
+                device="cpu",
+                models={model: {"tasks": ["classify", "embed"]}},
+                started_at=time.time(),
+                documents=0,
+                stopped=stopped,
+            )
+    assert elsewhere.progress().state == "running"
+    shown = docqueue("status", cwd=tmp_path, env=settings_env(settings))
+    assert shown.returncode == 0, shown.stderr
+    queues = [line.split() for line in shown.stdout.splitlines() if line.startswith("  docqueue.")]
+    assert queues == [
+        ["docqueue.classify.minilm", "1"],
+        ["docqueue.classify.tiny", "0"],
+        ["docqueue.embed.tiny", "0"],
+        ["docqueue.interactive.tiny", "0"],
+    ], shown.stdout
+
+
+@pytest.mark.slow
+def test_annotate_shows_each_model_by_its_path_and_never_confuses_two_named_alike(
+    tmp_path, tiny_classifier
+):
+    """Two directories with the same last component, one task each in one run: the
+    joined rows, `docqueue jobs`, `status` and Label Studio's model_version name each
+    by its own path; annotate's internal m-<digest> names appear nowhere."""
+    import shutil
+
+    first, second = tmp_path / "a" / "model", tmp_path / "b" / "model"
+    for where in (first, second):
+        shutil.copytree(tiny_classifier, where)
+    result = docqueue(
+        "annotate",
+        str(SAMPLE),
+        "--task",
+        "classify:a/model",
+        "--task",
+        "classify:b/model",
+        "--out",
+        "both.jsonl",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = read_jsonl(tmp_path / "both.jsonl")
+    assert {f"classify:{first}", f"classify:{second}"} <= set(rows[0]), rows[0]
+    listed = docqueue("jobs", "--json", cwd=tmp_path)
+    found = [json.loads(line) for line in listed.stdout.splitlines()]
+    jobs = {job["model_label"]: job for job in found}
+    assert set(jobs) == {str(first), str(second)}
+    assert jobs[str(first)]["model"] != jobs[str(second)]["model"]  # two queues, two models
+    table = docqueue("jobs", cwd=tmp_path, env={"COLUMNS": "300"})
+    assert sorted(line.split()[-3] for line in table.stdout.splitlines()[1:]) == sorted(
+        [str(first), str(second)]
+    )
+    job_id = jobs[str(second)]["id"]
+    status = docqueue("status", job_id, cwd=tmp_path)
+    assert f"classify with model {second} (bulk)" in status.stdout
+    exported = docqueue(
+        "export", job_id, "--out", "b.labelstudio.json", "--input", str(SAMPLE), cwd=tmp_path
+    )
+    assert exported.returncode == 0, exported.stderr
+    tasks = json.loads((tmp_path / "b.labelstudio.json").read_text())
+    assert {t["predictions"][0]["model_version"] for t in tasks} == {str(second)}
+    shown = result.stderr + table.stdout + status.stdout + (tmp_path / "both.jsonl").read_text()
+    assert re.search(INTERNAL_NAME, shown) is None, shown

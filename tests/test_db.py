@@ -23,6 +23,7 @@ from docqueue.db.engine import (
 )
 from docqueue.db.results import ResultRow, record_results
 from docqueue.db.schema import Base, Item, Result
+from docqueue.jobspec import JobSpec
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ def engine(database_url: str):
 
 def new_job(engine, job_id: str = "a" * 32, n: int = 3) -> str:
     with engine.begin() as conn:
-        ledger.create_job(conn, job_id, task="classify", model="m", params={}, lane="bulk")
+        ledger.create_job(conn, job_id, JobSpec("classify", "m"))
         ledger.add_items(conn, job_id, [{"seq": i, "text": f"doc {i}"} for i in range(n)])
         ledger.close_job(conn, job_id, n)
     return job_id
@@ -186,7 +187,7 @@ def test_one_batch_holding_a_document_twice_keeps_the_success(engine):
 def test_progress_and_duplicate_ids(engine):
     job = "b" * 32
     with engine.begin() as conn:
-        ledger.create_job(conn, job, task="classify", model="m", params={}, lane="bulk")
+        ledger.create_job(conn, job, JobSpec("classify", "m"))
         ledger.add_items(
             conn,
             job,
@@ -386,7 +387,7 @@ def test_documents_have_digests_and_older_ones_are_compared_by_their_text(engine
     _at_revision(engine, "0003")
     old = "d" * 32
     with engine.begin() as conn:
-        ledger.create_job(conn, old, task="generate", model="m", params={}, lane="bulk")
+        ledger.create_job(conn, old, JobSpec("generate", "m"))
         conn.execute(
             text(
                 "INSERT INTO dq_items (job_id, seq, text, chat, status, attempts, truncated, "

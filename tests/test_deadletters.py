@@ -97,7 +97,7 @@ def test_the_cap_drops_the_oldest_and_the_cli_lists_shows_and_purges(
     assert "name dead letter ids, or --all" in one_line_error(neither, 2)
 
     purged = docqueue(settings, "dead-letters", "purge", str(newest[0].id), "999", cwd=tmp_path)
-    assert purged.stdout.strip() == "1 dead letters purged (1 not found)"
+    assert purged.stdout.strip() == "1 dead letter purged (1 not found)"
     assert [e.id for e in client.dead_letters()] == [e.id for e in newest[1:]]
     everything = docqueue(settings, "dead-letters", "purge", "--all", cwd=tmp_path)
     assert everything.stdout.strip() == "2 dead letters purged"
@@ -122,7 +122,7 @@ def test_replay_puts_a_fixed_message_back_and_it_is_processed(
 
     replayed = docqueue(settings, "dead-letters", "replay", "--all", cwd=tmp_path)
     assert replayed.returncode == 1  # one could not be
-    assert replayed.stdout.strip() == "1 dead letters replayed"
+    assert replayed.stdout.strip() == "1 dead letter replayed"
     assert f"dead letter {cut} not replayed: only the first" in replayed.stderr
     assert job.wait(timeout=60).done == 2
     assert [e.id for e in client.dead_letters()] == [cut]

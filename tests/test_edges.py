@@ -18,8 +18,8 @@ from conftest import ROOT, make_settings, wait_until
 from test_cli import docqueue, no_traceback, read_jsonl
 
 from docqueue.config import settings_env
+from docqueue.formats.results import OutputError, csv_columns, write_rows
 from docqueue.producer.client import Client, UnsupportedTask
-from docqueue.producer.results import OutputError, csv_columns, write_rows
 
 TICKETS = ROOT / "examples" / "tickets.jsonl"
 
@@ -146,7 +146,7 @@ def test_output_problems_are_refused_before_anything_runs(tmp_path):
         "nodir/x.jsonl": "cannot write nodir/x.jsonl: no directory nodir",
         # export cannot tell before it finds the job: annotate only
         "x.labelstudio.json": (
-            "x.labelstudio.json: Label Studio predictions are for classify, not embed"
+            "x.labelstudio.json: Label Studio predictions are for classify and ner, not embed"
         ),
     }
     for out, message in cases.items():
@@ -338,7 +338,7 @@ def test_status_exit_codes_and_pace_need_only_sql(
 
     bad = write_docs(tmp_path / "bad.jsonl", ["", "fine text"])
     failing = docqueue("enqueue", str(bad), "--model", "tiny", cwd=tmp_path, env=env)
-    assert "1 documents queued, 1 refused (their rows say why)" in failing.stderr
+    assert "1 document queued, 1 refused (their rows say why)" in failing.stderr
     wait_until(
         lambda: (
             docqueue("status", failing.stdout.strip(), cwd=tmp_path, env=sql_only).returncode == 1

@@ -13,10 +13,9 @@ import sys
 import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
-from conftest import make_settings, wait_until
+from conftest import TIMING, make_settings, wait_until
 from proxy import Proxy
 from sqlalchemy import func, select
 
@@ -28,7 +27,7 @@ from docqueue.producer.client import Client
 from docqueue.protocol import bulk_queue
 
 # Fault drills: each starts its own services or kills processes and waits for recovery.
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, TIMING]
 
 QUEUE = bulk_queue("classify", "tiny")
 
@@ -145,12 +144,8 @@ def postgres_url(database_url):
 def test_database_outage_holds_results_and_stops_taking_messages(
     postgres_url, settings, client, start_worker, tiny_classifier, sample_texts
 ):
-    parts = urlsplit(postgres_url)
-    proxy = Proxy((parts.hostname or "127.0.0.1", parts.port or 5432))
-    via_proxy = postgres_url.replace(
-        parts.netloc,
-        f"{parts.username}@127.0.0.1:{proxy.port}" if parts.username else f"127.0.0.1:{proxy.port}",
-    )
+    proxy = Proxy.before(postgres_url)
+    via_proxy = proxy.url(postgres_url)
     try:
         worker = start_worker(
             {"tiny": tiny_classifier}, database_url=via_proxy, prefetch_messages=2

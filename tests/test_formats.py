@@ -24,11 +24,11 @@ from conftest import ROOT
 from test_cli import docqueue, no_traceback, read_jsonl
 
 from docqueue.config import Settings, settings_env
-from docqueue.producer import jsonarray
+from docqueue.formats import jsonarray
+from docqueue.formats.readers import InputError, read_documents
+from docqueue.formats.results import OutputError, check_output, csv_columns, write_rows
 from docqueue.producer.client import Client
 from docqueue.producer.documents import Record, check
-from docqueue.producer.readers import InputError, read_documents
-from docqueue.producer.results import OutputError, check_output, csv_columns, write_rows
 
 serve = test_api.serve  # the `docqueue serve` fixture
 TICKETS = ROOT / "examples" / "tickets.jsonl"
@@ -323,7 +323,7 @@ def test_label_studio_tasks_pre_annotate_classification(tmp_path):
     assert "predictions" not in tasks[2]  # failed: a task to label by hand
     with pytest.raises(OutputError, match=r"needs the document's 'text'"):
         write_rows(iter(classify_rows()), tmp_path / "bare.labelstudio.json", task="classify")
-    with pytest.raises(OutputError, match=r"Label Studio predictions are for classify, not embed"):
+    with pytest.raises(OutputError, match=r"predictions are for classify and ner, not embed"):
         check_output(tmp_path / "x.labelstudio.json", "embed")
 
 
@@ -358,9 +358,9 @@ def test_without_the_data_extra_the_client_works_and_parquet_names_the_extra(tmp
         import sys
         sys.modules["pyarrow"] = sys.modules["datasets"] = None  # as if not installed
         import docqueue, docqueue.producer, docqueue.cli
-        from docqueue.producer.readers import read_documents
-        from docqueue.producer.results import OutputError, check_output
-        from docqueue.producer.extras import MissingExtra
+        from docqueue.formats.readers import read_documents
+        from docqueue.formats.results import OutputError, check_output
+        from docqueue.formats.extras import MissingExtra
         try:
             read_documents({str(path)!r})
         except MissingExtra as exc:

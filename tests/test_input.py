@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
+from docqueue.formats.readers import InputError, read_documents
 from docqueue.params import InvalidParams, validate_params
 from docqueue.producer.documents import InvalidDocument, Record, as_record, check
-from docqueue.producer.readers import InputError, read_documents
 
 
 def test_jsonl_lines_that_cannot_be_read_become_errors_naming_the_line(tmp_path):
@@ -62,7 +62,8 @@ def test_whole_file_problems_stop_before_anything_is_queued(tmp_path):
         ("", "empty document"),
         ("   \n\t", "document is whitespace only"),
         ("a\x00b", "document contains NUL (\\x00) characters"),
-        (42, "text is int, not a string"),
+        (42, "text is a number, not a string"),
+        (None, "no text (null)"),
         ([{"role": "user", "content": "hi"}], "classify takes text, not chat messages"),
     ],
 )

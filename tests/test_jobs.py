@@ -4,6 +4,7 @@ and the ``docqueue`` command (real processes), on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,13 +13,17 @@ from typing import Any
 import pytest
 from conftest import SAMPLE, make_settings, wait_until
 from sqlalchemy import func, insert, select, update
+from test_api import serve  # noqa: F401  (the fixture)
 from test_cli import docqueue, no_traceback, read_jsonl
 
 from docqueue.config import Settings, settings_env
+from docqueue.core.publishing import publish_items
 from docqueue.db import jobs as ledger
 from docqueue.db import make_engine, migrate
 from docqueue.db.results import ResultRow, record_results
 from docqueue.db.schema import Item, Job, Result, Tombstone
+from docqueue.jobspec import JobSpec
+from docqueue.params import validate_params
 from docqueue.producer.client import (
     Client,
     DocumentCancelled,
@@ -311,7 +316,7 @@ def _commands(tmp_path: Path, settings: Settings, client: Client) -> None:
     age(client, other.id, 40)
     pruned = docqueue("prune", cwd=tmp_path, env=sql_only)  # the default: 30 days
     assert pruned.returncode == 0, pruned.stderr
-    assert "1 finished or cancelled jobs older than 30 days deleted" in pruned.stdout
+    assert "1 finished or cancelled job older than 30 days deleted" in pruned.stdout
     empty = docqueue("jobs", cwd=tmp_path, env=sql_only)
     assert empty.returncode == 0 and empty.stdout == "" and "no jobs" in empty.stderr
 
@@ -321,7 +326,10 @@ def _commands(tmp_path: Path, settings: Settings, client: Client) -> None:
     [
         (["cancel", "0" * 32], f"no job {'0' * 32}"),
         (["delete", "0" * 32], f"no job {'0' * 32}"),
-        (["jobs", "--state", "done"], "--state 'done': use one of running, finished, cancelled"),
+        (
+            ["jobs", "--state", "done"],
+            "--state 'done': use one of running, finished, cancelled, failed",
+        ),
         (["jobs", "--limit", "0"], "--limit 0: use 1 or more"),
         (["prune", "--older-than", "0"], "--older-than 0.0: use a number of days above 0"),
     ],
@@ -363,7 +371,8 @@ def test_cancel_while_a_worker_processes_a_big_job(
     at_cancel = job.progress()
     assert at_cancel.state == "cancelled" and at_cancel.cancelled > 1000, at_cancel
     late_seq = 1999
-    client._publish(job.id, "classify", "tiny", {}, "bulk", [(late_seq, docs[late_seq])])
+    late = JobSpec("classify", "tiny", validate_params("classify", {}))
+    publish_items(client.services, job.id, late, [(late_seq, docs[late_seq])])
 
     broker = client.redis
     queue = queue_name("classify", "tiny", "bulk")
@@ -406,17 +415,9 @@ def _earlier_annotate_job(
     migrate(engine)
     job_id = "f" * 32
     with engine.begin() as conn:
-        ledger.create_job(
-            conn,
-            job_id,
-            task="classify",
-            model=model,
-            params={},
-            lane="bulk",
-            source=str(docs),
-            name=name,
-            input_digest=input_digest(docs, "classify", model, {}, "text", "id"),
-        )
+        digest = input_digest(docs, "classify", model, {}, "text", "id")
+        spec = JobSpec("classify", model, source=str(docs), name=name, input_digest=digest)
+        ledger.create_job(conn, job_id, spec)
         ledger.add_items(
             conn,
             job_id,
@@ -508,7 +509,7 @@ def _old_jobs(db: Path) -> None:
             ("2" * 32, 40, False),
             ("3" * 32, 5, True),
         ):
-            ledger.create_job(conn, job_id, task="classify", model="m", params={}, lane="bulk")
+            ledger.create_job(conn, job_id, JobSpec("classify", "m"))
             ledger.add_items(conn, job_id, [{"seq": 0, "text": "x"}])
             if closed:
                 record_results(conn, [ResultRow(job_id, 0, ok=True, output={}, worker_id="w")])
@@ -589,3 +590,45 @@ def test_a_retry_racing_the_first_call_adds_each_document_once_and_both_succeed(
     progress = client.job(retry.id).progress()
     assert (progress.total, progress.enqueued) == (3, 3)
     assert [row["seq"] for row in client.job(retry.id).results_page()] == [0, 1, 2]
+
+
+def test_status_of_a_cancelled_job_shows_what_jobs_json_and_the_api_show(
+    tmp_path,
+    settings,
+    client,
+    serve,  # noqa: F811  (the fixture)
+):
+    """`docqueue status JOB` reads the state and counts the others read (one
+    Progress): a cancelled job says so, when, and counts its cancelled documents,
+    which add up to the total; it waits for nobody, so no worker is missed."""
+    job = client.submit_many(texts(20), task="classify", model="nobody")
+    finish(client, job.id, [0, 1, 2])
+    with client.db.begin() as conn:
+        record_results(conn, [ResultRow(job.id, 3, ok=False, error="too odd", worker_id="w")])
+    time.sleep(1.1)  # the cancel comes a second after the last result
+    job.cancel()
+    env = {k: v for k, v in settings_env(settings).items() if k != "DOCQUEUE_REDIS_URL"}
+    status = docqueue("status", job.id, cwd=tmp_path, env=env)
+    no_traceback(status)
+    assert status.returncode == 1, status.stderr  # not all done
+    [listed] = [
+        json.loads(line)
+        for line in docqueue("jobs", "--json", cwd=tmp_path, env=env).stdout.splitlines()
+        if json.loads(line)["id"] == job.id
+    ]
+    api = serve().http().get(f"/api/jobs/{job.id}").json()
+    assert listed["state"] == api["state"] == "cancelled"
+    assert f"  state: cancelled at {time.strftime('%Y-%m-%d')}" in status.stdout, status.stdout
+    counts = re.search(
+        r"documents: 20; done (\d+), failed (\d+), pending (\d+), cancelled (\d+)", status.stdout
+    )
+    assert counts, status.stdout
+    names = ("done", "failed", "pending", "cancelled")
+    shown = dict(zip(names, map(int, counts.groups()), strict=True))
+    assert shown == {k: listed[k] for k in shown} == {k: api["progress"][k] for k in shown}
+    assert shown == {"done": 3, "failed": 1, "pending": 0, "cancelled": 16}
+    # from its creation to the cancel, not to its last result (nor 0.0s)
+    took = re.search(r"  cancelled after ([\d.]+)s", status.stdout)
+    assert took and float(took.group(1)) >= 1.0, status.stdout
+    assert "finished in" not in status.stdout
+    assert "no live worker" not in status.stdout and api["warning"] is None

@@ -22,6 +22,7 @@ from test_api import TOKEN, Server, free_port, register_gone_model, serve_env
 
 from docqueue.broker import redis_client
 from docqueue.config import Settings
+from docqueue.core.overview import known_queues
 from docqueue.db import make_engine
 from docqueue.db.schema import Base
 from docqueue.db.workers import WorkerState
@@ -29,7 +30,6 @@ from docqueue.errors import ExitCode
 from docqueue.launcher import LocalWorkers, metrics_port_env
 from docqueue.logs import JsonFormatter, jobs_extra
 from docqueue.producer.client import Client
-from docqueue.producer.overview import known_queues
 
 BACKENDS = ["sqlite"] + ([pytest.param("postgresql", marks=pytest.mark.slow)] if PG_URL else [])
 POISON = "POISON: the model cannot digest this one."
@@ -97,27 +97,8 @@ def _database(request: pytest.FixtureRequest, tmp: Path) -> str:
 
 
 def _serve(settings: Settings, tmp: Path) -> Server:
-    port = free_port()
-    log_path = tmp / "serve.log"
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "docqueue", "serve", "--port", str(port)],
-            env=serve_env(settings, DOCQUEUE_API_TOKENS=json.dumps([TOKEN])),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server(f"http://127.0.0.1:{port}", proc, log_path)
-
-    def answering() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"docqueue serve exited with {proc.returncode}:\n{server.log()}")
-        try:
-            return httpx.get(f"{server.url}/openapi.json", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_until(answering, 60, "docqueue serve to answer")
-    return server
+    server = Server(settings, tmp / "serve.log", env={"DOCQUEUE_API_TOKENS": json.dumps([TOKEN])})
+    return server.wait_ready()
 
 
 def sample(exposition: str, name: str, **labels: str) -> float:
@@ -129,6 +110,40 @@ def sample(exposition: str, name: str, **labels: str) -> float:
             if s.name == name and labels.items() <= s.labels.items():
                 total += s.value
     return total
+
+
+def series(exposition: str) -> int:
+    return sum(len(family.samples) for family in text_string_to_metric_families(exposition))
+
+
+def test_made_up_methods_and_paths_add_no_series(stack: Stack):
+    """Counted before the token check: 5,000 anonymous requests with made-up methods
+    and paths (each made ~17 series, 85,000 in all) fall under one method value and
+    one route value."""
+    with httpx.Client(base_url=stack.api.url, timeout=30) as anonymous:
+
+        def flood(count: int) -> None:
+            for i in range(count):
+                method, path = f"X{i}QUERY", f"/made/up/{i}"
+                assert anonymous.request(method, "/api/jobs").status_code in (401, 405)
+                assert anonymous.get(path).status_code == 404
+                assert anonymous.request(method, path).status_code in (404, 405)
+
+        flood(2)  # the first of each kind makes its series
+        stack.scrape_api()
+        before = stack.scrape_api().text
+        flood(5_000 // 3 + 1)
+        after = stack.scrape_api().text
+    assert series(after) == series(before)
+    methods = {
+        s.labels["method"]
+        for f in text_string_to_metric_families(after)
+        if f.name == "docqueue_http_requests"
+        for s in f.samples
+    }
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}
+    made_up = sample(after, "docqueue_http_requests_total", method="other", route="unmatched")
+    assert made_up == 2 + 5_000 // 3 + 1
 
 
 # A real worker and API for the module: the slow pass (CI runs it).
@@ -193,14 +208,22 @@ def test_both_endpoints_move_with_the_work_and_agree_with_status(stack: Stack):
 # A real worker and API for the module: the slow pass (CI runs it).
 @pytest.mark.slow
 def test_api_requests_are_counted_by_route_and_logged_as_json_with_their_job(stack: Stack):
+    # The module's other tests share this API: count what this test adds.
+    # (A scrape is counted once it has answered: the next one shows it.)
+    route = {"method": "GET", "route": "/api/jobs/{job_id}", "status": "200"}
+    unmatched = {"route": "unmatched", "status": "404"}
+    before = stack.scrape_api().text
     job = stack.client.submit_many(["one", "two"], task="classify", model="ghost")
     http = stack.api.http()
     assert http.get(f"/api/jobs/{job.id}").status_code == 200
     assert http.get("/api/nowhere").status_code == 404
     api = stack.scrape_api().text
-    route = {"method": "GET", "route": "/api/jobs/{job_id}", "status": "200"}
-    assert sample(api, "docqueue_http_requests_total", **route) == 1
-    assert sample(api, "docqueue_http_requests_total", route="unmatched", status="404") == 1
+
+    def added(**labels: str) -> float:
+        name = "docqueue_http_requests_total"
+        return sample(api, name, **labels) - sample(before, name, **labels)
+
+    assert added(**route) == 1 and added(**unmatched) == 1
     assert sample(api, "docqueue_http_request_duration_seconds_count", route="/metrics") >= 1
 
     def access_line() -> dict[str, object] | None:
@@ -228,15 +251,13 @@ def test_worker_lines_are_json_and_name_the_job_they_concern(stack: Stack):
     assert failed[0]["level"] == "WARNING" and failed[0]["logger"] == "docqueue.worker.compute"
 
 
-def test_queues_are_known_from_workers_and_running_jobs_even_when_empty():
-    gone = WorkerState("w", "h", "cpu", {"bart": {"tasks": ["summarize"]}}, 0.0, 0, True)
-    queues = known_queues(
-        [gone], {("classify", "typo", "bulk"), ("embed", "minilm", "interactive")}
-    )
-    assert queues == {
+def test_queues_are_those_holding_messages_and_those_live_workers_serve_even_empty():
+    live = WorkerState("w", "h", "cpu", {"bart": {"tasks": ["summarize"]}}, 0.0, 0, False)
+    waiting = ["docqueue.classify.typo", "docqueue.interactive.m.v2", "docqueue.dead-letters"]
+    assert known_queues([live], waiting) == {
         "docqueue.classify.typo": ("typo", "bulk", "classify"),
         "docqueue.interactive.bart": ("bart", "interactive", ""),
-        "docqueue.interactive.minilm": ("minilm", "interactive", ""),
+        "docqueue.interactive.m.v2": ("m.v2", "interactive", ""),
         "docqueue.summarize.bart": ("bart", "bulk", "summarize"),
     }
 

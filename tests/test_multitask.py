@@ -11,7 +11,7 @@ from test_api import serve, wait_finished  # noqa: F401  (serve is a fixture)
 from test_cli import TICKETS, docqueue, no_traceback, read_jsonl
 from test_reuse import _answers, _docs
 
-from docqueue.producer.groups import TaskSpec, flat, joined, labels_for
+from docqueue.core.groups import TaskSpec, flat, joined, labels_for
 
 
 @pytest.fixture(scope="module")

@@ -165,6 +165,48 @@ def test_a_batch_runs_every_line_and_names_the_ones_that_cannot(
     assert [b.id for b in client.batches.list()] == [created.id, batch.id]  # the cursor pages
 
 
+def test_a_declared_model_is_accepted_before_any_worker_served_it(
+    serve, start_worker, settings, tiny_classifier
+):
+    """Workers scaled to zero: the API's DOCQUEUE_MODELS names the model, so the first
+    batch and job are queued (not refused), and a worker started later runs them.  A
+    model neither declared nor ever served is still refused, naming those that are."""
+    server = serve(DOCQUEUE_MODELS=json.dumps({"sentiment": tiny_classifier}))
+    client, http = sdk(server), server.http()
+    line = {"custom_id": "r0", "url": CLASSIFY, "body": {"model": "sentiment", "input": "ok"}}
+    uploaded = client.files.create(file=("a.jsonl", jsonl([line])), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint=CLASSIFY, completion_window="24h"
+    )
+    assert batch.status == "in_progress"
+    created = http.post(
+        "/api/jobs", json={"task": "classify", "model": "sentiment", "documents": ["a", "b"]}
+    )
+    assert created.status_code == 201, created.text
+    assert "no live worker serves model sentiment" in created.json()["warning"]
+
+    refused = test_api.error_of(
+        http.post("/api/jobs", json={"task": "classify", "model": "nope", "documents": ["a"]}),
+        422,
+    )
+    assert refused["param"] == "model" and refused["message"] == (
+        "unknown model nope: no worker has served it and DOCQUEUE_MODELS does not declare "
+        "it (known models: sentiment)"
+    )
+    nope = {**line, "body": {"model": "nope", "input": "ok"}}
+    other = client.files.create(file=("b.jsonl", jsonl([nope])), purpose="batch")
+    with pytest.raises(openai.UnprocessableEntityError) as batch_refused:
+        client.batches.create(input_file_id=other.id, endpoint=CLASSIFY, completion_window="24h")
+    assert "DOCQUEUE_MODELS does not declare it (known models: sentiment)" in (
+        batch_refused.value.message
+    )
+
+    start_worker({"sentiment": tiny_classifier})  # the worker an autoscaler starts
+    assert wait_batch(client, batch.id).status == "completed"
+    job = test_api.wait_finished(http, created.json()["id"])
+    assert job["progress"]["done"] == 2
+
+
 def test_a_cancelled_batch_lists_its_lines_in_the_error_file(serve, settings):
     register_gone_model(settings)  # accepted, never run: nothing is computed
     client = sdk(serve())
@@ -328,7 +370,7 @@ def test_an_idempotency_key_gives_the_same_file_and_batch(serve, settings):
 
 def test_a_line_nested_too_deep_is_one_line_error():
     """A line nested thousands deep is an error naming it, not a RecursionError."""
-    from docqueue.api.batch_lines import LineError, _custom_id, parse
+    from docqueue.formats.batch_lines import LineError, _custom_id, parse
 
     line = b'{"custom_id": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     with pytest.raises(LineError, match="malformed JSON"):

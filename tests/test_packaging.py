@@ -37,8 +37,12 @@ redis_url, database_url, model = sys.argv[1:]
 with Client(redis_url=redis_url, database_url=database_url) as client:
     handle = client.submit("I was charged twice", task="classify", model=model,
                            params={"labels": ["billing", "outage", "praise"]})
+import importlib.resources
+package = importlib.resources.files("docqueue")
 print(json.dumps({
     "job_id": handle.job_id,
+    "data": [p for p in ("api/page/index.html", "db/migrations/versions/0001_initial.py")
+             if package.joinpath(p).is_file()],
     "imported": [m for m in ("torch", "transformers") if m in sys.modules],
     "installed": [m for m in ("torch", "transformers") if importlib.util.find_spec(m)],
 }))
@@ -46,7 +50,9 @@ print(json.dumps({
 
 
 def fresh_client_install(where: Path) -> Path:
-    """``pip install .`` (no extras) into a new virtual environment; its python."""
+    """The README's install from a git URL (no extras) into a new virtual
+    environment: pip clones the repository, builds the wheel and installs it.
+    Returns its python."""
     source = where / "src"
     source.mkdir()
     for name in BUILD_INPUTS:
@@ -55,11 +61,18 @@ def fresh_client_install(where: Path) -> Path:
             shutil.copytree(path, source / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(path, source / name)
+    git = ["git", "-C", str(source), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    for step in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "docqueue"]):
+        subprocess.run(git + step, check=True, timeout=60)
     venv = where / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
+    # a venv's bundled pip may predate git+file URLs in a requirement (packaging < 22)
+    upgrade = [str(python), "-m", "pip", "install", "-q", "--upgrade", "pip"]
+    subprocess.run(upgrade, check=True, timeout=300, capture_output=True)
+    requirement = f"docqueue @ git+{source.as_uri()}"
     install = subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(source)],
+        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", requirement],
         capture_output=True,
         text=True,
         timeout=600,
@@ -85,6 +98,7 @@ def test_client_only_install_submits_without_the_model_stack(tmp_path, redis_url
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.splitlines()[-1])
     assert report["imported"] == [] and report["installed"] == []
+    assert len(report["data"]) == 2, report  # the wheel carries the page and migrations
     with Client(redis_url=redis_url, database_url=sqlite_url) as client:
         progress = client.job(report["job_id"]).progress()
     assert (progress.total, progress.pending) == (1, 1)

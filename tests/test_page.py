@@ -191,6 +191,7 @@ def browser() -> Iterator[Any]:
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
         options.add_argument(argument)
     options.add_argument("--window-size=1280,1150")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console lines
     driver = webdriver.Chrome(options=options, service=Service(chromedriver))
     driver.implicitly_wait(0)
     yield driver

@@ -10,10 +10,9 @@ import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
-from conftest import wait_until
+from conftest import TIMING, wait_until
 from proxy import Proxy
 from sqlalchemy import func, select
 
@@ -89,6 +88,7 @@ def test_two_workers_share_a_job_without_doubling(
 
 
 @pytest.mark.slow
+@TIMING
 def test_single_document_comes_back_fast_during_a_bulk_job(
     client, start_worker, tiny_classifier, sample_texts
 ):
@@ -128,31 +128,18 @@ def test_single_document_comes_back_fast_during_a_bulk_job(
     assert worst < 1.0
 
 
-def redis_via(proxy: Proxy, url: str) -> str:
-    parts = urlsplit(url)
-    db = parts.path.lstrip("/") if not url.startswith("redis+socket") else "0"
-    auth = f":{parts.password}@" if parts.password else ""
-    return f"redis://{auth}127.0.0.1:{proxy.port}/{db or 0}"
-
-
-def proxy_for(url: str) -> Proxy:
-    parts = urlsplit(url)
-    if url.startswith("redis+socket"):
-        return Proxy(parts.path)
-    return Proxy((parts.hostname or "127.0.0.1", parts.port or 6379))
-
-
 @pytest.mark.slow
+@TIMING
 def test_worker_killed_between_commit_and_ack_leaves_one_row(
     client, start_worker, tiny_classifier, sample_texts, settings
 ):
     """The worker commits its results, its acks cannot reach Redis, it is killed: Redis
     hands the messages to the next worker, which recomputes them; SQL keeps one row."""
-    proxy = proxy_for(settings.redis())
+    proxy = Proxy.before(settings.redis())
     try:
         doomed = start_worker(
             {"tiny": tiny_classifier},
-            redis_url=redis_via(proxy, settings.redis()),
+            redis_url=proxy.url(settings.redis()),
             max_wait_ms=1500,  # hold the batch long enough to cut Redis after the fetch
             token_budget=10**7,
         )

@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from docqueue.formats.readers import InputError, read_csv, read_documents, read_jsonl
 from docqueue.producer.documents import MAX_ID_CHARS, Checked, Record, as_record, check
-from docqueue.producer.readers import InputError, read_csv, read_documents, read_jsonl
 from docqueue.protocol import BatchMessage
 
 PROPERTY = settings(

@@ -106,7 +106,7 @@ def test_zero_shot_batched_equals_alone(minilm, sample_texts):
 
 
 def test_head_model_refuses_labels_and_embedding_model_needs_them(classifier, minilm):
-    with pytest.raises(InvalidParams, match="classification head"):
+    with pytest.raises(InvalidParams, match="a classifier with its own labels"):
         classifier.check({"labels": {"a": "a", "b": "b"}})
     with pytest.raises(InvalidParams, match="pass labels"):
         minilm["classify"].check({"labels": None})

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,17 +31,24 @@ from sqlalchemy import (
     Text,
     Uuid,
     create_engine,
+    inspect,
     text,
 )
+from test_cli import docqueue, no_traceback
 
 from docqueue.config import settings_env
+from docqueue.core.groups import TaskSpec as GroupTask
+from docqueue.core.groups import group_job_ids
+from docqueue.db import schedules as state
 from docqueue.db.engine import make_engine
+from docqueue.errors import ExitCode
+from docqueue.jobspec import JobSpec
 from docqueue.producer.client import UnknownJob
-from docqueue.schedules import state
 from docqueue.schedules.config import ScheduleError, TableSource, TaskSpec, load
 from docqueue.schedules.run import run_schedule
 from docqueue.schedules.sources import read_table
 from docqueue.schedules.writeback import WriteBackError, row_values, target_table, upsert
+from docqueue.tasks import names, written_back
 
 LEASE = 3.0
 
@@ -148,6 +156,73 @@ def test_a_schedules_file_with_a_mistake_is_refused_naming_the_schedule(tmp_path
             load(config)
         assert f"schedule 'x' source.url: {expected}" in str(refused.value)
         assert "hunter2" not in str(refused.value)  # a URL may hold a password
+
+
+def test_a_source_key_named_like_any_output_column_is_refused_for_every_task(tmp_path):
+    """The names come from the task catalogue (each task's declared write-back
+    fields): a task added there is covered here without a change, alone and beside
+    another task (prefixed)."""
+    assert all(written_back(task) for task in names())
+
+    def config(key: str, tasks: str) -> Path:
+        return write_config(
+            tmp_path / "s.toml",
+            f'[[schedule]]\nname = "x"\nevery = 5\n{tasks}\n'
+            f'source = {{ url = "sqlite://", table = "t", key = "{key}", watermark = "w", '
+            'text = "b" }\ninto = { table = "out" }\n',
+        )
+
+    for task in names():
+        one = f'task = "{task}"\nmodel = "m"'
+        two = f'tasks = [ {{ task = "{task}", model = "m" }}, {{ task = "{task}", model = "n" }} ]'
+        for tasks, prefix in ((one, ""), (two, f"{task}_m_".replace("-", "_"))):
+            columns = [prefix + f for f, _ in written_back(task)] + [prefix + "error"]
+            for column in [*columns, "annotated_at", columns[0].upper()]:
+                with pytest.raises(ScheduleError) as refused:
+                    load(config(column, tasks))
+                message = str(refused.value)
+                assert f"schedule 'x': source.key {column!r} is also the name of a column" in (
+                    message
+                )
+                assert f'key = "source_{column}"' in message and "\n" not in message
+            key = f"{task}_id".replace("-", "_")  # a key is a plain identifier
+            assert load(config(key, tasks)).get("x").key_column() == key
+
+
+def test_schedule_run_refuses_a_key_named_label_before_reading_a_row(client, app_url, tmp_path):
+    """50 rows keyed by a column called label: before, the run wrote each result over
+    its key (one row, keyed neutral), succeeded and moved the mark past all 50."""
+    engine = create_engine(app_url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE tickets (label TEXT PRIMARY KEY, w INTEGER, body TEXT)"))
+        for i in range(50):
+            conn.execute(
+                text("INSERT INTO tickets VALUES (:k, :w, :b)"), {"k": f"t{i}", "w": i, "b": "ok"}
+            )
+    engine.dispose()
+    config = write_config(
+        tmp_path / "s.toml",
+        '[[schedule]]\nname = "tickets"\nevery = "1h"\ntask = "classify"\nmodel = "m"\n'
+        f'timeout = 2\nsource = {{ url = "{app_url}", table = "tickets", key = "label", '
+        'watermark = "w", text = "body" }\ninto = { table = "ticket_labels" }\n',
+    )
+    result = docqueue(
+        "schedule",
+        "run",
+        "tickets",
+        "-c",
+        str(config),
+        cwd=tmp_path,
+        env=settings_env(client.settings),
+    )
+    no_traceback(result)
+    assert result.returncode == ExitCode.USAGE, result.stdout + result.stderr
+    line = result.stderr.strip()
+    assert line.startswith("error: ") and "\n" not in line
+    assert "schedule 'tickets': source.key 'label' is also the name of a column the results" in line
+    assert 'query = "SELECT label AS source_label, ...", key = "source_label"' in line
+    assert state.runs(client.db, "tickets") == []  # no run started, no mark moved
+    assert not inspect(create_engine(app_url)).has_table("ticket_labels")
 
 
 @pytest.mark.slow
@@ -410,6 +485,62 @@ def test_a_run_finished_for_a_killed_one_writes_each_result_to_its_own_row(
     assert sorted(written) == [1, 2, 3]
 
 
+def two_task_schedule(app_url: str) -> str:
+    """:func:`table_schedule` with two tasks: classify with the model ``tiny`` and
+    with the model ``other``."""
+    one = 'task = "classify"\nmodel = "tiny"\n'
+    two = (
+        'tasks = [{ task = "classify", model = "tiny" }, { task = "classify", model = "other" }]\n'
+    )
+    body = table_schedule(app_url)
+    assert one in body
+    return body.replace(one, two)
+
+
+@pytest.mark.slow
+def test_a_schedule_of_two_tasks_runs_them_as_one_group_and_finishes_a_killed_run_in_it(
+    client, start_worker, tiny_classifier, app_url, tmp_path
+):
+    """A run's jobs are one job group, named by the job ids its plan records (the
+    group's id is its first job's), each task written back to its own columns; a
+    run killed after creating its group is finished in it, nothing computed twice."""
+    start_worker({"tiny": tiny_classifier, "other": tiny_classifier})
+    texts = ["refund my invoice", "the site is down", "great support"]
+    make_tickets(app_url, [(i, i, t) for i, t in enumerate(texts, start=1)])
+    schedule = load(write_config(tmp_path / "s.toml", two_task_schedule(app_url))).get("tickets")
+
+    first = run_schedule(client, schedule, LEASE)
+    assert (first.state, first.documents) == ("succeeded", 3), first.message
+    planned = state.runs(client.db, "tickets")[0].job_ids
+    group = client.group(planned[0])
+    assert [job.id for job in group.jobs] == planned == group_job_ids(planned[0], 2)
+    expected = alone(client, "tiny", texts)
+    written = labels(app_url)
+    assert [written[i]["classify_tiny_label"] for i in (1, 2, 3)] == expected
+    assert [written[i]["classify_other_label"] for i in (1, 2, 3)] == expected
+
+    # A run that read rows 4 and 5 and created its group, killed before it wrote back.
+    make_tickets(app_url, [(4, 4, "charged twice"), (5, 5, "thanks a lot")])
+    killed = state.start_run(client.db, "tickets")
+    assert state.claim(client.db, "tickets", killed, LEASE) is not None
+    new = read_table(schedule.source, state.mark(client.db, "tickets"))  # type: ignore[arg-type]
+    group_id = group_job_ids(uuid.uuid4().hex, 1)[0]
+    state.plan(client.db, killed, group_job_ids(group_id, 2), new.mark_to)
+    tasks = [GroupTask("classify", "tiny"), GroupTask("classify", "other")]
+    spec = JobSpec("classify", "tiny", name="schedule:tickets", reuse=True, group_id=group_id)
+    client.enqueue_tasks(tasks, spec, iter(new.records)).wait(timeout=60)
+    time.sleep(0.3)
+    outcome = run_schedule(client, schedule, 0.2)
+    assert (outcome.state, outcome.documents) == ("succeeded", 2), outcome.message
+    assert sorted(labels(app_url)) == [1, 2, 3, 4, 5]
+    with client.db.connect() as conn:
+        rows = conn.execute(text("SELECT job_id, COUNT(*) FROM dq_results GROUP BY job_id")).all()
+    assert {job: count for job, count in rows if job.startswith(group_id[:28])} == {
+        job_id: 2 for job_id in group_job_ids(group_id, 2)
+    }
+    assert [r.state for r in state.runs(client.db, "tickets")][:2] == ["succeeded", "abandoned"]
+
+
 @pytest.mark.slow
 def test_a_directory_schedule_reads_new_and_changed_files_only(
     client, start_worker, tiny_classifier, tmp_path
@@ -582,3 +713,35 @@ def test_killed_beat_and_worker_the_next_run_finishes_exactly_what_was_missed(
     assert sum(w not in first_workers for w in workers) == 400 - done_before
     runs = {r.id: r.state for r in state.runs(client.db, "tickets")}
     assert sorted(runs.values()) == ["abandoned", "succeeded"]
+
+
+def test_runs_are_numbered_per_schedule_and_the_list_keeps_each_row_on_one_line(
+    settings, app_url, tmp_path
+):
+    """`schedule run` counts the schedule's own runs ("tickets run 1" for its first,
+    whatever other schedules ran), and `schedule list` through a pipe (80 columns)
+    keeps each schedule on one line instead of folding every cell."""
+    make_tickets(app_url, [])  # nothing new: a run succeeds without a worker
+    body = table_schedule(app_url)
+    config = write_config(tmp_path / "s.toml", body + body.replace('"tickets"', '"other"', 1))
+    env = {**os.environ, **settings_env(settings)}
+    env.pop("COLUMNS", None)
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "docqueue", "schedule", *args, "--config", str(config)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert cli("run", "other").startswith("other run 1: succeeded")
+    assert cli("run", "other").startswith("other run 2: succeeded")
+    assert cli("run", "tickets").startswith("tickets run 1: succeeded, 0 documents")
+    listed = cli("list").splitlines()
+    when = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+    row = next(line for line in listed if line.lstrip("│ ").startswith("tickets"))
+    assert re.search(rf"every 3600s .*{when}.*{when}.*succeeded", row), "\n".join(listed)

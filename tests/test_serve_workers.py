@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 from conftest import wait_until
-from test_api import GONE, TOKEN, free_port, job_ids, register_gone_model, serve_env
+from test_api import GONE, TOKEN, job_ids, register_gone_model
+
+from docqueue.launcher import ApiServer
 
 pytestmark = [
     pytest.mark.slow,  # starts three server processes
@@ -29,24 +29,16 @@ def server_processes(pid: int) -> list[int]:
 
 def test_several_server_processes_share_the_port_and_stop_together(settings, tmp_path):
     register_gone_model(settings)
-    port = free_port()
-    log = tmp_path / "serve.log"
-    env = serve_env(settings, DOCQUEUE_API_TOKENS=json.dumps([TOKEN]))
-    argv = [sys.executable, "-m", "docqueue", "serve", "--port", str(port), "--workers", "2"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    server = ApiServer(
+        settings,
+        tmp_path / "serve.log",
+        env={"DOCQUEUE_API_TOKENS": json.dumps([TOKEN])},
+        args=["--workers", "2"],
+    )
+    proc, url = server.proc, server.url
     servers: list[int] = []
     try:
-
-        def answering() -> bool:
-            assert proc.poll() is None, log.read_text()
-            try:
-                return httpx.get(f"{url}/openapi.json", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(answering, 90, "docqueue serve --workers 2 to answer")
+        server.wait_ready(90)
         wait_until(lambda: len(server_processes(proc.pid)) == 2, 30, "two server processes")
         servers[:] = server_processes(proc.pid)
         headers = {"Authorization": f"Bearer {TOKEN}"}
@@ -65,5 +57,5 @@ def test_several_server_processes_share_the_port_and_stop_together(settings, tmp
             assert http.get("/api/documents/nosuchjob").status_code == 404
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0, log.read_text()
+        assert proc.wait(30) == 0, server.log()
     assert servers and not any(Path(f"/proc/{pid}").exists() for pid in servers)

@@ -72,6 +72,38 @@ def test_a_worker_on_another_database_returns_the_messages_for_one_that_has_the_
     assert "--uid" not in stranger.log() + owner.log()
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_message_no_worker_can_record_becomes_a_dead_letter_after_max_returns(
+    client, settings, start_worker, tiny_classifier, sample_texts, tmp_path
+):
+    """Only a worker on another database: the messages go back and forth a bounded
+    number of times, then wait as dead letters that say why, instead of cycling
+    between the queue and unacked forever."""
+    stranger = start_worker(
+        {"tiny": tiny_classifier},
+        database_url=f"sqlite:///{tmp_path / 'another.db'}",
+        max_returns=2,
+    )
+    job = client.submit_many(sample_texts[:130], task="classify", model="tiny")  # 3 messages
+    wait_until(lambda: len(client.dead_letters()) == 3, 60, "the three messages to be set aside")
+    wait_until(lambda: queue_empty(settings.redis()), 10, "the queue and unacked to be empty")
+    for entry in client.dead_letters():
+        assert entry.queue == QUEUE
+        assert entry.reason == (
+            f"job {job.id} is not in this worker's database, and no worker that has it took "
+            "the message in 2 returns to the queue (do the workers and the producers use the "
+            "same DOCQUEUE_DATABASE_URL? once one does, replay it with docqueue dead-letters "
+            "replay)"
+        )
+    progress = job.progress()
+    assert (progress.done, progress.failed, progress.pending) == (0, 0, 130)
+    said = f"job {job.id} is not in this worker's database: its messages go back"
+    assert stranger.log().count(said) == 1  # once, however many returns
+    # set aside, a message's returns are forgotten: replayed (once a worker on the
+    # right database runs; test_deadletters.py replays and computes), it starts afresh
+    assert redis_client(settings.redis()).keys("docqueue.returns.*") == []
+
+
 def test_messages_of_a_deleted_job_are_acked_and_dropped(
     client, settings, start_worker, tiny_classifier, sample_texts
 ):
@@ -107,7 +139,9 @@ def test_documents_of_a_cancelled_job_are_not_computed(
 
 def test_a_worker_refuses_to_start_without_the_producers_database(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCQUEUE_")}
-    env["DOCQUEUE_REDIS_URL"] = "redis://127.0.0.1:6379/15"
+    env["DOCQUEUE_REDIS_URL"] = (
+        "redis://127.0.0.1:1/0"  # never reached: the database is checked first
+    )
     result = subprocess.run(
         [sys.executable, "-m", "docqueue", "worker", "--model", "x=/nonexistent"],
         cwd=tmp_path,
@@ -151,3 +185,15 @@ def test_documents_stored_before_digests_are_checked_by_their_text(
         f"job {job.id}, document 1: not the text the job holds",
     )
     assert "Traceback" not in worker.log()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_returned_message_is_counted_in_words(client, start_worker, tiny_classifier, tmp_path):
+    """One message sent back to the queue reads "1 message", not "1 messages"."""
+    stranger = start_worker(
+        {"tiny": tiny_classifier}, database_url=f"sqlite:///{tmp_path / 'another.db'}"
+    )
+    client.submit_many(["one document, one message"], task="classify", model="tiny")
+    wait_until(lambda: "returning 1 " in stranger.log(), 30, "the stranger to return it")
+    assert "returning 1 message to the queue" in stranger.log()

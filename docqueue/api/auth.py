@@ -17,6 +17,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from docqueue.api import session
 from docqueue.api.errors import ApiError
@@ -34,20 +35,27 @@ async def require_token(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> None:
     """Let the request in when it carries one of the configured tokens, or else the
-    page's valid session cookie (with its header when it changes something), or
-    when none are configured; else 401.  Async: a comparison needs no worker thread."""
+    page's valid session cookie, not logged out (with its header when it changes
+    something), or when none are configured; else 401.  Async: a comparison needs no
+    worker thread (only a cookie's check against Redis takes one)."""
     settings: Settings = request.app.state.settings
     if not settings.api_tokens:
         return
     if credentials is None:
         cookie = request.cookies.get(session.COOKIE)
         if cookie is not None and session.valid(cookie, settings.api_tokens, time.time()):
-            session.check_csrf(request)
-            return
+            redis = request.app.state.client.redis
+            if not await run_in_threadpool(session.revoked, redis, cookie):
+                session.check_csrf(request)
+                return
         raise ApiError(
             401,
             "no bearer token: send the header Authorization: Bearer <token>"
-            + (" (the page's session is not valid or expired: log in again)" if cookie else ""),
+            + (
+                " (the page's session is not valid or expired, or was logged out: log in again)"
+                if cookie
+                else ""
+            ),
             "Authorization",
             CHALLENGE,
         )

@@ -1,12 +1,11 @@
 """One document on the interactive lane: submit it and, optionally, wait a few
 seconds for its result in the same request.
 
-Concurrent submissions are written in groups (:mod:`docqueue.api.grouping`): one
+Concurrent submissions are written in groups (:mod:`docqueue.api.coalescing`): one
 thread hop, one transaction and one Redis round trip for many requests.
 
-Waiting blocks a thread (the Client waits on Redis pub/sub and SQL), so it runs in
-worker threads of its own, at most :data:`MAX_WAITING` at a time, and never on
-the event loop or in the pool the other routes use.
+A waiting request holds neither a thread nor a Redis connection: one subscription
+per process wakes it (:mod:`docqueue.api.waiting`).
 """
 
 from __future__ import annotations
@@ -17,10 +16,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import anyio.to_thread
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from docqueue.api.coalescing import Coalescer
 from docqueue.api.deps import (
     ClientDep,
     IdempotencyKey,
@@ -29,23 +28,21 @@ from docqueue.api.deps import (
     existing_job,
     request_digest,
 )
-from docqueue.api.errors import ApiError
-from docqueue.api.grouping import Grouper
+from docqueue.api.errors import ApiError, nothing_queued
 from docqueue.api.models import known_model
 from docqueue.api.schemas import DocumentCreate, DocumentOut
+from docqueue.api.waiting import DoneNotices
 from docqueue.producer.client import (
     Client,
-    DocumentCancelled,
-    DocumentFailed,
+    EnqueueStopped,
     JobHandle,
     ResultHandle,
     Submission,
+    UnknownJob,
 )
 
 router = APIRouter(prefix="/api", tags=["documents"])
 
-#: Requests that may wait for a result at the same time (each holds a thread).
-MAX_WAITING = 256
 PENDING: dict[int | str, dict[str, Any]] = {
     202: {"model": DocumentOut, "description": "Not computed yet: poll or wait again"}
 }
@@ -64,7 +61,7 @@ async def submit_document(
     `wait`, the answer comes when the result does (200), or after `wait` seconds
     with status pending (202): then poll `GET /api/documents/{job_id}`."""
     checked_wait(request, wait)
-    submissions: Grouper[Submitting, Submitted] = request.app.state.submissions
+    submissions: Coalescer[Submitting, Submitted] = request.app.state.submissions
     submitted = await submissions((body, key))
     handle = submitted.handle
     if handle.replayed:
@@ -88,13 +85,13 @@ class Submitted:
     warning: str | None
 
 
-def submitter(client: Client) -> Grouper[Submitting, Submitted]:
+def submitter(client: Client) -> Coalescer[Submitting, Submitted]:
     """What ``POST /api/documents`` submits through: concurrent requests are
-    written in groups (see :mod:`docqueue.api.grouping`)."""
-    return Grouper(partial(_submit_group, client))
+    written in groups (see :mod:`docqueue.api.coalescing`)."""
+    return Coalescer(partial(_submit_round, client))
 
 
-def _submit_group(client: Client, requests: Sequence[Submitting]) -> list[Submitted | Exception]:
+def _submit_round(client: Client, requests: Sequence[Submitting]) -> list[Submitted | Exception]:
     """Submit the documents of many requests at once (Client.submit_each), each with
     its own outcome."""
     refused: dict[int, Exception] = {}
@@ -128,6 +125,15 @@ def _submission(body: DocumentCreate, key: str | None) -> Submission:
 def _submitted(
     client: Client, body: DocumentCreate, outcome: ResultHandle | Exception
 ) -> Submitted | Exception:
+    if isinstance(outcome, EnqueueStopped):
+        # Its job is in SQL but was never published: take it back, as POST
+        # /api/jobs does, so that nothing stays pending that no worker will see.
+        try:
+            with contextlib.suppress(UnknownJob):
+                client.job(outcome.job_id).delete()
+        except Exception as exc:  # the database failed too: that is the answer
+            return exc
+        return nothing_queued(outcome)
     if isinstance(outcome, Exception):
         return outcome
     problem = client.coverage(body.model, body.task, fresh=False).problem()
@@ -154,8 +160,8 @@ async def _answer(
     request: Request, response: Response, client: Client, handle: ResultHandle, wait: float
 ) -> DocumentOut:
     if wait > 0:
-        waiters = request.app.state.waiters
-        await anyio.to_thread.run_sync(_wait, handle, wait, limiter=waiters)
+        notices: DoneNotices = request.app.state.notices
+        await notices.wait(handle, wait)
     row = await run_in_threadpool(handle.read)
     if row is None:
         response.status_code = 202
@@ -164,10 +170,3 @@ async def _answer(
             job_id=handle.job_id, status="pending", result=None, warning=why[2:] or None
         )
     return DocumentOut(job_id=handle.job_id, status=row["status"], result=row)
-
-
-def _wait(handle: ResultHandle, seconds: float) -> None:
-    """Until the document has its outcome or ``seconds`` pass (what it is, is read
-    after)."""
-    with contextlib.suppress(TimeoutError, DocumentFailed, DocumentCancelled):
-        handle.result(timeout=seconds)

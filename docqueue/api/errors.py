@@ -19,22 +19,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeout
-from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from docqueue.config import redact
-from docqueue.errors import one_line
-from docqueue.params import InvalidParams
-from docqueue.producer.client import (
-    KeyReused,
-    PublishFailed,
-    SaveFailed,
-    UnknownJob,
-    UnsupportedTask,
-)
-from docqueue.producer.documents import InvalidDocument
-from docqueue.webhooks import CallbackRefused
+from docqueue.core.errors import DatabaseUnavailable, EnqueueStopped, NothingQueued
+from docqueue.errors import DocqueueError, Kind, Unavailable, one_line
 
 #: The error's ``type``, by status.
 KINDS = {
@@ -50,6 +40,10 @@ KINDS = {
     503: "unavailable",
     504: "timeout",
 }
+
+
+#: The status of each kind of docqueue error (:mod:`docqueue.errors`).
+STATUS: dict[Kind, int] = {"refused": 422, "not_found": 404, "conflict": 409, "unavailable": 503}
 
 
 class ErrorDetail(BaseModel):
@@ -78,6 +72,12 @@ class ApiError(HTTPException):
     ) -> None:
         super().__init__(status_code, detail=message, headers=headers)
         self.param = param
+
+
+def nothing_queued(exc: EnqueueStopped) -> ApiError:
+    """The 503 for a request whose job was deleted after a service failed part way
+    (the exception's own message says how to resume a job that is now gone)."""
+    return ApiError(503, one_line(NothingQueued(exc)))
 
 
 def error_response(
@@ -146,17 +146,16 @@ def install(app: FastAPI) -> None:
 
         return handler
 
+    async def docqueue_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, DocqueueError)
+        if isinstance(exc, Unavailable) and not str(exc).startswith(exc.service):
+            return await unavailable(exc.service)(request, exc)
+        return error_response(STATUS[exc.kind], one_line(exc), exc.param)
+
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)
-    app.add_exception_handler(UnknownJob, refused(404))
-    app.add_exception_handler(UnsupportedTask, refused(422, "task"))
-    app.add_exception_handler(CallbackRefused, refused(422, "callback_url"))
-    app.add_exception_handler(InvalidParams, refused(422, "params"))
-    app.add_exception_handler(InvalidDocument, refused(422, "text"))
-    app.add_exception_handler(KeyReused, refused(422, "Idempotency-Key"))
+    app.add_exception_handler(DocqueueError, docqueue_error)
     app.add_exception_handler(ClientDisconnect, refused(400))
-    app.add_exception_handler(PublishFailed, unavailable("Redis"))
-    app.add_exception_handler(SaveFailed, unavailable("the database"))
     app.add_exception_handler(RedisConnectionError, unavailable("Redis"))
     app.add_exception_handler(RedisTimeout, unavailable("Redis"))
-    app.add_exception_handler(OperationalError, unavailable("the database"))
+    app.add_exception_handler(DatabaseUnavailable, unavailable("the database"))

@@ -12,8 +12,9 @@ from docqueue.api.errors import ApiError
 from docqueue.api.jobs import _after
 from docqueue.api.models import known_model
 from docqueue.api.schemas import GroupCreate, GroupOut, JobOut, ResultsPage, State
+from docqueue.core.groups import JobGroup, TaskSpec
+from docqueue.jobspec import JobSpec
 from docqueue.producer.client import UnknownJob
-from docqueue.producer.groups import JobGroup, TaskSpec
 
 router = APIRouter(prefix="/api", tags=["job groups"])
 
@@ -34,11 +35,10 @@ def create_group(body: GroupCreate, response: Response, client: ClientDep) -> Gr
     the results joined per document from `GET /api/job-groups/{id}/results`."""
     for spec in body.tasks:
         known_model(client, spec.model, spec.task)
-    group = client.submit_tasks(
-        body.documents_for_client(),
+    group = client.enqueue_tasks(
         [TaskSpec(t.task, t.model, t.params) for t in body.tasks],
-        name=body.name,
-        reuse=body.reuse,
+        JobSpec("", "", name=body.name, reuse=body.reuse),
+        body.documents_for_client(),
     )
     total = len(body.documents)
     if all(job.rejected >= total for job in group.jobs):
@@ -86,6 +86,8 @@ def group_out(group: JobGroup) -> GroupOut:
     state: State = "finished"
     if "cancelled" in states:
         state = "cancelled"
+    elif "failed" in states:
+        state = "failed"
     elif "running" in states:
         state = "running"
     return GroupOut(id=group.id, labels=group.labels, jobs=jobs, state=state)

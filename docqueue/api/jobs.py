@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
-import uuid
 from collections.abc import Iterable, Iterator
 from typing import IO, Annotated, Any
 
@@ -37,17 +36,19 @@ from docqueue.api.schemas import (
     State,
     UploadFields,
 )
+from docqueue.core.errors import AllRefused
+from docqueue.formats.batch_output import CHUNK, in_chunks
+from docqueue.formats.extras import MissingExtra
+from docqueue.formats.results import csv_columns, csv_records
+from docqueue.jobspec import JobSpec
 from docqueue.params import validate_params
-from docqueue.producer.client import Client, JobHandle, UnknownJob
-from docqueue.producer.extras import MissingExtra
-from docqueue.producer.results import csv_columns, csv_records
+from docqueue.producer.client import Client, JobHandle
 from docqueue.webhooks import check_callback_url
 
 router = APIRouter(prefix="/api", tags=["jobs"])
 
-#: Rows read from SQL at a time for a download, and bytes sent at a time.
+#: Rows read from SQL at a time for a download.
 DOWNLOAD_ROWS = 1000
-DOWNLOAD_CHUNK = 64 * 1024
 REPLAYED = "Idempotent-Replayed"
 #: The largest sequence number a document can have (a 32-bit column).
 MAX_SEQ = 2**31 - 1
@@ -69,20 +70,17 @@ def create_job(
     the problem; a list none of which can run is refused."""
     known_model(client, body.model, body.task)
     digest = request_digest("jobs", body.model_dump(mode="json")) if key else None
-    handle = _submit(
-        client,
-        body.documents_for_client(),
-        task=body.task,
-        model=body.model,
-        params=body.params,
+    spec = JobSpec(
+        body.task,
+        body.model,
+        body.params or {},
         name=body.name,
         reuse=body.reuse,
-        source=None,
-        key=key,
-        digest=digest,
-        param="documents",
+        idempotency_key=key,
+        input_digest=digest,
         callback_url=body.callback_url,
     )
+    handle = _submit(client, body.documents_for_client(), spec, param="documents")
     return _created(handle, response)
 
 
@@ -140,16 +138,18 @@ async def upload_job(
             lambda: _submit(
                 client,
                 uploads.documents(path, name, fields),
-                task=fields.task,
-                model=fields.model,
-                params=fields.params or {},
-                name=fields.name,
-                reuse=fields.reuse,
-                source=name,
-                key=key,
-                digest=digest.hexdigest() if key else None,
+                JobSpec(
+                    fields.task,
+                    fields.model,
+                    fields.params or {},
+                    name=fields.name,
+                    reuse=fields.reuse,
+                    source=name,
+                    idempotency_key=key,
+                    input_digest=digest.hexdigest() if key else None,
+                    callback_url=fields.callback_url,
+                ),
                 param="file",
-                callback_url=fields.callback_url,
             )
         )
         return await run_in_threadpool(_created, handle, response)
@@ -167,62 +167,15 @@ def _check_fields(client: Client, fields: UploadFields) -> None:
     )
 
 
-def _submit(
-    client: Client,
-    documents: Iterable[Any],
-    *,
-    task: str,
-    model: str,
-    params: dict[str, Any],
-    name: str | None,
-    source: str | None,
-    key: str | None,
-    digest: str | None,
-    param: str,
-    callback_url: str | None = None,
-    reuse: bool = False,
-) -> JobHandle:
-    """Queue the documents as a job with :meth:`Client.submit_many`.  Nothing is left
-    behind when it fails part way (a service down), or when every document is
-    refused: the job is deleted and the error raised."""
-    job_id = uuid.uuid4().hex
+def _submit(client: Client, documents: Iterable[Any], spec: JobSpec, *, param: str) -> JobHandle:
+    """Queue the documents as the job ``spec`` describes, all or nothing
+    (:meth:`Client.enqueue` with ``whole``); ``param`` names the request's field
+    that held them, for a refusal of every one."""
     try:
-        handle = client.submit_many(
-            documents,
-            task=task,
-            model=model,
-            params=params,
-            name=name,
-            source=source,
-            job_id=job_id,
-            idempotency_key=key,
-            input_digest=digest,
-            callback_url=callback_url,
-            reuse=reuse,
-        )
-        if not handle.replayed:
-            _refuse_if_none_can_run(handle, param)
-    except Exception:
-        _discard(client, job_id)
+        return client.enqueue(spec, documents, whole=True)
+    except AllRefused as exc:
+        exc.param = param
         raise
-    return handle
-
-
-def _refuse_if_none_can_run(handle: JobHandle, param: str) -> None:
-    total = handle.progress().total or 0
-    if total and handle.rejected >= total:
-        first = next(handle.results())
-        raise ApiError(
-            422,
-            f"all {total} documents were refused (document {first['seq']}: {first['error']}); "
-            "nothing was queued",
-            param,
-        )
-
-
-def _discard(client: Client, job_id: str) -> None:
-    with contextlib.suppress(UnknownJob):  # never created (refused before), or gone
-        client.job(job_id).delete()
 
 
 def _created(handle: JobHandle, response: Response) -> JobOut:
@@ -294,7 +247,7 @@ def _after(cursor: str | None) -> int:
     responses={200: {"content": {"application/x-ndjson": {}}}},
 )
 def download_jsonl(job: JobDep) -> StreamingResponse:
-    lines = (json.dumps(row, ensure_ascii=False) + "\n" for row in every_row(job))
+    lines = (json.dumps(row, ensure_ascii=False) + "\n" for row in job.paged_results(DOWNLOAD_ROWS))
     return _download(lines, job, "jsonl", "application/x-ndjson")
 
 
@@ -306,7 +259,7 @@ def download_jsonl(job: JobDep) -> StreamingResponse:
 )
 def download_csv(job: JobDep) -> StreamingResponse:
     info = job.info()
-    records = csv_records(every_row(job), csv_columns(info.task, info.params))
+    records = csv_records(job.paged_results(DOWNLOAD_ROWS), csv_columns(info.task, info.params))
     return _download(records, job, "csv", "text/csv; charset=utf-8")
 
 
@@ -324,13 +277,13 @@ def download_parquet(job: JobDep) -> StreamingResponse:
     fixed-size float32 lists, label scores as a struct).  A Parquet file is only
     complete at its footer, so it is written to a temporary file on the server
     first, then sent a chunk at a time; the file goes when the response ends."""
-    from docqueue.producer.writers import WriteError, write_parquet
+    from docqueue.formats.writers import WriteError, write_parquet
 
     task = job.info().task
     with contextlib.ExitStack() as closing:
         spool = closing.enter_context(tempfile.TemporaryFile())
         try:
-            write_parquet(every_row(job), spool, task)
+            write_parquet(job.paged_results(DOWNLOAD_ROWS), spool, task)
         except MissingExtra as exc:
             raise ApiError(501, str(exc)) from None
         except WriteError as exc:
@@ -345,18 +298,8 @@ def download_parquet(job: JobDep) -> StreamingResponse:
 
 def _file_chunks(spool: IO[bytes]) -> Iterator[bytes]:
     with spool:
-        while block := spool.read(DOWNLOAD_CHUNK):
+        while block := spool.read(CHUNK):
             yield block
-
-
-def every_row(job: JobHandle) -> Iterator[dict[str, Any]]:
-    """Every row, read a page at a time (no connection held between pages)."""
-    after = -1
-    while rows := job.results_page(after, DOWNLOAD_ROWS):
-        yield from rows
-        if len(rows) < DOWNLOAD_ROWS:
-            return
-        after = rows[-1]["seq"]
 
 
 def _download(texts: Iterable[str], job: JobHandle, ext: str, media: str) -> StreamingResponse:
@@ -364,21 +307,6 @@ def _download(texts: Iterable[str], job: JobHandle, ext: str, media: str) -> Str
     return StreamingResponse(
         in_chunks(texts), media_type=media, headers={"Content-Disposition": disposition}
     )
-
-
-def in_chunks(texts: Iterable[str]) -> Iterator[bytes]:
-    """Rows joined into chunks of about :data:`DOWNLOAD_CHUNK` bytes: the response
-    pulls each chunk from a worker thread, so one row at a time would be slow."""
-    buffer: list[str] = []
-    size = 0
-    for text in texts:
-        buffer.append(text)
-        size += len(text)
-        if size >= DOWNLOAD_CHUNK:
-            yield "".join(buffer).encode()
-            buffer, size = [], 0
-    if buffer:
-        yield "".join(buffer).encode()
 
 
 @router.post("/jobs/{job_id}/cancel", summary="Cancel a job: what is not computed yet")

@@ -5,7 +5,9 @@ Two kinds, in one registry per application:
 * what the system holds, read from Redis and SQL at scrape time by
   :class:`OverviewCollector` through :meth:`Client.overview` -- the numbers
   ``docqueue status`` prints: messages waiting per queue, dead letters, live
-  workers.  Every worker shares them, so the API exports them once;
+  workers -- and, per model, the documents not computed yet, queued or held by
+  workers (:meth:`Client.documents_waiting`, what an autoscaler scales on).  Every
+  worker shares them, so the API exports them once;
 * what this API process served: requests by route and status, and their duration
   (:class:`RequestMetrics`, an ASGI middleware).
 
@@ -33,6 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from docqueue.core.overview import QueueDepth
 from docqueue.producer.client import Client
 
 router = APIRouter(tags=["metrics"])
@@ -41,6 +44,13 @@ router = APIRouter(tags=["metrics"])
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 #: The route label of a request no route matched (404): paths would be unbounded.
 UNMATCHED = "unmatched"
+#: The methods counted by name; any other (a client may send any token as its method)
+#: is counted as :data:`OTHER_METHOD`, so made-up methods add no series.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
+#: Per model, the documents not computed yet: what an autoscaler scales workers on
+#: (the Kubernetes example's KEDA trigger names it).
+DOCUMENTS_WAITING = "docqueue_documents_waiting"
 
 
 @router.get(
@@ -103,6 +113,22 @@ class OverviewCollector(Collector):
         for model in models:
             per_model.add_metric([model], sum(model in w.models for w in seen.workers))
         yield per_model
+        yield self._documents_waiting(seen.queues)
+
+    def _documents_waiting(self, queues: list[QueueDepth]) -> Metric:
+        """Per model, the documents not computed yet (0 for a model known here with
+        none), summed over the fleet: what an autoscaler scales workers on."""
+        waiting = GaugeMetricFamily(
+            DOCUMENTS_WAITING,
+            "Documents of running jobs not computed yet: queued in Redis, held by "
+            "workers, or still being added by a producer",
+            labels=["model"],
+        )
+        counts = self.client.documents_waiting()
+        known = {q.model for q in queues} | set(self.client.settings.models) | set(counts)
+        for model in sorted(known):
+            waiting.add_metric([model], counts.get(model, 0))
+        return waiting
 
 
 class RequestCounters:
@@ -124,7 +150,9 @@ class RequestCounters:
 
 class RequestMetrics:
     """Counts each HTTP request under its route's template (``/api/jobs/{job_id}``,
-    never the path itself, so ids do not become series)."""
+    never the path itself, so ids do not become series) and its method (one of
+    :data:`METHODS`, or ``other``).  Requests are counted before any token check, so
+    every label takes a bounded set of values whatever an anonymous client sends."""
 
     def __init__(self, app: ASGIApp, counters: RequestCounters) -> None:
         self.app = app
@@ -148,6 +176,6 @@ class RequestMetrics:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or UNMATCHED
-            method = scope["method"]
+            method = scope["method"] if scope["method"] in METHODS else OTHER_METHOD
             self.counters.requests.labels(method, template, str(status)).inc()
             self.counters.duration.labels(method, template).observe(time.perf_counter() - started)

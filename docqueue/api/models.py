@@ -1,5 +1,5 @@
 """The models live workers serve, and the check that a request names one that
-some worker has served."""
+some worker has served or ``DOCQUEUE_MODELS`` declares."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from fastapi import APIRouter
 from docqueue.api.deps import ClientDep
 from docqueue.api.errors import ApiError
 from docqueue.api.schemas import ModelList, ModelOut
+from docqueue.core import fleet
+from docqueue.core.errors import UnknownModel
 from docqueue.producer.client import Client
 
 router = APIRouter(prefix="/api", tags=["models"])
@@ -19,15 +21,11 @@ def list_models(client: ClientDep) -> ModelList:
 
 
 def known_model(client: Client, model: str, task: str) -> None:
-    """Refuse a model no worker has ever served (a typo, most likely).  A model
-    whose workers are down right now is accepted: its documents wait in the queue,
-    and the response's ``warning`` says why."""
-    coverage = client.coverage(model, task, fresh=False)
-    if coverage.last_seen is not None or coverage.doing:
-        return
-    names = ", ".join(served.name for served in client.models()) or "none"
-    raise ApiError(
-        422,
-        f"unknown model {model}: no worker has served it (live workers serve: {names})",
-        "model",
-    )
+    """Refuse a model no worker has ever served and ``DOCQUEUE_MODELS`` does not
+    declare (:func:`docqueue.core.fleet.known_model`).  A model whose workers are
+    down right now is accepted: its documents wait in the queue, and the response's
+    ``warning`` says why."""
+    try:
+        fleet.known_model(client.services, model, task)
+    except UnknownModel as exc:
+        raise ApiError(422, str(exc), "model") from None

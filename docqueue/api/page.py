@@ -14,6 +14,8 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
+from starlette.types import Scope
 
 PACKAGE = ("docqueue.api", "page")
 ASSETS = "/page"
@@ -30,9 +32,19 @@ HEADERS = {
 }
 
 
+class PageFiles(StaticFiles):
+    """The page's files with :data:`HEADERS`, whichever URL names them (the page is
+    also ``/page/index.html``)."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers.update(HEADERS)
+        return response
+
+
 def install(app: FastAPI) -> None:
     """Serve the page at ``/`` and its assets under :data:`ASSETS`."""
-    assets = StaticFiles(packages=[PACKAGE])
+    assets = PageFiles(packages=[PACKAGE])
     index = Path(assets.all_directories[0]) / "index.html"
 
     def page() -> FileResponse:

@@ -20,10 +20,10 @@ from pydantic import (
     Tag,
 )
 
-from docqueue.db.jobs import JobSummary, error_counts
+from docqueue.core.jobs import JobSummary
 from docqueue.producer.client import JobStatus, ServedModel
 from docqueue.protocol import ChatMessage, ModelName
-from docqueue.tasks import Task
+from docqueue.tasks import ParamsIn, ResultRow, Task
 
 
 def _no_nul(text: str) -> str:
@@ -43,7 +43,7 @@ UserId = (
 CallbackUrl = Annotated[str, StringConstraints(min_length=1, max_length=2048), NoNul]
 #: Text, or chat messages (for generate, with a model that has a chat template).
 Text = str | list[ChatMessage]
-Params = dict[str, Any]
+Params = ParamsIn
 
 
 class _Out(BaseModel):
@@ -151,7 +151,7 @@ class UploadFields(_Strict):
 # --- responses ---------------------------------------------------------------------
 
 
-State = Literal["running", "finished", "cancelled"]
+State = Literal["running", "finished", "cancelled", "failed"]
 DocumentStatus = Literal["pending", "done", "failed", "cancelled"]
 
 
@@ -184,11 +184,17 @@ class JobBrief(_Out):
     state: State
     task: str
     model: str
+    model_label: str | None
+    """The model as the person named it where ``model`` is an internal name
+    (``docqueue annotate``'s: ``minilm``, a directory, a hub id); shown instead."""
     lane: str
     source: str | None
     """The uploaded file's name (None for documents sent as JSON)."""
     created_at: float
     cancelled_at: float | None
+    failure: str | None
+    """Why the job failed as a whole (state failed): its producer stopped before all its
+    documents were in; what is kept, and how to resubmit it."""
     reuse: bool
     """Whether the job copies earlier results of the same text, model and parameters."""
     group_id: str | None
@@ -204,10 +210,12 @@ class JobBrief(_Out):
             state=progress.state,
             task=job.task,
             model=job.model,
+            model_label=job.model_label,
             lane=job.lane,
             source=job.source,
             created_at=job.created_at,
             cancelled_at=job.cancelled_at,
+            failure=progress.failure,
             reuse=job.reuse,
             group_id=job.group_id,
             progress=_progress(progress),
@@ -251,7 +259,7 @@ class JobOut(JobBrief):
             elapsed_seconds=status.elapsed,
             docs_per_second=status.rate,
             eta_seconds=status.eta,
-            errors=ErrorCounts(**error_counts(status.progress, status.computed)),
+            errors=ErrorCounts(**status.error_counts()),
             workers=len(status.workers),
             warning=status.problem,
         )
@@ -262,7 +270,7 @@ class JobList(_Out):
 
 
 class ResultsPage(_Out):
-    data: list[dict[str, Any]]
+    data: list[ResultRow]
     """Documents in input order: id, seq, status, then the task's output fields (or
     error), as `docqueue export` writes them."""
     next_cursor: str | None
@@ -272,7 +280,7 @@ class ResultsPage(_Out):
 class DocumentOut(_Out):
     job_id: str
     status: DocumentStatus
-    result: dict[str, Any] | None
+    result: ResultRow | None
     """The result row (id, seq, status, output fields or error); None while pending."""
     warning: str | None = None
     """Why no live worker runs it (a model whose workers are gone), if so."""

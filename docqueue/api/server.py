@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 
 from docqueue.api.app import create_app
+from docqueue.api.origin import with_listen_host
 from docqueue.config import Settings
 from docqueue.logs import setup_logging
 from docqueue.producer.client import Client
@@ -26,6 +29,10 @@ def serve(
     With ``workers`` above 1, uvicorn starts that many processes on one socket,
     each with its own Client built from the environment (what the caller's
     ``settings`` were read from), and restarts any that dies."""
+    # The address it listens on is a name it answers to (docqueue.api.origin); the
+    # processes of --workers read their settings from the environment.
+    hosts = with_listen_host(settings.api_hosts, host, port)
+    settings = settings.model_copy(update={"api_hosts": hosts})
     json_logs = settings.log_format == "json"
     if json_logs:  # uvicorn's loggers then go to the root logger's JSON handler
         setup_logging(log_level, "json")
@@ -38,6 +45,7 @@ def serve(
         "timeout_graceful_shutdown": 10,
     }
     if workers > 1:
+        os.environ["DOCQUEUE_API_HOSTS"] = json.dumps(hosts)
         try:
             factory = f"{__name__}:app_from_environment"
             uvicorn.run(factory, factory=True, workers=workers, **options)

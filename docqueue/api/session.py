@@ -6,7 +6,11 @@ with HMAC-SHA256 under a key derived from the token that logged in, so that:
 - any API process with the same ``DOCQUEUE_API_TOKENS`` accepts it (no shared
   session store, several processes behind a load balancer work);
 - dropping a token from the setting ends every session it opened;
-- it expires after :data:`SESSION_SECONDS` whatever the browser does.
+- it expires after :data:`SESSION_SECONDS` whatever the browser does;
+- logging out revokes it for every process: its nonce is kept in Redis until it
+  would have expired (:func:`revoke`), so a copy of the cookie stops working too.
+  A process that cannot reach Redis cannot tell, and refuses the cookie (503);
+  bearer tokens need no such check.
 
 It is ``HttpOnly`` (page scripts cannot read it) and ``SameSite=Strict`` (no other
 site's page makes the browser send it).  A call that changes something and is
@@ -22,7 +26,7 @@ import hmac
 import secrets
 import time
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
 from pydantic import SecretStr, StringConstraints
@@ -85,6 +89,22 @@ def valid(value: str, tokens: Sequence[SecretStr], now: float) -> bool:
     return any(matches)
 
 
+def _revoked_key(value: str) -> str:
+    return f"docqueue:session:revoked:{value.split('.')[2]}"
+
+
+def revoke(redis: Any, value: str, now: float) -> None:
+    """Remember the valid session ``value`` as logged out until it expires."""
+    expires = int(value.split(".")[1])
+    redis.set(_revoked_key(value), b"1", ex=max(1, expires - int(now) + 1))
+
+
+def revoked(redis: Any, value: str) -> bool:
+    """Whether the valid session ``value`` was logged out (raises a Redis error
+    when Redis cannot say)."""
+    return bool(redis.exists(_revoked_key(value)))
+
+
 def matching_token(given: str, tokens: Sequence[SecretStr]) -> SecretStr | None:
     """The configured token equal to ``given`` (every one compared, in constant
     time, so the time taken says nothing about which matched)."""
@@ -129,9 +149,15 @@ def login(body: Login, request: Request, response: Response) -> SessionOut:
     return SessionOut(required=True, expires_at=float(expires))
 
 
-@router.delete("/session", summary="Log the live page out (forget the session cookie)")
+@router.delete("/session", summary="Log the live page out: its session ends everywhere")
 def logout(request: Request, response: Response) -> SessionOut:
+    """The session is revoked (a copy of its cookie stops working on every API
+    process) and the browser told to forget the cookie."""
     check_csrf(request)
     settings: Settings = request.app.state.settings
+    cookie = request.cookies.get(COOKIE)
+    now = time.time()
+    if cookie is not None and valid(cookie, settings.api_tokens, now):
+        revoke(request.app.state.client.redis, cookie, now)
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
     return SessionOut(required=bool(settings.api_tokens), expires_at=None)

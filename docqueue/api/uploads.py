@@ -21,8 +21,8 @@ from starlette.datastructures import FormData, UploadFile
 
 from docqueue.api.errors import ApiError
 from docqueue.api.schemas import UploadFields
+from docqueue.formats.readers import InputError, read_documents
 from docqueue.producer.documents import Record
-from docqueue.producer.readers import InputError, read_documents
 
 #: What the readers read, by extension (.json is read as JSONL, as the CLI does).
 SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv")

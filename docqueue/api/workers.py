@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request
 from docqueue.api.deps import ClientDep
 from docqueue.api.schemas import _Out
 from docqueue.config import Settings
-from docqueue.db.workers import WorkerState
+from docqueue.core.fleet import WorkerState
 
 router = APIRouter(prefix="/api", tags=["workers"])
 

@@ -60,6 +60,14 @@ class Options:
     skip: set[str] = field(default_factory=set)
     workdir: Path | None = None
     settings: Settings = field(default_factory=Settings)
+    #: classify's zero-shot labels: an NLI model, against
+    #: pipeline("zero-shot-classification").
+    labels: list[str] | None = None
+
+    @property
+    def model_key(self) -> str:
+        """Which model the run builds: the task's, or ``nli`` for zero-shot labels."""
+        return "nli" if self.task == "classify" and self.labels else self.task
 
 
 def load_corpus(path: Path) -> list[str]:
@@ -72,6 +80,14 @@ def fit(tokenizer: Any, text: str, tokens: int) -> str:
     return text if len(ids) <= tokens else tokenizer.decode(ids[: tokens - 8])
 
 
+def with_mask(text: str, mask: str, at: int = 4) -> str:
+    """The text with its ``at``-th word replaced by the mask token (fill-mask's
+    documents: the mask within the first tokens, which every arm reads)."""
+    words = text.split(" ")
+    words[min(at, len(words) - 1)] = mask
+    return " ".join(words)
+
+
 def cycle(texts: list[str], n: int) -> list[str]:
     return [texts[i % len(texts)] for i in range(n)]
 
@@ -80,8 +96,15 @@ def run(options: Options, say: Callable[[str], None] = print) -> None:
     import torch
 
     device = pick_device(options.device)
+    key = options.model_key
     shape = options.shape or (
-        "standard" if device.type == "cuda" else "micro" if options.task == "classify" else "tiny"
+        "minilm"
+        if key in models.ENCODER_KEYS
+        else "standard"
+        if device.type == "cuda"
+        else "micro"
+        if options.task == "classify"
+        else "tiny"
     )
     corpus_path = options.corpus or DEFAULT_CORPUS
     corpus = load_corpus(corpus_path)
@@ -89,16 +112,18 @@ def run(options: Options, say: Callable[[str], None] = print) -> None:
     generative = options.task in NEW_TOKENS
     baseline_n = options.baseline_docs or (min(options.docs, 4096) if generative else options.docs)
     baseline_docs = docs[:baseline_n]
-    raw_params = (
+    raw_params: dict[str, Any] = (
         {"max_new_tokens": NEW_TOKENS[options.task], "min_new_tokens": NEW_TOKENS[options.task]}
         if generative
+        else {"labels": options.labels}
+        if options.labels
         else {}
     )
     params = arms.validated(options.task, raw_params)
     settings = options.settings.model_copy(update={"device": str(device)})
     workdir = options.workdir or Path(tempfile.gettempdir()) / "docqueue-bench"
     workdir.mkdir(parents=True, exist_ok=True)
-    model_dir = models.build(shape, options.task, workdir, corpus)
+    model_dir = models.build(shape, key, workdir, corpus)
 
     loaded = load_model(endtoend.MODEL, str(model_dir), settings)
     runner = runners_for(loaded, limits_for(settings, loaded))[options.task]
@@ -107,6 +132,10 @@ def run(options: Options, say: Callable[[str], None] = print) -> None:
         # plain pipeline() loop fails on the long ones.
         room = loaded.max_length - params["max_new_tokens"]
         corpus = [fit(loaded.tokenizer, text, room) for text in corpus]
+        docs = cycle(corpus, options.docs)
+        baseline_docs = docs[:baseline_n]
+    if options.task == "fill-mask":
+        corpus = [with_mask(text, loaded.tokenizer.mask_token) for text in corpus]
         docs = cycle(corpus, options.docs)
         baseline_docs = docs[:baseline_n]
     token_lengths = arms.lengths(runner, docs, params)
@@ -138,7 +167,8 @@ def run(options: Options, say: Callable[[str], None] = print) -> None:
             b = arms.fixed_batches_arm(runner, options.task, baseline_docs, params, arms.BATCH)
         else:
             b = arms.pipeline_arm(loaded, options.task, baseline_docs, params, arms.BATCH)
-            b.padded_tokens = arms.padded_in_order(token_lengths[:baseline_n], arms.BATCH)
+            if options.task != "ner" and not options.labels:  # one row per document
+                b.padded_tokens = arms.padded_in_order(token_lengths[:baseline_n], arms.BATCH)
         record(b, baseline_n)
     if "sorted" not in options.skip:
         record(
@@ -345,7 +375,7 @@ def _header(
         )
     budget = runner.shape(params).budget
     return (
-        f"docqueue bench: {options.task}, {models.describe(shape, options.task)}\n"
+        f"docqueue bench: {options.task}, {models.describe(shape, options.model_key)}\n"
         f"device: {device} ({hardware}); torch {torch.__version__}, transformers "
         f"{transformers.__version__}; {time.strftime('%Y-%m-%d')}\n"
         f"documents: {options.docs:,} from {corpus.name} ({corpus_docs:,} distinct, cycled), "
@@ -377,7 +407,7 @@ def _row(arm: Arm, generative: bool) -> str:
 def _ratios(results: list[Arm]) -> str:
     rate = {a.key: a.docs_per_second for a in results}
     parts = []
-    for top, bottom in (("d", "b"), ("d", "c"), ("c", "sorted"), ("b", "a")):
+    for top, bottom in (("d", "b"), ("d", "c"), ("c", "b"), ("c", "sorted"), ("b", "a")):
         if top in rate and bottom in rate:
             parts.append(f"{top}/{bottom} = {rate[top] / rate[bottom]:.2f}")
     return "ratios (docs/s, same run): " + ", ".join(parts)

@@ -87,11 +87,20 @@ def pipeline_arm(
     """(a) with ``batch=None``: one call per document; (b) ``batch_size=batch``."""
     from transformers import pipeline
 
-    kinds: dict[str, Literal["text-classification", "text-generation"]] = {
+    Kind = Literal[
+        "text-classification",
+        "text-generation",
+        "token-classification",
+        "fill-mask",
+        "zero-shot-classification",
+    ]
+    kinds: dict[str, Kind] = {
         "classify": "text-classification",
         "generate": "text-generation",
+        "ner": "token-classification",
+        "fill-mask": "fill-mask",
     }
-    kind = kinds[task]
+    kind = "zero-shot-classification" if params.get("labels") else kinds[task]
     tokenizer = loaded.tokenizer
     if task == "generate":
         tokenizer.padding_side = "left"
@@ -99,6 +108,22 @@ def pipeline_arm(
     call: dict[str, Any] = {"truncation": True, "max_length": loaded.max_length}
     if task == "generate":
         call = {**generation_kwargs(task, params), "return_full_text": False}
+    elif kind == "zero-shot-classification":  # truncates each pair to the model's length
+        call = {"candidate_labels": list(params["labels"].values())}
+    elif task == "ner":  # the whole of each document, in windows, as docqueue reads it
+        from docqueue.worker.runners.ner import default_stride
+
+        specials = tokenizer.num_special_tokens_to_add(pair=False)
+        stride = params.get("stride")
+        call = {
+            "aggregation_strategy": params["aggregation_strategy"],
+            "stride": default_stride(loaded.max_length, specials) if stride is None else stride,
+        }
+    elif task == "fill-mask":
+        call = {
+            "top_k": params["top_k"],
+            "tokenizer_kwargs": {"truncation": True, "max_length": loaded.max_length},
+        }
 
     def work() -> None:
         if batch is None:

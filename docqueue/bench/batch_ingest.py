@@ -27,8 +27,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -38,9 +36,10 @@ from pathlib import Path
 import httpx
 
 from docqueue.bench import DEFAULT_CORPUS, load_corpus
-from docqueue.config import Settings, settings_env
+from docqueue.config import Settings
 from docqueue.db import make_engine, migrate
 from docqueue.db.workers import beat
+from docqueue.launcher import ApiServer
 from docqueue.producer.client import Client
 from docqueue.protocol import queue_name
 
@@ -184,32 +183,10 @@ def register_model(settings: Settings) -> None:
 
 @contextmanager
 def serve(settings: Settings, directory: Path) -> Iterator[str]:
-    """A ``docqueue serve`` process on port 8931, answering."""
-    url = "http://127.0.0.1:8931"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCQUEUE_")}
-    log = (directory / "serve.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "docqueue", "serve", "--port", "8931", "--log-level", "warning"],
-        env={**env, **settings_env(settings)},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/openapi.json", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit((directory / "serve.log").read_text())
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
+    """A ``docqueue serve`` process, answering."""
+    with ApiServer(settings, directory / "serve.log", args=["--log-level", "warning"]) as server:
+        server.wait_ready()
+        yield server.url
 
 
 if __name__ == "__main__":

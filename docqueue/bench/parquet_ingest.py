@@ -129,9 +129,9 @@ def child(arm: str, path: Path, db: str, redis_url: str | None) -> dict[str, flo
     import pyarrow.parquet  # noqa: F401  (imported before the baseline, as reading imports it)
 
     from docqueue.config import Settings
+    from docqueue.formats.readers import read_documents
     from docqueue.launcher import serve_redis
     from docqueue.producer.client import Client
-    from docqueue.producer.readers import read_documents
     from docqueue.protocol import queue_name
 
     start_mb = peak_mb()

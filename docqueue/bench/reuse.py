@@ -20,11 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from sqlalchemy import func, select
-
 from docqueue.bench.endtoend import services
 from docqueue.config import Settings
-from docqueue.db.schema import Result
+from docqueue.db import tallies
 from docqueue.launcher import LocalWorkers
 from docqueue.producer.client import Client, JobHandle
 
@@ -46,8 +44,7 @@ def documents(n: int, chars: int, changed: set[int] = frozenset()) -> list[tuple
 
 def computed_rows(client: Client, job: JobHandle) -> int:
     with client.db.connect() as conn:
-        query = select(func.count()).where(Result.job_id == job.id, Result.reused.is_(False))
-        return int(conn.execute(query).scalar_one())
+        return tallies.result_rows(conn, job.id, computed=True)
 
 
 def timed_job(client: Client, docs: list[tuple[str, str]]) -> tuple[JobHandle, float]:

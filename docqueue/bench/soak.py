@@ -19,12 +19,10 @@ import threading
 import time
 from pathlib import Path
 
-from sqlalchemy import func, select
-
 from docqueue.bench import DEFAULT_CORPUS, load_corpus, models
 from docqueue.bench.endtoend import MODEL, services
 from docqueue.config import Settings
-from docqueue.db.schema import Item, Result
+from docqueue.db import tallies
 from docqueue.launcher import LocalWorkers
 from docqueue.producer.client import Client
 
@@ -72,28 +70,10 @@ def run(settings: Settings, count: int = 100_000, workers: int = 2) -> bool:
         done.set()
         end = {w.pid: rss_mib(w.pid) for w in local.processes}
         with client.db.connect() as conn:
-            rows = conn.execute(
-                select(func.count()).select_from(Result).where(Result.job_id == big.id)
-            ).scalar_one()
-            distinct = conn.execute(
-                select(func.count()).select_from(
-                    select(Result.seq).where(Result.job_id == big.id).distinct().subquery()
-                )
-            ).scalar_one()
-            statuses = dict(
-                conn.execute(
-                    select(Item.status, func.count())
-                    .where(Item.job_id == big.id)
-                    .group_by(Item.status)
-                ).all()
-            )
-            shares = dict(
-                conn.execute(
-                    select(Result.worker_id, func.count())
-                    .where(Result.job_id == big.id)
-                    .group_by(Result.worker_id)
-                ).all()
-            )
+            rows = tallies.result_rows(conn, big.id)
+            distinct = tallies.documents_with_results(conn, big.id)
+            statuses = tallies.item_states(conn, big.id)
+            shares = tallies.rows_per_worker(conn, big.id)
         client.close()
 
     print(

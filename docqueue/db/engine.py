@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -37,6 +37,20 @@ def normalize_url(url: str) -> URL:
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed
+
+
+def url_problem(url: str) -> str | None:
+    """Why SQLAlchemy cannot use ``url`` (its driver included), without repeating
+    it (it may hold a password); None when it can."""
+    try:
+        parsed = normalize_url(url)
+    except ArgumentError:
+        return "not a database URL (dialect://user:password@host/database)"
+    try:
+        parsed.get_dialect()
+    except NoSuchModuleError:
+        return f"no SQLAlchemy dialect {parsed.drivername!r}"
+    return None
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -54,6 +68,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def ping(conn: Connection) -> None:
+    """Ask the database for nothing: raises when it cannot be reached."""
+    conn.execute(text("SELECT 1"))
 
 
 def describe(engine: Engine) -> str:
@@ -98,6 +117,14 @@ def schema_current(engine: Engine) -> bool:
     except DBAPIError:
         return False
     return [r[0] for r in rows] == [newest_file_revision()]
+
+
+def missing_sqlite_file(url: str) -> str | None:
+    """The file of an SQLite URL when it does not exist, else None."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    return None if Path(parsed.database).exists() else parsed.database
 
 
 def migrate(engine: Engine) -> None:
@@ -146,8 +173,11 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_LOCK_KEY})
                 conn.commit()
     elif backend == "sqlite" and engine.url.database not in (None, "", ":memory:"):
-        lock_path = f"{engine.url.database}.migrate-lock"
-        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+        # The lock is on the database's directory: a lock file beside docqueue.db would
+        # stay there for good (removing it is not safe while another process waits on
+        # it), and the database file itself carries SQLite's own locks.
+        directory = os.path.dirname(os.path.abspath(engine.url.database or ""))
+        fd = os.open(directory, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

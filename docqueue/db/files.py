@@ -12,7 +12,9 @@ from typing import IO, Any
 
 from sqlalchemy import Connection, delete, insert, select, tuple_, update
 
-from docqueue.db.schema import Batch, FileChunk, StoredFile
+from docqueue.db.jobs import _in_state
+from docqueue.db.schema import Batch, FileChunk, Job, StoredFile
+from docqueue.errors import Refused
 
 #: Bytes per stored chunk.
 CHUNK_BYTES = 1024 * 1024
@@ -78,7 +80,7 @@ def store_file(
     return size
 
 
-class TooLarge(ValueError):
+class TooLarge(Refused, ValueError):
     def __init__(self, limit: int) -> None:
         super().__init__(limit)
         self.limit = limit
@@ -165,6 +167,18 @@ def list_batches(conn: Connection, after: str | None, limit: int) -> list[BatchI
             return []
         query = query.where(tuple_(Batch.created_at, Batch.id) < tuple_(mark[0], mark[1]))
     return [_batch(row._mapping) for row in conn.execute(query.limit(limit))]
+
+
+def due_batches(conn: Connection, now: float) -> list[BatchInfo]:
+    """The batches past ``expires_at`` (before ``now``), not yet expired, whose job
+    is still running: those that expire now."""
+    query = (
+        select(Batch.__table__)
+        .join(Job, Job.id == Batch.job_id)
+        .where(Batch.expired_at.is_(None), Batch.expires_at < now, _in_state("running"))
+        .order_by(Batch.created_at, Batch.id)
+    )
+    return [_batch(row._mapping) for row in conn.execute(query)]
 
 
 def mark_expired(conn: Connection, batch_id: str, now: float) -> None:

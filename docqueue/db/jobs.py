@@ -1,5 +1,6 @@
 """The ledger of jobs and their documents: what producers write, and what status,
-export and resume read back."""
+export and resume read back (a job and its progress as read back are in
+:mod:`docqueue.db.progress`, named here too)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Select,
-    case,
     delete,
     exists,
     func,
@@ -21,9 +21,18 @@ from sqlalchemy import (
     update,
 )
 
+from docqueue.db.progress import JOB_STATES as JOB_STATES
+from docqueue.db.progress import JobInfo as JobInfo
+from docqueue.db.progress import Pace as Pace
+from docqueue.db.progress import Progress as Progress
+from docqueue.db.progress import error_counts as error_counts
+from docqueue.db.progress import get_job as get_job
+from docqueue.db.progress import pace as pace
+from docqueue.db.progress import progress as progress
+from docqueue.db.progress import progress_of, reused_counts
+from docqueue.db.progress import timing as timing
 from docqueue.db.schema import (
     CANCELLED,
-    DONE,
     FAILED,
     PENDING,
     Item,
@@ -32,86 +41,45 @@ from docqueue.db.schema import (
     Tombstone,
     WebhookDelivery,
 )
-
-#: What ``jobs`` can filter on: a job is cancelled once cancelled, else finished when
-#: every document is done or failed, else running (still enqueuing, or computing).
-JOB_STATES = ("running", "finished", "cancelled")
-
-
-@dataclass(frozen=True)
-class Progress:
-    #: None while documents are still being enqueued.
-    total: int | None
-    enqueued: int
-    done: int
-    failed: int
-    #: Documents of a cancelled job that were not computed.
-    cancelled: int = 0
-    #: When the job was cancelled (None: it was not).
-    cancelled_at: float | None = None
-    #: Documents done by copying an earlier result (counted in ``done`` too).
-    reused: int = 0
-
-    @property
-    def pending(self) -> int:
-        return self.enqueued - self.done - self.failed - self.cancelled
-
-    @property
-    def finished(self) -> bool:
-        """Every document has its final state: done, failed, or cancelled."""
-        if self.cancelled_at is not None and self.pending == 0:
-            return True
-        return self.total is not None and self.done + self.failed + self.cancelled >= self.total
-
-    @property
-    def state(self) -> str:
-        """One of :data:`JOB_STATES`."""
-        if self.cancelled_at is not None:
-            return "cancelled"
-        return "finished" if self.finished else "running"
+from docqueue.db.webhooks import record_deliveries
+from docqueue.jobspec import JobSpec
 
 
 def create_job(
     conn: Connection,
     job_id: str,
+    spec: JobSpec,
     *,
-    task: str,
-    model: str,
-    params: dict[str, Any],
-    lane: str,
-    source: str | None = None,
     total: int | None = None,
-    name: str | None = None,
-    input_digest: str | None = None,
-    idempotency_key: str | None = None,
-    callback_url: str | None = None,
-    reuse: bool = False,
-    group_id: str | None = None,
+    lease_until: float | None = None,
 ) -> None:
-    """Insert the job's row; raises IntegrityError when ``idempotency_key`` already
-    names a job (one made by a concurrent request with that key)."""
+    """Insert the job's row; raises IntegrityError when ``spec.idempotency_key``
+    already names a job (one made by a concurrent request with that key).
+    ``lease_until``: the producer holds the job until then
+    (:mod:`docqueue.core.lease`)."""
     # Newer columns are written only when set, so that a plain job is the same
     # insert on a ledger of an older revision (tests of migrations write those).
-    keyed: dict[str, Any] = {} if idempotency_key is None else {"idempotency_key": idempotency_key}
-    if callback_url is not None:
-        keyed["callback_url"] = callback_url
-    if reuse:
-        keyed["reuse"] = True
-    if group_id is not None:
-        keyed["group_id"] = group_id
+    optional = {
+        "idempotency_key": spec.idempotency_key,
+        "callback_url": spec.callback_url,
+        "reuse": spec.reuse or None,
+        "group_id": spec.group_id,
+        "model_label": spec.model_label,
+        "lease_until": lease_until,
+    }
     conn.execute(
         insert(Job).values(
             id=job_id,
-            task=task,
-            model=model,
-            params=params,
-            lane=lane,
-            source=source,
+            task=spec.task,
+            model=spec.model,
+            params=spec.params,
+            lane=spec.lane,
+            source=spec.source,
             total=total,
             created_at=time.time(),
-            name=name,
-            input_digest=input_digest,
-            **keyed,
+            name=spec.name,
+            input_digest=spec.input_digest,
+            **{column: value for column, value in optional.items() if value is not None},
         )
     )
 
@@ -150,8 +118,9 @@ def add_items(conn: Connection, job_id: str, rows: Sequence[dict[str, Any]]) -> 
 
 
 def close_job(conn: Connection, job_id: str, total: int) -> None:
-    """Record that all ``total`` documents are enqueued, and flag repeated user ids."""
-    conn.execute(update(Job).where(Job.id == job_id).values(total=total))
+    """Record that all ``total`` documents are enqueued (the producer's lease ends),
+    and flag repeated user ids."""
+    conn.execute(update(Job).where(Job.id == job_id).values(total=total, lease_until=None))
     repeated = (
         select(Item.user_id)
         .where(Item.job_id == job_id, Item.user_id.is_not(None))
@@ -164,32 +133,6 @@ def close_job(conn: Connection, job_id: str, total: int) -> None:
         .values(duplicate_id=True)
     )
     record_finished(conn, [job_id], time.time())
-
-
-@dataclass(frozen=True)
-class JobInfo:
-    id: str
-    task: str
-    model: str
-    params: dict[str, Any]
-    lane: str
-    source: str | None
-    total: int | None
-    created_at: float
-    name: str | None = None
-    input_digest: str | None = None
-    cancelled_at: float | None = None
-    idempotency_key: str | None = None
-    callback_url: str | None = None
-    #: Whether workers copy earlier results of the same text, task, model and params.
-    reuse: bool = False
-    #: The multi-task group the job belongs to (None: a job of its own).
-    group_id: str | None = None
-
-
-def get_job(conn: Connection, job_id: str) -> JobInfo | None:
-    row = conn.execute(select(Job.__table__).where(Job.id == job_id)).mappings().first()
-    return JobInfo(**row) if row else None
 
 
 def _item_values(job_id: str, row: dict[str, Any]) -> dict[str, Any]:
@@ -260,51 +203,6 @@ def job_with_key(conn: Connection, idempotency_key: str) -> JobInfo | None:
     return JobInfo(**row) if row else None
 
 
-def progress(conn: Connection, job_id: str) -> Progress | None:
-    """The job's counts, or None when there is no such job."""
-    job = conn.execute(select(Job.total, Job.cancelled_at).where(Job.id == job_id)).first()
-    if job is None:
-        return None
-    counts = dict(
-        conn.execute(
-            select(Item.status, func.count()).where(Item.job_id == job_id).group_by(Item.status)
-        ).all()
-    )
-    return _progress(
-        job.total, job.cancelled_at, counts, reused_counts(conn, [job_id]).get(job_id, 0)
-    )
-
-
-def reused_counts(conn: Connection, job_ids: Sequence[str]) -> dict[str, int]:
-    """How many documents of each job were done by copying an earlier result
-    (jobs with none are left out)."""
-    if not job_ids:
-        return {}
-    query = (
-        select(Result.job_id, func.count())
-        .where(Result.job_id.in_(list(job_ids)), Result.reused.is_(True))
-        .group_by(Result.job_id)
-    )
-    return {job_id: count for job_id, count in conn.execute(query).all()}
-
-
-def _progress(
-    total: int | None,
-    cancelled_at: float | None,
-    counts: dict[str, int],
-    reused: int = 0,
-) -> Progress:
-    return Progress(
-        reused=reused,
-        total=total,
-        enqueued=sum(counts.values()),
-        done=counts.get(DONE, 0),
-        failed=counts.get(FAILED, 0),
-        cancelled=counts.get(CANCELLED, 0),
-        cancelled_at=cancelled_at,
-    )
-
-
 # --- managing jobs: list, cancel, delete, prune ---------------------------------------
 
 
@@ -325,10 +223,13 @@ def _in_state(state: str) -> ColumnElement[bool]:
     are in, so a closed job with nothing pending is finished)."""
     if state == "cancelled":
         return Job.cancelled_at.is_not(None)
+    if state == "failed":
+        return Job.cancelled_at.is_(None) & Job.failure.is_not(None)
+    going = Job.cancelled_at.is_(None) & Job.failure.is_(None)
     if state == "finished":
-        return Job.cancelled_at.is_(None) & Job.total.is_not(None) & ~_has_pending()
+        return going & Job.total.is_not(None) & ~_has_pending()
     if state == "running":
-        return Job.cancelled_at.is_(None) & (Job.total.is_(None) | _has_pending())
+        return going & (Job.total.is_(None) | _has_pending())
     raise ValueError(f"job state {state!r}: expected one of {', '.join(JOB_STATES)}")
 
 
@@ -347,8 +248,8 @@ def list_jobs(
         query = query.where(Job.lane == lane)
     if state is not None:
         query = query.where(_in_state(state))
-    if model is not None:
-        query = query.where(Job.model == model)
+    if model is not None:  # the name workers know, or the one the person gave
+        query = query.where((Job.model == model) | (Job.model_label == model))
     if name is not None:
         query = query.where(Job.name == name)
     jobs = [JobInfo(**row) for row in conn.execute(query).mappings()]
@@ -364,17 +265,26 @@ def list_jobs(
     return [
         JobSummary(
             job,
-            _progress(job.total, job.cancelled_at, counts[job.id], reused.get(job.id, 0)),
+            progress_of(
+                job.total, job.cancelled_at, counts[job.id], reused.get(job.id, 0), job.failure
+            ),
         )
         for job in jobs
     ]
 
 
-def running_groups(conn: Connection) -> set[tuple[str, str, str]]:
-    """(task, model, lane) of every running job: the queues that may hold its
-    messages, whether or not a worker serves them."""
-    query = select(Job.task, Job.model, Job.lane).where(_in_state("running")).distinct()
-    return {(task, model, lane) for task, model, lane in conn.execute(query)}
+def pending_by_model(conn: Connection) -> dict[str, int]:
+    """Documents without a result yet, per model, over the jobs not cancelled:
+    queued in Redis, held by workers, or not yet published by a producer still
+    adding them.  Models with none are left out."""
+    query = (
+        select(Job.model, func.count())
+        .select_from(Item)
+        .join(Job, Job.id == Item.job_id)
+        .where(Item.status == PENDING, Job.cancelled_at.is_(None))
+        .group_by(Job.model)
+    )
+    return {model: int(count) for model, count in conn.execute(query)}
 
 
 def cancel_job(conn: Connection, job_id: str, now: float) -> int | None:
@@ -438,13 +348,14 @@ def delete_job(conn: Connection, job_id: str, now: float) -> int | None:
 
 
 def finished_before(conn: Connection, created_before: float, limit: int = 1000) -> list[str]:
-    """Finished or cancelled jobs created before ``created_before``, oldest first."""
+    """Finished, cancelled or failed jobs created before ``created_before``, oldest
+    first."""
     return list(
         conn.execute(
             select(Job.id)
             .where(
                 Job.created_at < created_before,
-                _in_state("finished") | _in_state("cancelled"),
+                _in_state("finished") | _in_state("cancelled") | _in_state("failed"),
             )
             .order_by(Job.created_at)
             .limit(limit)
@@ -561,56 +472,7 @@ def _outcome(r: Any) -> Outcome:
     )
 
 
-@dataclass(frozen=True)
-class Pace:
-    """How fast a job's documents are computed: the first start and last finish of
-    the rows workers wrote, and how many they wrote."""
-
-    first_started: float | None
-    last_finished: float | None
-    computed: int
-
-
-def pace(conn: Connection, job_id: str) -> Pace:
-    """Copies of earlier results (reuse) count towards the last finish, not as computed."""
-    computed = func.sum(case((Result.reused.is_(False), 1), else_=0))
-    row = conn.execute(
-        select(func.min(Result.started_at), func.max(Result.finished_at), computed).where(
-            Result.job_id == job_id, Result.worker_id.is_not(None)
-        )
-    ).one()
-    return Pace(row[0], row[1], int(row[2] or 0))
-
-
-def timing(
-    created_at: float, progress: Progress, pace: Pace, now: float
-) -> tuple[float, float | None, float | None]:
-    """(elapsed, rate, eta) as the job status reports them: seconds from creation to
-    now (to the last result once finished), documents computed per second since
-    the first started, and seconds until the pending ones are done at that rate."""
-    end = (pace.last_finished or created_at) if progress.finished else now
-    rate = None
-    if pace.computed and pace.last_finished and pace.first_started is not None:
-        rate = pace.computed / max(pace.last_finished - pace.first_started, 1e-3)
-    eta = max(0, progress.pending) / rate if rate and not progress.finished else None
-    return max(0.0, end - created_at), rate, eta
-
-
-def error_counts(progress: Progress, computed: int) -> dict[str, int]:
-    """A job's errors as its status reports them: failed, of which refused at the door
-    and failed on a worker.  ``computed`` counts the rows workers wrote (:func:`pace`),
-    which leaves out reused copies: those are done without a worker computing them."""
-    on_workers = max(0, computed + progress.reused - progress.done)
-    return {
-        "failed": progress.failed,
-        "refused": max(0, progress.failed - on_workers),
-        "on_workers": on_workers,
-    }
-
-
 def record_finished(conn: Connection, job_ids: Iterable[str], now: float) -> None:
     """Called in each transaction that can finish a job (results written, the job
     closed, cancelled): its webhook delivery, when it has a callback."""
-    from docqueue.db.webhooks import record_deliveries
-
     record_deliveries(conn, job_ids, now)

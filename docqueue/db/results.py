@@ -19,7 +19,19 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from sqlalchemy import ARRAY, Connection, Integer, Update, and_, any_, bindparam, text, update
+from sqlalchemy import (
+    ARRAY,
+    Connection,
+    Integer,
+    Update,
+    and_,
+    any_,
+    bindparam,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.sql import Insert
 
 from docqueue.db.schema import CANCELLED, DONE, FAILED, Item, Result
@@ -247,3 +259,12 @@ def _mark_done(conn: Connection, rows: Sequence[ResultRow]) -> None:
     truncated = [{"b_job": r.job_id, "b_seq": r.seq} for r in rows if r.truncated]
     if truncated:
         conn.execute(_MARK_ONE_TRUNCATED, truncated)
+
+
+def documents_held(conn: Connection, rows: Sequence[ResultRow]) -> set[tuple[str, int]]:
+    """The (job, seq) of each of ``rows`` that names a document the ledger holds."""
+    by_job: dict[str, set[int]] = defaultdict(set)
+    for row in rows:
+        by_job[row.job_id].add(row.seq)
+    wanted = or_(*(and_(Item.job_id == job, Item.seq.in_(seqs)) for job, seqs in by_job.items()))
+    return {(job, seq) for job, seq in conn.execute(select(Item.job_id, Item.seq).where(wanted))}

@@ -26,6 +26,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from docqueue.jobspec import MAX_LABEL_CHARS, MAX_NAME_CHARS, MAX_SOURCE_CHARS
+from docqueue.protocol import MAX_ID_CHARS
+
 PENDING, DONE, FAILED = "pending", "done", "failed"
 #: A document of a cancelled job that was not computed: never an error, never recomputed.
 CANCELLED = "cancelled"
@@ -43,12 +46,12 @@ class Job(Base):
     model: Mapped[str] = mapped_column(String(64))
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     lane: Mapped[str] = mapped_column(String(16))
-    source: Mapped[str | None] = mapped_column(String(1024))
+    source: Mapped[str | None] = mapped_column(String(MAX_SOURCE_CHARS))
     #: Number of documents; None while they are still being enqueued.
     total: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[float] = mapped_column(Float)
     #: The caller's name for the job (several jobs may share one; the newest wins).
-    name: Mapped[str | None] = mapped_column(String(200), index=True)
+    name: Mapped[str | None] = mapped_column(String(MAX_NAME_CHARS), index=True)
     #: A digest of the input (file and options) that created it, so that a rerun of
     #: the same named input can resume the job instead of starting over.
     input_digest: Mapped[str | None] = mapped_column(String(64))
@@ -66,6 +69,18 @@ class Job(Base):
     reuse: Mapped[bool] = mapped_column(Boolean, server_default=false())
     #: The jobs of one multi-task call (the same documents, one job per task) share it.
     group_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    #: The model as the person named it, where ``model`` is an internal name (annotate:
+    #: ``minilm``, a directory's absolute path, a hub id); None: ``model`` is theirs.
+    model_label: Mapped[str | None] = mapped_column(String(MAX_LABEL_CHARS))
+    #: While a producer adds the job's documents: until when it holds the job (epoch
+    #: seconds; it renews this while it adds).  None once the job is closed, and on
+    #: jobs made before revision 0012.  Workers close as failed a job whose lease
+    #: lapsed before its documents were all in (:mod:`docqueue.core.lease`).
+    lease_until: Mapped[float | None] = mapped_column(Float, index=True)
+    #: When and why the job failed as a whole (its producer stopped before all its
+    #: documents were in); None while it has not.
+    failed_at: Mapped[float | None] = mapped_column(Float)
+    failure: Mapped[str | None] = mapped_column(Text)
 
 
 class Item(Base):
@@ -78,7 +93,7 @@ class Item(Base):
     )
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     #: The caller's own id for the document, if it gave one.
-    user_id: Mapped[str | None] = mapped_column(String(512))
+    user_id: Mapped[str | None] = mapped_column(String(MAX_ID_CHARS))
     #: The document (JSON-encoded messages when ``chat``).
     text: Mapped[str] = mapped_column(Text)
     chat: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, or_, select, update
+from sqlalchemy import Connection, delete, func, insert, literal, or_, select, update
 
-from docqueue.db import jobs as ledger
-from docqueue.db.schema import Job, WebhookDelivery
+from docqueue.db import progress as ledger
+from docqueue.db.schema import Batch, Job, WebhookDelivery
 
 #: The body's ``event`` field: the only event so far.
 JOB_FINISHED = "job.finished"
@@ -121,10 +121,12 @@ def summary(
             "state": progress.state,
             "task": job.task,
             "model": job.model,
+            "model_label": job.model_label,
             "lane": job.lane,
             "source": job.source,
             "created_at": job.created_at,
             "cancelled_at": job.cancelled_at,
+            "failure": progress.failure,
             "progress": {
                 "total": progress.total,
                 "enqueued": progress.enqueued,
@@ -143,30 +145,136 @@ def summary(
 
 @dataclass(frozen=True)
 class Due:
-    """A delivery to attempt: where, what, and how many attempts it had."""
+    """A delivery to attempt: where, what, and how many attempts it had; for an
+    OpenAI-compatible batch, the batch it reports (sent as OpenAI's event)."""
 
     id: str
     job_id: str
     url: str
     body: str
     attempts: int
+    created_at: float = 0.0
+    #: The batch (``batch_<job_id>``) when the delivery reports one.
+    batch_id: str | None = None
+    #: The batch never had a job: it failed validation.
+    batch_failed: bool = False
+    batch_expired: bool = False
+    job_name: str | None = None
 
 
-def due(conn: Connection, now: float, limit: int = 20) -> list[Due]:
-    """Deliveries whose next attempt is due and that no sender holds, oldest first."""
-    rows = conn.execute(
+#: Seconds a finished job named like a batch's job waits for its batch row (written
+#: just after the job) before it is sent as a job of its own.
+BATCH_ROW_WAIT = 60.0
+_BATCH_PREFIX = "batch_"
+
+
+def due(
+    conn: Connection, now: float, limit: int = 20, skip_receivers: Sequence[str] = ()
+) -> list[Due]:
+    """Deliveries whose next attempt is due and that no sender holds, oldest first,
+    but those to ``skip_receivers`` (``scheme://host:port``, busy in this sender)."""
+    batch_id = literal(_BATCH_PREFIX) + WebhookDelivery.job_id
+    query = (
         select(
             WebhookDelivery.id,
             WebhookDelivery.job_id,
             WebhookDelivery.url,
             WebhookDelivery.body,
             WebhookDelivery.attempts,
+            WebhookDelivery.created_at,
+            Batch.id,
+            Batch.job_id.is_(None),
+            Batch.expired_at.is_not(None),
+            Job.name,
         )
+        .outerjoin(Batch, Batch.id == batch_id)
+        .outerjoin(Job, Job.id == WebhookDelivery.job_id)
         .where(WebhookDelivery.next_at <= now, _unleased(now))
         .order_by(WebhookDelivery.next_at)
         .limit(limit)
-    ).all()
-    return [Due(*row) for row in rows]
+    )
+    for receiver in skip_receivers:
+        query = query.where(~_to_receiver(receiver))
+    found = []
+    for row in conn.execute(query).all():
+        delivery = Due(
+            *row[:6],
+            batch_id=row[6],
+            batch_failed=bool(row[6] and row[7]),
+            batch_expired=bool(row[8]),
+            job_name=row[9],
+        )
+        if _waiting_for_batch_row(delivery, now):
+            continue
+        found.append(delivery)
+    return found
+
+
+def _waiting_for_batch_row(delivery: Due, now: float) -> bool:
+    """A batch's job can finish before ``POST /v1/batches`` wrote the batch's row;
+    its delivery waits for the row, to go out as the batch's event."""
+    named_as_batch = delivery.job_name == _BATCH_PREFIX + delivery.job_id
+    return (
+        delivery.batch_id is None and named_as_batch and now - delivery.created_at < BATCH_ROW_WAIT
+    )
+
+
+def _to_receiver(receiver: str) -> Any:
+    """Whether a delivery's URL goes to ``receiver`` (``scheme://host:port``, the
+    port left out too where it is the scheme's own)."""
+    scheme, _, address = receiver.partition("://")
+    host, _, port = address.rpartition(":")
+    origins = [f"{scheme}://{host}:{port}"]
+    if {"http": "80", "https": "443"}.get(scheme) == port:
+        origins.append(f"{scheme}://{host}")
+    url = func.lower(WebhookDelivery.url)
+    matches = []
+    for origin in origins:
+        matches.append(url == origin)
+        matches += [url.startswith(origin + end, autoescape=True) for end in "/?#"]
+    return or_(*matches)
+
+
+def batch_event(delivery: Due) -> dict[str, Any]:
+    """OpenAI's batch webhook event for a delivery that reports a batch: its type
+    from the batch (failed, expired) or its job's final state (cancelled,
+    completed), the delivery's id and time."""
+    if delivery.batch_failed:
+        kind = "batch.failed"
+    elif delivery.batch_expired:
+        kind = "batch.expired"
+    elif json.loads(delivery.body).get("job", {}).get("state") == "cancelled":
+        kind = "batch.cancelled"
+    else:
+        kind = "batch.completed"
+    return {
+        "id": f"evt_{delivery.id}",
+        "object": "event",
+        "created_at": int(delivery.created_at),
+        "type": kind,
+        "data": {"id": delivery.batch_id},
+    }
+
+
+def record_batch_failed(conn: Connection, batch_id: str, url: str, now: float) -> None:
+    """The delivery of a batch that failed validation (it has no job to finish):
+    keyed by the batch's id without its ``batch_`` prefix, as a job's is."""
+    delivery_id = uuid.uuid4().hex
+    key = batch_id.removeprefix(_BATCH_PREFIX)
+    event = batch_event(
+        Due(delivery_id, key, url, "{}", 0, now, batch_id=batch_id, batch_failed=True)
+    )
+    conn.execute(
+        insert(WebhookDelivery).values(
+            id=delivery_id,
+            job_id=key,
+            url=url,
+            body=json.dumps(event, separators=(",", ":"), sort_keys=True),
+            created_at=now,
+            attempts=0,
+            next_at=now,
+        )
+    )
 
 
 def _unleased(now: float) -> Any:

@@ -6,8 +6,8 @@ import time
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from docqueue.db.schema import WorkerBeat
 
@@ -93,3 +93,14 @@ def _states(conn: Connection, *where: Any) -> list[WorkerState]:
     query = select(WorkerBeat.__table__).where(*where).order_by(WorkerBeat.last_seen.desc())
     names = [f.name for f in fields(WorkerState)]
     return [WorkerState(**{n: row[n] for n in names}) for row in conn.execute(query).mappings()]
+
+
+def worker_of_pid(engine: Engine, pid: int) -> str | None:
+    """The id of the worker whose process ``pid`` beat (any host), or None: also
+    before the worker has created the tables."""
+    try:
+        with engine.connect() as conn:
+            query = select(WorkerBeat.id).where(WorkerBeat.pid == pid)
+            return conn.execute(query).scalars().first()
+    except DBAPIError:
+        return None

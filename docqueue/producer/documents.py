@@ -16,30 +16,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import String
 
-from docqueue.db.schema import Item, Job
-from docqueue.protocol import ChatMessage, Document, document_problem, document_size
-from docqueue.tasks import CHAT_TASKS
+from docqueue.errors import Refused
+from docqueue.jobspec import MAX_LABEL_CHARS, MAX_NAME_CHARS, MAX_SOURCE_CHARS
+from docqueue.protocol import (
+    MAX_ID_CHARS,
+    ChatMessage,
+    Document,
+    document_problem,
+    document_size,
+    json_type,
+)
+from docqueue.tasks import takes_chat
 
-
-def _length(column: Any) -> int:
-    """How many characters a String column of the ledger holds."""
-    kind = column.type
-    assert isinstance(kind, String) and kind.length is not None
-    return kind.length
-
-
-#: The longest id the ledger's column holds (PostgreSQL enforces it, SQLite does not).
-MAX_ID_CHARS = _length(Item.__table__.c.user_id)
 #: JSON's "\ud800" decodes to half a surrogate pair, which nothing can encode.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 #: What SQL cannot hold in any text column.
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
-class InvalidDocument(ValueError):
+class InvalidDocument(Refused, ValueError):
     """A single submitted document that cannot be queued."""
+
+    param = "text"
 
 
 @dataclass(frozen=True)
@@ -114,13 +113,19 @@ def id_problem(user_id: str | None) -> str | None:
 
 def name_problem(name: str | None) -> str | None:
     """Why a job's name cannot be stored, or None."""
-    return None if name is None else _unstorable("job name", name, _length(Job.name))
+    return None if name is None else _unstorable("job name", name, MAX_NAME_CHARS)
 
 
 def storable_source(source: str | None) -> str | None:
     """A job's source (a file name, which may be any bytes) as its column holds it;
     one that had to change no longer names the file, and `docqueue resume` says so."""
-    return None if source is None else storable(source)[: _length(Job.source)]
+    return None if source is None else storable(source)[:MAX_SOURCE_CHARS]
+
+
+def storable_label(label: str | None) -> str | None:
+    """A model's label (a directory's path, which may be any bytes) as its column
+    holds it."""
+    return None if label is None else storable(label)[:MAX_LABEL_CHARS]
 
 
 def _unstorable(what: str, value: str, limit: int) -> str | None:
@@ -147,7 +152,9 @@ def check(record: Record, *, task: str, max_chars: int) -> Checked:
     if isinstance(text, list):
         return _check_chat(record, task, max_chars)
     if not isinstance(text, str):
-        return _rejected(record, f"text is {type(text).__name__}, not a string")
+        if text is None:
+            return _rejected(record, "no text (null)")
+        return _rejected(record, f"text is {json_type(text)}, not a string")
     problem = document_problem(text, task)
     if problem:
         return _rejected(record, problem)
@@ -160,7 +167,7 @@ def check(record: Record, *, task: str, max_chars: int) -> Checked:
 
 
 def _check_chat(record: Record, task: str, max_chars: int) -> Checked:
-    if task not in CHAT_TASKS:
+    if not takes_chat(task):
         return _rejected(record, f"{task} takes text, not chat messages")
     try:
         messages = [ChatMessage.model_validate(m) for m in record.text]
@@ -188,10 +195,3 @@ def _rejected(record: Record, error: str) -> Checked:
 def storable(text: str) -> str:
     """``text`` as any database stores it: NUL dropped, lone surrogates replaced."""
     return _UNSTORABLE.sub(lambda c: "" if c.group() == "\x00" else "\ufffd", text)
-
-
-def stored_document(text: str, chat: bool) -> Document:
-    """The document as the ledger keeps it, back in wire form (for resume)."""
-    if chat:
-        return [ChatMessage.model_validate(m) for m in json.loads(text)]
-    return text

@@ -27,9 +27,9 @@ from celery.beat import ScheduleEntry, Scheduler, Service
 from celery.schedules import crontab
 from celery.schedules import schedule as every
 
+from docqueue.db import schedules as state
 from docqueue.errors import one_line
 from docqueue.producer.client import Client
-from docqueue.schedules import state
 from docqueue.schedules.config import Schedule, SchedulesFile, cron_fields
 from docqueue.schedules.run import run_schedule
 

@@ -34,7 +34,9 @@ from pydantic import (
     model_validator,
 )
 
-from docqueue.tasks import is_task, task_list
+from docqueue.errors import Refused
+from docqueue.schedules.columns import output_columns
+from docqueue.tasks import canonical, task_list
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -47,7 +49,7 @@ IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-class ScheduleError(ValueError):
+class ScheduleError(Refused, ValueError):
     """The schedules file cannot be used; the message names the schedule and field."""
 
 
@@ -58,20 +60,12 @@ class _Strict(BaseModel):
 def database_url(url: SecretStr | None) -> SecretStr | None:
     """Refuse, at load, a URL SQLAlchemy cannot use (its driver included), without
     repeating it: it may hold a password."""
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
-    from docqueue.db.engine import normalize_url
+    from docqueue.db.engine import url_problem
 
     if url is None:
         return None
-    try:
-        parsed = normalize_url(url.get_secret_value())
-    except ArgumentError:
-        raise ValueError("not a database URL (dialect://user:password@host/database)") from None
-    try:
-        parsed.get_dialect()
-    except NoSuchModuleError:
-        raise ValueError(f"no SQLAlchemy dialect {parsed.drivername!r}") from None
+    if problem := url_problem(url.get_secret_value()):
+        raise ValueError(problem)
     return url
 
 
@@ -82,11 +76,14 @@ class TaskSpec(_Strict):
     model: str
     params: dict[str, Any] = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _known_task(self) -> TaskSpec:
-        if not is_task(self.task):
-            raise ValueError(f"unknown task {self.task!r}; use {task_list()}")
-        return self
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        """The task's name (an alias is read as the task it stands for)."""
+        name = canonical(task)
+        if name is None:
+            raise ValueError(f"unknown task {task!r}; use {task_list()}")
+        return name
 
 
 class DirectorySource(_Strict):
@@ -176,6 +173,25 @@ class Schedule(_Strict):
         if not self.tasks:
             raise ValueError("name at least one task")
         return self
+
+    @model_validator(mode="after")
+    def _key_is_not_an_output(self) -> Schedule:
+        """A key column named like a column the results fill would be overwritten by
+        each result (every row keyed by its label): refused before anything runs."""
+        key = self.key_column()
+        outputs = output_columns(self.tasks)
+        if key.lower() in (name.lower() for name in outputs):
+            raise ValueError(
+                f"source.key {key!r} is also the name of a column the results are written "
+                f"to ({', '.join(outputs)}), so each result would overwrite its row's key; "
+                f'read the key under another name: query = "SELECT {key} AS source_{key}, '
+                f'...", key = "source_{key}"'
+            )
+        return self
+
+    def key_column(self) -> str:
+        """The write-back table's key column: the source's key, or ``key`` for files."""
+        return self.source.key if isinstance(self.source, TableSource) else "key"
 
     def interval(self) -> timedelta | None:
         return None if self.every is None else timedelta(seconds=self.every)

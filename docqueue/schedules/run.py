@@ -1,6 +1,6 @@
 """One run of a schedule: claim it, finish the work of a run whose beat stopped,
-read what is new, submit it (one job per task), wait, write the results back, and
-only then move the source's mark.  A run that fails leaves the mark where it was,
+read what is new, submit it (a job group: one job per task), wait, write the
+results back, and only then move the source's mark.  A run that fails leaves the mark where it was,
 so the next run takes the same documents again (and, with reuse, computes only
 those without a result).
 """
@@ -14,14 +14,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine
-
+from docqueue.core.groups import JobGroup, group_job_ids
+from docqueue.core.groups import TaskSpec as GroupTask
+from docqueue.db import Database
+from docqueue.db import schedules as state
 from docqueue.db.engine import make_engine
 from docqueue.errors import one_line
-from docqueue.producer.client import Client, JobHandle, UnknownJob
-from docqueue.schedules import sources, state
+from docqueue.jobspec import JobSpec
+from docqueue.producer.client import Client, UnknownJob
+from docqueue.schedules import sources
+from docqueue.schedules.columns import prefixes, row_values
 from docqueue.schedules.config import DirectorySource, Schedule, TableSource
-from docqueue.schedules.writeback import prefixes, row_values, target_table, upsert
+from docqueue.schedules.writeback import target_table, upsert
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,8 @@ class Outcome:
     reused: int = 0
     failed: int = 0
     message: str | None = None
+    #: The run's number among its schedule's runs (1 for the first).
+    number: int = 0
 
 
 def run_schedule(client: Client, schedule: Schedule, stale_after: float) -> Outcome:
@@ -41,29 +47,31 @@ def run_schedule(client: Client, schedule: Schedule, stale_after: float) -> Outc
     recorded as skipped).  Never raises for a failed run: the outcome says why."""
     db = client.db
     run_id = state.start_run(db, schedule.name)
+    number = state.run_number(db, schedule.name, run_id)
     claim = state.claim(db, schedule.name, run_id, stale_after)
     if claim is None:
         message = "the previous run is still going"
-        log.warning("schedule %s: not started, %s", schedule.name, message)
+        log.warning("schedule %s: run %d not started, %s", schedule.name, number, message)
         state.finish(db, schedule.name, run_id, state.SKIPPED, message=message, release=False)
-        return Outcome(run_id, state.SKIPPED, message=message)
+        return Outcome(run_id, state.SKIPPED, message=message, number=number)
     stop_beating = _heartbeat(db, schedule.name, run_id, stale_after / 3)
     try:
         counts = _Counts()
         if claim.abandoned is not None and claim.abandoned.job_ids:
-            log.info("schedule %s: finishing run %d first", schedule.name, claim.abandoned.id)
+            earlier = state.run_number(db, schedule.name, claim.abandoned.id)
+            log.info("schedule %s: finishing run %d first", schedule.name, earlier)
             _finish_abandoned(client, schedule, run_id, claim.abandoned, counts)
         _run_new(client, schedule, run_id, counts)
     except Exception as exc:  # the run fails; the mark stays where it was
         message = one_line(exc)
-        log.error("schedule %s: run %d failed: %s", schedule.name, run_id, message)
+        log.error("schedule %s: run %d failed: %s", schedule.name, number, message)
         state.finish(db, schedule.name, run_id, state.FAILED, message=message, **counts.fields())
-        return Outcome(run_id, state.FAILED, message=message, **counts.fields())
+        return Outcome(run_id, state.FAILED, message=message, number=number, **counts.fields())
     finally:
         stop_beating.set()
     state.finish(db, schedule.name, run_id, state.SUCCEEDED, **counts.fields())
-    log.info("schedule %s: run %d done, %s", schedule.name, run_id, counts)
-    return Outcome(run_id, state.SUCCEEDED, **counts.fields())
+    log.info("schedule %s: run %d done, %s", schedule.name, number, counts)
+    return Outcome(run_id, state.SUCCEEDED, number=number, **counts.fields())
 
 
 @dataclass
@@ -83,17 +91,24 @@ def _run_new(client: Client, schedule: Schedule, run_id: int, counts: _Counts) -
     new = _read_new(client.db, schedule)
     if not new.records:
         return
-    job_ids = [uuid.uuid4().hex for _ in schedule.tasks]
+    job_ids = group_job_ids(_new_group_id(), len(schedule.tasks))
     state.plan(client.db, run_id, job_ids, new.mark_to)
-    _submit_wait_write(client, schedule, new, job_ids, counts, resume=False)
+    _wait_write(schedule, new, _submit(client, schedule, new, job_ids[0]), counts)
     _advance(client.db, schedule.name, run_id, new.mark_to)
 
 
-def _advance(db: Engine, schedule: str, run_id: int, mark_to: dict[str, Any]) -> None:
+def _new_group_id() -> str:
+    """A group id that is its first job's id (:func:`group_job_ids` keeps the first
+    28 characters and numbers the jobs from 0000), so that the job ids a run plans
+    name its group too."""
+    return group_job_ids(uuid.uuid4().hex, 1)[0]
+
+
+def _advance(db: Database, schedule: str, run_id: int, mark_to: dict[str, Any]) -> None:
     if not state.advance(db, schedule, run_id, mark_to):
         raise LostClaim(
-            f"run {run_id} lost its claim (not heard from for too long): its results are"
-            " written back, the run that took over moves the mark"
+            f"run {state.run_number(db, schedule, run_id)} lost its claim (not heard from for "
+            "too long): its results are written back, the run that took over moves the mark"
         )
 
 
@@ -115,11 +130,11 @@ def _finish_abandoned(
         again = sources.read_files(schedule.source, abandoned.mark_to.get("files") or {})
     again.mark_to = abandoned.mark_to
     if again.records:  # none: the run stopped after moving the mark, its work is done
-        _submit_wait_write(client, schedule, again, abandoned.job_ids, counts, resume=True)
+        _wait_write(schedule, again, _resume(client, schedule, again, abandoned.job_ids), counts)
     _advance(client.db, schedule.name, run_id, abandoned.mark_to)
 
 
-def _read_new(db: Engine, schedule: Schedule) -> sources.NewDocuments:
+def _read_new(db: Database, schedule: Schedule) -> sources.NewDocuments:
     if isinstance(schedule.source, TableSource):
         return sources.read_table(schedule.source, state.mark(db, schedule.name))
     assert isinstance(schedule.source, DirectorySource)
@@ -127,81 +142,87 @@ def _read_new(db: Engine, schedule: Schedule) -> sources.NewDocuments:
     return sources.read_files(schedule.source, changed)
 
 
-def _submit_wait_write(
-    client: Client,
-    schedule: Schedule,
-    new: sources.NewDocuments,
-    job_ids: list[str],
-    counts: _Counts,
-    *,
-    resume: bool,
+def _submit(
+    client: Client, schedule: Schedule, new: sources.NewDocuments, group_id: str
+) -> JobGroup:
+    """The schedule's tasks over the new documents: one job per task, in one pass."""
+    return client.enqueue_tasks(
+        [GroupTask(t.task, t.model, t.params) for t in schedule.tasks],
+        _job_spec(schedule, group_id),
+        iter(new.records),
+    )
+
+
+def _resume(
+    client: Client, schedule: Schedule, new: sources.NewDocuments, job_ids: list[str]
+) -> JobGroup:
+    """The jobs a run cut short planned, each resumed (what it computed is kept, what
+    it missed is computed) or, where the run stopped before creating it, created
+    with the id it planned."""
+    group_id = job_ids[0]  # :func:`_new_group_id` (a run planned before groups: its first job)
+    jobs = []
+    for task, job_id in zip(schedule.tasks, job_ids, strict=True):
+        try:
+            client.resume(job_id, documents=iter(new.records))
+            jobs.append(client.job(job_id))
+        except UnknownJob:
+            spec = _job_spec(schedule, group_id).but(
+                task=task.task, model=task.model, params=task.params
+            )
+            jobs.append(client.enqueue(spec, iter(new.records), job_id=job_id))
+    return JobGroup(client, group_id, jobs)
+
+
+def _job_spec(schedule: Schedule, group_id: str) -> JobSpec:
+    """What each job of a run shares (each task sets its task, model and params)."""
+    first = schedule.tasks[0]
+    return JobSpec(
+        first.task,
+        first.model,
+        first.params,
+        name=f"schedule:{schedule.name}",
+        reuse=schedule.reuse,
+        group_id=group_id,
+    )
+
+
+def _wait_write(
+    schedule: Schedule, new: sources.NewDocuments, group: JobGroup, counts: _Counts
 ) -> None:
-    jobs = [
-        _start(client, spec, job_id, new, schedule, resume)
-        for spec, job_id in zip(schedule.tasks, job_ids, strict=True)
-    ]
-    for job in jobs:
+    for job in group.jobs:
         job.wait(timeout=schedule.timeout)
-    written = _write_back(schedule, new, jobs)
-    counts.documents += written
-    for job in jobs:
+    counts.documents += _write_back(schedule, new, group)
+    for job in group.jobs:
         progress = job.progress()
         counts.failed += progress.failed
         counts.reused += progress.reused
 
 
-def _start(
-    client: Client,
-    spec: Any,
-    job_id: str,
-    new: sources.NewDocuments,
-    schedule: Schedule,
-    resume: bool,
-) -> JobHandle:
-    if resume:
-        try:
-            client.resume(job_id, documents=iter(new.records))
-            return client.job(job_id)
-        except UnknownJob:
-            pass  # the run stopped before creating it
-    return client.submit_many(
-        iter(new.records),
-        task=spec.task,
-        model=spec.model,
-        params=spec.params,
-        job_id=job_id,
-        name=f"schedule:{schedule.name}",
-        reuse=schedule.reuse,
-    )
-
-
-def _write_back(schedule: Schedule, new: sources.NewDocuments, jobs: list[JobHandle]) -> int:
+def _write_back(schedule: Schedule, new: sources.NewDocuments, group: JobGroup) -> int:
     url = schedule.into.url or (
         schedule.source.url if isinstance(schedule.source, TableSource) else None
     )
-    engine = make_engine(url.get_secret_value()) if url else jobs[0].client.db
-    key_column = schedule.source.key if isinstance(schedule.source, TableSource) else "key"
+    engine = make_engine(url.get_secret_value()) if url else group.services.db
+    key_column = schedule.key_column()
     try:
         target = target_table(engine, schedule.into.table, key_column, new.keys[0], schedule.tasks)
-        return upsert(engine, target, key_column, _rows(schedule, new, jobs, key_column))
+        return upsert(engine, target, key_column, _rows(schedule, new, group, key_column))
     finally:
         if url:
             engine.dispose()
 
 
 def _rows(
-    schedule: Schedule, new: sources.NewDocuments, jobs: list[JobHandle], key_column: str
+    schedule: Schedule, new: sources.NewDocuments, group: JobGroup, key_column: str
 ) -> Iterator[dict[str, Any]]:
-    """One row per document, each task's columns side by side (every job holds the
-    same documents in the same order)."""
-    streams = [job.results() for job in jobs]
-    tasks = zip(prefixes(schedule.tasks), schedule.tasks, strict=True)
-    columns = list(tasks)
+    """One row per document, each task's columns side by side (the group joins its
+    jobs' results per document), named as the write-back names them."""
+    columns = list(zip(group.labels, prefixes(schedule.tasks), schedule.tasks, strict=True))
     key_of = {str(key): key for key in new.keys}
-    for results in zip(*streams, strict=True):
-        row: dict[str, Any] = {key_column: _key(results[0], key_of, new.keys)}
-        for (prefix, spec), result in zip(columns, results, strict=True):
-            row.update(row_values(result, prefix, spec.task))
+    for joined in group.results():
+        row: dict[str, Any] = {key_column: _key(joined, key_of, new.keys)}
+        for label, prefix, spec in columns:
+            row.update(row_values(joined[label], prefix, spec.task))
         yield row
 
 
@@ -217,7 +238,7 @@ def _key(result: dict[str, Any], key_of: dict[str, Any], keys: list[Any]) -> Any
     return int(stored) if keys and isinstance(keys[0], int) else stored  # a row gone
 
 
-def _heartbeat(db: Engine, schedule: str, run_id: int, every: float) -> threading.Event:
+def _heartbeat(db: Database, schedule: str, run_id: int, every: float) -> threading.Event:
     """Keep telling SQL the run is alive until the returned event is set."""
     stop = threading.Event()
 
@@ -225,7 +246,8 @@ def _heartbeat(db: Engine, schedule: str, run_id: int, every: float) -> threadin
         while not stop.wait(every):
             try:
                 if not state.heartbeat(db, schedule, run_id):
-                    log.warning("schedule %s: run %d lost its claim", schedule, run_id)
+                    number = state.run_number(db, schedule, run_id)
+                    log.warning("schedule %s: run %d lost its claim", schedule, number)
                     return
             except Exception as exc:  # the database is away: try again next time
                 log.warning("schedule %s: heartbeat failed: %s", schedule, one_line(exc))

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, and_, column, or_, select, table, text
+from sqlalchemy import and_, column, or_, select, table, text
 from sqlalchemy.sql import FromClause
 
+from docqueue.db import Database
 from docqueue.db.engine import make_engine
+from docqueue.formats.readers import InputError, read_documents
 from docqueue.producer.documents import Record
-from docqueue.producer.readers import InputError, read_documents
 from docqueue.schedules.config import DirectorySource, TableSource
 
 
@@ -33,7 +34,8 @@ class NewDocuments:
 
     records: list[Record]
     keys: list[Any]
-    #: Where the source stands once these are written back (see ``state.advance``).
+    #: Where the source stands once these are written back
+    #: (see :func:`docqueue.db.schedules.advance`).
     mark_to: dict[str, Any]
 
 
@@ -61,7 +63,7 @@ def read_table(
 
 
 def _rows(
-    engine: Engine, source: TableSource, mark: dict[str, Any] | None, upto: dict[str, Any] | None
+    engine: Database, source: TableSource, mark: dict[str, Any] | None, upto: dict[str, Any] | None
 ) -> list[tuple[Any, Any, Any]]:
     src = _selectable(source)
     key, watermark = src.c[source.key], src.c[source.watermark]

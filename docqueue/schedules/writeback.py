@@ -3,7 +3,7 @@ source key, upserted, so a run that is repeated doubles nothing.
 
 Columns: the key (named as the source's key column, or ``key`` for a directory),
 then each task's output fields (prefixed with the task's name when a schedule has
-several), its ``error``, and ``annotated_at`` (epoch seconds).
+several), its ``error``, and ``annotated_at`` (epoch seconds): :mod:`.columns`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Column,
-    Engine,
     Float,
     MetaData,
     String,
@@ -28,37 +27,31 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeEngine
 
-from docqueue.schedules.config import TaskSpec
+from docqueue.db import Database
+from docqueue.errors import Refused
+from docqueue.schedules.columns import ERROR_COLUMN, TIME_COLUMN, Task, prefixes
+from docqueue.schedules.columns import output_columns as output_columns
+from docqueue.schedules.columns import row_values as row_values
+from docqueue.tasks import FieldKind, written_back
 
-#: The output fields each task writes back, with their column types.
-TASK_COLUMNS: dict[str, list[tuple[str, TypeEngine[Any]]]] = {
-    "classify": [("label", String(256)), ("score", Float()), ("scores", JSON())],
-    "embed": [("embedding", JSON())],
-    "summarize": [("summary_text", Text())],
-    "generate": [("generated_text", Text())],
+#: The SQL type of each kind of written-back field (which fields: each task's
+#: declaration, ``OutputField.written_back``).
+COLUMN_TYPES: dict[FieldKind, TypeEngine[Any]] = {
+    "short_text": String(256),
+    "text": Text(),
+    "number": Float(),
+    "json": JSON(),
 }
 #: Rows per upsert statement.
 CHUNK = 500
 
 
-class WriteBackError(ValueError):
+class WriteBackError(Refused, ValueError):
     """The table exists but lacks columns the schedule writes."""
 
 
-def prefixes(tasks: Sequence[TaskSpec]) -> list[str]:
-    """Column prefix per task: none for one task, the task's name for several (and
-    the model's too when a task appears twice)."""
-    if len(tasks) == 1:
-        return [""]
-    names = [t.task for t in tasks]
-    return [
-        f"{t.task}_" if names.count(t.task) == 1 else f"{t.task}_{t.model}_".replace("-", "_")
-        for t in tasks
-    ]
-
-
 def target_table(
-    engine: Engine, name: str, key_column: str, key_sample: Any, tasks: Sequence[TaskSpec]
+    engine: Database, name: str, key_column: str, key_sample: Any, tasks: Sequence[Task]
 ) -> Table:
     """The write-back table, created when missing; raises :class:`WriteBackError`
     when it exists without a column the schedule writes."""
@@ -80,7 +73,7 @@ def target_table(
     return created
 
 
-def _unique(engine: Engine, table: str, schema: str | None, column: str) -> bool:
+def _unique(engine: Database, table: str, schema: str | None, column: str) -> bool:
     """Whether ``column`` alone is the table's primary key or unique (what an upsert
     by it needs)."""
     found = inspect(engine)
@@ -92,32 +85,25 @@ def _unique(engine: Engine, table: str, schema: str | None, column: str) -> bool
     return [column] in keys
 
 
-def _columns(key_column: str, key_sample: Any, tasks: Sequence[TaskSpec]) -> list[Column[Any]]:
+def _columns(key_column: str, key_sample: Any, tasks: Sequence[Task]) -> list[Column[Any]]:
     key_type: TypeEngine[Any] = BigInteger() if isinstance(key_sample, int) else String(1024)
     columns: list[Column[Any]] = [Column(key_column, key_type, primary_key=True)]
     for prefix, spec in zip(prefixes(tasks), tasks, strict=True):
-        for field, kind in TASK_COLUMNS[spec.task]:
-            columns.append(Column(prefix + field, kind))
-        columns.append(Column(prefix + "error", Text()))
-    columns.append(Column("annotated_at", Float()))
+        for field, kind in written_back(spec.task):
+            columns.append(Column(prefix + field, COLUMN_TYPES[kind]))
+        columns.append(Column(prefix + ERROR_COLUMN, Text()))
+    columns.append(Column(TIME_COLUMN, Float()))
     return columns
 
 
-def row_values(result: dict[str, Any], prefix: str, task: str) -> dict[str, Any]:
-    """The columns one task's result fills (its fields, or its error)."""
-    values = {prefix + field: result.get(field) for field, _ in TASK_COLUMNS[task]}
-    values[prefix + "error"] = result.get("error") if result.get("status") != "done" else None
-    return values
-
-
-def upsert(engine: Engine, target: Table, key_column: str, rows: Iterable[dict[str, Any]]) -> int:
+def upsert(engine: Database, target: Table, key_column: str, rows: Iterable[dict[str, Any]]) -> int:
     """Insert or update each row by its key; returns the number of rows written."""
     written = 0
     # By key: two documents with one key (a file's lines sharing an id) are one row,
     # the later one's, written and counted once.
     chunk: dict[Any, dict[str, Any]] = {}
     for row in rows:
-        chunk[row[key_column]] = {**row, "annotated_at": time.time()}
+        chunk[row[key_column]] = {**row, TIME_COLUMN: time.time()}
         if len(chunk) >= CHUNK:
             written += _upsert(engine, target, key_column, list(chunk.values()))
             chunk = {}
@@ -126,7 +112,7 @@ def upsert(engine: Engine, target: Table, key_column: str, rows: Iterable[dict[s
     return written
 
 
-def _upsert(engine: Engine, target: Table, key_column: str, rows: list[dict[str, Any]]) -> int:
+def _upsert(engine: Database, target: Table, key_column: str, rows: list[dict[str, Any]]) -> int:
     dialect = engine.dialect.name
     with engine.begin() as conn:
         if dialect in ("sqlite", "postgresql"):

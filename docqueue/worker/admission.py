@@ -38,13 +38,13 @@ from docqueue.protocol import (
     params_key,
 )
 from docqueue.worker.batcher import Shape
+from docqueue.worker.cohorts import Cohorts
 from docqueue.worker.delivery import Delivery, InvalidMessage, ack
-from docqueue.worker.groups import Groups
 from docqueue.worker.ledger import JobStates, document_disagreement
 from docqueue.worker.reuse import Hashed, split_reusable
 from docqueue.worker.runners import Features, Runner
 from docqueue.worker.store import StoreUnavailable
-from docqueue.worker.work import Envelope, GroupKey, WorkItem, error_row
+from docqueue.worker.work import CohortKey, Envelope, WorkItem, error_row
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,8 @@ Verdict = tuple[Literal["admit", "park", "drop", "reject"], str]
 class Admitted:
     """The outcome of admitting some deliveries."""
 
-    #: Tokenized documents for the buffer: (group, its batch shape, documents).
-    work: list[tuple[GroupKey, Shape, list[WorkItem]]] = field(default_factory=list)
+    #: Tokenized documents for the buffer: (cohort, its batch shape, documents).
+    work: list[tuple[CohortKey, Shape, list[WorkItem]]] = field(default_factory=list)
     #: Rows decided without the model: refusals, and copies of earlier results.
     rejected: list[tuple[ResultRow, Envelope]] = field(default_factory=list)
     #: Documents in the deliveries admitted (each becomes work or a rejected row).
@@ -73,6 +73,8 @@ class Admitted:
     reused: int = 0
     #: Deliveries whose job this worker's database does not hold, by job.
     unknown: dict[str, list[Delivery]] = field(default_factory=dict)
+    #: Documents of each bulk delivery admitted (what the worker's hold counts by).
+    bulk_sizes: list[int] = field(default_factory=list)
 
 
 class Admission:
@@ -80,31 +82,33 @@ class Admission:
         self,
         runners: dict[str, dict[str, Runner]],
         settings: Settings,
-        groups: Groups,
+        cohorts: Cohorts,
         worker_id: str,
         jobs: JobStates,
     ) -> None:
         self.runners = runners
         self.settings = settings
-        self.groups = groups
+        self.cohorts = cohorts
         self.worker_id = worker_id
         self.jobs = jobs
 
     def admit(self, deliveries: Sequence[Delivery]) -> Admitted:
         admitted = Admitted()
-        pending: dict[GroupKey, list[Pending]] = defaultdict(list)
-        group_params: dict[GroupKey, dict[str, Any]] = {}
+        pending: dict[CohortKey, list[Pending]] = defaultdict(list)
+        cohort_params: dict[CohortKey, dict[str, Any]] = {}
         opened = [(d, b) for d in deliveries if (b := self._open(d)) is not None]
         for delivery, batch in self._agreeing(opened, admitted):
             envelope = Envelope(
                 delivery, batch.job, len(batch.items), batch.enqueued_at, batch.task, batch.model
             )
             admitted.documents += len(batch.items)
+            if not delivery.interactive:
+                admitted.bulk_sizes.append(len(batch.items))
             if not batch.items:
                 ack([delivery])
                 continue
             problem, params = self._check_batch(batch)
-            key: GroupKey = (batch.lane, batch.model, batch.task, params_key(params))
+            key: CohortKey = (batch.lane, batch.model, batch.task, params_key(params))
             for seq, doc in batch.items:
                 error = problem or self._check_document(doc, batch.task)
                 if error:
@@ -112,7 +116,7 @@ class Admission:
                         (error_row(envelope, seq, error, self.worker_id), envelope)
                     )
                 else:
-                    group_params[key] = params
+                    cohort_params[key] = params
                     pending[key].append((seq, doc, envelope))
         for key, docs in pending.items():
             hashed = [(seq, doc, env, document_digest(doc)) for seq, doc, env in docs]
@@ -121,7 +125,7 @@ class Admission:
             admitted.rejected.extend(split.copied)
             admitted.reused += len(split.copied)
             if split.to_compute:
-                self._tokenize(key, group_params[key], split.to_compute, admitted)
+                self._tokenize(key, cohort_params[key], split.to_compute, admitted)
         return admitted
 
     def _agreeing(
@@ -233,7 +237,7 @@ class Admission:
         return None
 
     def _tokenize(
-        self, key: GroupKey, params: dict[str, Any], docs: list[Hashed], admitted: Admitted
+        self, key: CohortKey, params: dict[str, Any], docs: list[Hashed], admitted: Admitted
     ) -> None:
         lane, model, task, _ = key
         runner = self.runners[model][task]
@@ -249,8 +253,8 @@ class Admission:
                     WorkItem(envelope.job, seq, feature, envelope, now, text_hash=text_hash)
                 )
         if work:
-            self.groups.enter(key, params, len(work))
-            admitted.work.append((key, self.groups.shape(key, runner), work))
+            self.cohorts.enter(key, params, len(work))
+            admitted.work.append((key, self.cohorts.shape(key, runner), work))
 
     @staticmethod
     def _preprocess(

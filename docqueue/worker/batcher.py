@@ -6,12 +6,12 @@ tokens, arrival time and lane), the clock and the batch shapes the runners allow
 
 The rules:
 
-* Only items of one group (lane, model, task, parameters) share a batch.
-* A group is *due* when a full batch can be formed from it (its cost reaches the
+* Only items of one cohort (lane, model, task, parameters) share a batch.
+* A cohort is *due* when a full batch can be formed from it (its cost reaches the
   budget or its rows the row limit) or its oldest item has waited ``max_wait``.
-* Interactive groups go first, then bulk; within a lane, the group with the oldest
+* Interactive cohorts go first, then bulk; within a lane, the cohort with the oldest
   item.  Nothing due: wait until the earliest deadline.
-* The batch always contains the group's oldest item (so nothing starves and
+* The batch always contains the cohort's oldest item (so nothing starves and
   messages complete in roughly arrival order), plus neighbours of similar length
   from a window of the oldest items, grown while the padded cost fits the budget:
   sorting by length before padding.
@@ -38,7 +38,7 @@ class Pending(Protocol):
 
 @dataclass(frozen=True)
 class Shape:
-    """How a group's batches are measured: ``cost(rows, longest)`` in the budget's unit
+    """How a cohort's batches are measured: ``cost(rows, longest)`` in the budget's unit
     (padded tokens for an encoder, prompt plus new tokens per row for a decoder)."""
 
     cost: Callable[[int, int], int]
@@ -51,26 +51,26 @@ def padded_tokens(rows: int, longest: int) -> int:
 
 
 @dataclass(frozen=True)
-class Group:
+class Cohort:
     items: Sequence[Pending]  # in arrival order
     shape: Shape
     interactive: bool = False
 
 
-#: A group's key (the engine's is (lane, model, task, parameters)).
+#: A cohort's key (the engine's is (lane, model, task, parameters)).
 K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True)
 class Flush(Generic[K]):
     key: K
-    #: Positions in the group's item sequence, sorted.
+    #: Positions in the cohort's item sequence, sorted.
     positions: list[int]
 
 
 @dataclass(frozen=True)
 class Wait:
-    #: Clock time at which a group becomes due; None: nothing buffered.
+    #: Clock time at which a cohort becomes due; None: nothing buffered.
     until: float | None
 
 
@@ -81,28 +81,28 @@ class Wait:
 WINDOW_BATCHES = 16
 
 
-def plan(groups: Mapping[K, Group], now: float, max_wait: float) -> Flush[K] | Wait:
+def plan(cohorts: Mapping[K, Cohort], now: float, max_wait: float) -> Flush[K] | Wait:
     """The next batch to run, or how long to wait for one."""
     due: list[tuple[bool, float, K]] = []
     next_deadline: float | None = None
-    for key, group in groups.items():
-        if not group.items:
+    for key, cohort in cohorts.items():
+        if not cohort.items:
             continue
-        oldest = group.items[0].arrived
+        oldest = cohort.items[0].arrived
         deadline = oldest + max_wait
-        if now >= deadline or _can_fill(group):
-            due.append((not group.interactive, oldest, key))
+        if now >= deadline or _can_fill(cohort):
+            due.append((not cohort.interactive, oldest, key))
         elif next_deadline is None or deadline < next_deadline:
             next_deadline = deadline
     if not due:
         return Wait(next_deadline)
     _, _, key = min(due, key=lambda d: (d[0], d[1]))
-    return Flush(key, select(groups[key]))
+    return Flush(key, select(cohorts[key]))
 
 
-def _can_fill(group: Group) -> bool:
-    shape = group.shape
-    items = group.items
+def _can_fill(cohort: Cohort) -> bool:
+    shape = cohort.shape
+    items = cohort.items
     if len(items) >= shape.max_rows:
         return True
     longest = 0
@@ -113,10 +113,10 @@ def _can_fill(group: Group) -> bool:
     return False
 
 
-def select(group: Group) -> list[int]:
+def select(cohort: Cohort) -> list[int]:
     """Positions of the batch: the oldest item and its nearest neighbours by length."""
-    shape = group.shape
-    items = group.items
+    shape = cohort.shape
+    items = cohort.items
     window = min(len(items), WINDOW_BATCHES * rows_fitting(shape, items[0].length))
     order = sorted(range(window), key=lambda i: (items[i].length, i))
     lengths = [items[i].length for i in order]
@@ -161,17 +161,17 @@ T = TypeVar("T", bound=Pending)
 
 
 class Buffer(Generic[K, T]):
-    """Buffered items by group; the compute thread takes batches as :func:`plan` says."""
+    """Buffered items by cohort; the compute thread takes batches as :func:`plan` says."""
 
     def __init__(self, max_wait: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_wait = max_wait
         self._clock = clock
-        self._groups: dict[K, list[T]] = {}
+        self._cohorts: dict[K, list[T]] = {}
         self._shapes: dict[K, Shape] = {}
         self._interactive: dict[K, bool] = {}
         self._cond = threading.Condition()
         self._size = 0
-        #: When set, every group is due now (shutdown: flush what is left).
+        #: When set, every cohort is due now (shutdown: flush what is left).
         self.flush_all = False
 
     def __len__(self) -> int:
@@ -179,10 +179,10 @@ class Buffer(Generic[K, T]):
 
     def add(self, key: K, shape: Shape, items: Iterable[T], interactive: bool) -> None:
         with self._cond:
-            group = self._groups.setdefault(key, [])
-            before = len(group)
-            group.extend(items)
-            self._size += len(group) - before
+            cohort = self._cohorts.setdefault(key, [])
+            before = len(cohort)
+            cohort.extend(items)
+            self._size += len(cohort) - before
             self._shapes[key] = shape
             self._interactive[key] = interactive
             self._cond.notify()
@@ -215,37 +215,37 @@ class Buffer(Generic[K, T]):
             self._cond.notify_all()
 
     def remove(self, unwanted: Callable[[T], bool]) -> list[tuple[K, list[T]]]:
-        """Take every buffered item ``unwanted`` says, by group (e.g. the documents
+        """Take every buffered item ``unwanted`` says, by cohort (e.g. the documents
         of a job cancelled while they waited)."""
         removed: list[tuple[K, list[T]]] = []
         with self._cond:
-            for key in list(self._groups):
-                group = self._groups[key]
-                gone = [item for item in group if unwanted(item)]
+            for key in list(self._cohorts):
+                cohort = self._cohorts[key]
+                gone = [item for item in cohort if unwanted(item)]
                 if not gone:
                     continue
                 removed.append((key, gone))
-                kept = [item for item in group if not unwanted(item)]
+                kept = [item for item in cohort if not unwanted(item)]
                 self._size -= len(gone)
                 if kept:
-                    self._groups[key] = kept
+                    self._cohorts[key] = kept
                 else:
-                    del self._groups[key]
+                    del self._cohorts[key]
         return removed
 
-    def _view(self, interactive_only: bool = False) -> dict[K, Group]:
+    def _view(self, interactive_only: bool = False) -> dict[K, Cohort]:
         return {
-            key: Group(items, self._shapes[key], self._interactive[key])
-            for key, items in self._groups.items()
+            key: Cohort(items, self._shapes[key], self._interactive[key])
+            for key, items in self._cohorts.items()
             if items and (self._interactive[key] or not interactive_only)
         }
 
     def _remove(self, decision: Flush[K]) -> list[T]:
-        group = self._groups[decision.key]
+        cohort = self._cohorts[decision.key]
         chosen = set(decision.positions)
-        batch = [group[i] for i in decision.positions]
-        self._groups[decision.key] = [item for i, item in enumerate(group) if i not in chosen]
-        if not self._groups[decision.key]:
-            del self._groups[decision.key]
+        batch = [cohort[i] for i in decision.positions]
+        self._cohorts[decision.key] = [item for i, item in enumerate(cohort) if i not in chosen]
+        if not self._cohorts[decision.key]:
+            del self._cohorts[decision.key]
         self._size -= len(batch)
         return batch

@@ -1,6 +1,6 @@
 """Running a batch through the model, and what to do when it fails.
 
-Out of memory: the batch is halved and the group remembers the size that works, so
+Out of memory: the batch is halved and the cohort remembers the size that works, so
 the next batches are cut before they fail.  Any other error: the batch is split
 until the document that fails is alone; it gets ``max_attempts`` tries, then an
 error row, and every other document runs.
@@ -16,10 +16,10 @@ from typing import Any
 from docqueue.errors import one_line
 from docqueue.logs import jobs_extra
 from docqueue.worker.batcher import Buffer
-from docqueue.worker.groups import Groups
+from docqueue.worker.cohorts import Cohorts
 from docqueue.worker.metrics import WorkerMetrics
 from docqueue.worker.runners import Runner
-from docqueue.worker.work import Computed, GroupKey, WorkItem
+from docqueue.worker.work import CohortKey, Computed, WorkItem
 
 log = logging.getLogger(__name__)
 
@@ -28,29 +28,29 @@ class BatchRunner:
     def __init__(
         self,
         runners: dict[str, dict[str, Runner]],
-        groups: Groups,
-        buffer: Buffer[GroupKey, WorkItem],
+        cohorts: Cohorts,
+        buffer: Buffer[CohortKey, WorkItem],
         max_attempts: int,
         metrics: WorkerMetrics,
     ) -> None:
         self.runners = runners
         self.metrics = metrics
-        self.groups = groups
+        self.cohorts = cohorts
         self.buffer = buffer
         self.max_attempts = max_attempts
         self.batches_run = 0
         #: Rows x longest input over every batch run.
         self.padded_tokens = 0
 
-    def run(self, key: GroupKey, items: list[WorkItem]) -> Iterator[Computed]:
+    def run(self, key: CohortKey, items: list[WorkItem]) -> Iterator[Computed]:
         """Run a batch; on out-of-memory halve it, on an error isolate the culprit."""
         _, model, task, _ = key
         runner = self.runners[model][task]
-        params = self.groups.params(key)
+        params = self.cohorts.params(key)
         pending = [items]
         while pending:
             batch = pending.pop()
-            limit = self.groups.limit(key)
+            limit = self.cohorts.limit(key)
             if limit is not None and len(batch) > limit[0]:  # cut before an earlier OOM
                 half = len(batch) // 2
                 pending += [batch[half:], batch[:half]]
@@ -71,7 +71,7 @@ class BatchRunner:
             yield Computed(key, batch, host, started, finished, ready=ready)
 
     def _after_failure(
-        self, key: GroupKey, runner: Runner, batch: list[WorkItem], exc: Exception
+        self, key: CohortKey, runner: Runner, batch: list[WorkItem], exc: Exception
     ) -> list[list[WorkItem]]:
         """What to try next after ``batch`` failed."""
         oom = is_oom(exc)
@@ -80,7 +80,7 @@ class BatchRunner:
         if len(batch) > 1:
             half = len(batch) // 2
             if oom:
-                shape = self.groups.shrink(key, runner, len(batch), max(i.length for i in batch))
+                shape = self.cohorts.shrink(key, runner, len(batch), max(i.length for i in batch))
                 self.buffer.reshape(key, shape)
                 log.warning(
                     "out of memory on %d documents; halving",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,6 +37,13 @@ from docqueue.worker.delivery import Delivery, InvalidMessage
 from docqueue.worker.engine import Engine
 
 log = logging.getLogger(__name__)
+
+#: Returns of a message to its queue (its job is not in the worker's database) are
+#: counted under this key plus its id, across workers, for this many seconds.
+RETURNS_KEY, RETURNS_KEPT = "docqueue.returns.", 24 * 3600
+#: How often the bulk prefetch is matched to what the worker can finish soon
+#: (:mod:`.holding`), besides after every ack.
+HOLD_INTERVAL = 0.5
 
 
 class DeadLetters:
@@ -166,10 +174,26 @@ class KombuDelivery(Delivery):
             _settle(self.message, requeue=False)
         else:
             self.dead_letters.set_aside(self.message, reason)
+        # Replayed, it starts again with no returns counted.
+        with contextlib.suppress(Exception), self.message.channel.conn_or_acquire() as redis:
+            redis.delete(RETURNS_KEY + message_id(self.message))
 
     def retry(self) -> None:
         self.message.reject(requeue=True)  # to the tail of its queue
         self.wake()  # its prefetch slot is free
+
+    def count_return(self) -> int | None:
+        key = RETURNS_KEY + message_id(self.message)
+        try:
+            with self.message.channel.conn_or_acquire() as redis:
+                pipe = redis.pipeline()
+                pipe.incr(key)
+                pipe.expire(key, RETURNS_KEPT)
+                count, _ = pipe.execute()
+        except Exception as exc:  # Redis away: the message goes back uncounted
+            log.warning("message %s: returns not counted: %s", message_id(self.message), exc)
+            return None
+        return int(count)
 
     @classmethod
     def ack_all(cls, deliveries: Sequence[Delivery]) -> None:
@@ -224,8 +248,18 @@ class EngineBridge(bootsteps.StartStopStep):
     * Acks happen on the engine's writer thread.  When the prefetch limit was reached
       the event loop stops polling Redis and sleeps until its next timer; a byte on a
       pipe it watches wakes it at once, so freed prefetch is used immediately.
+    * The bulk prefetch follows what the worker can finish soon (:mod:`.holding`):
+      set after every ack and twice a second, so the rest of a job stays queued.
     * On warm shutdown: stop consuming, let the engine finish what it holds, and only
       then let Celery close the channels (which returns anything still unacked).
+    * When the connection to Redis is lost, Celery closes its channels and opens new
+      ones; kombu would return every unacked message of a closed channel to its
+      queue, though the engine still holds them (computing, committing, then acking
+      them through the old channel once Redis answers): they would be computed
+      twice, and a copy taken again under the same delivery tag would lose its
+      record in Redis when the first is acked.  The channels the engine consumes
+      from return nothing when closed, until shutdown, when what the engine could
+      not finish goes back.
     * Messages Celery cannot route to a task (not JSON, no task header, an unknown
       task) are set aside as dead letters with one line, instead of Celery's
       tracebacks (one of which, an unknown task without an id, killed the worker).
@@ -244,7 +278,11 @@ class EngineBridge(bootsteps.StartStopStep):
         os.set_blocking(self.writer, False)
         self.channel: Any = None
         self.consumer: Consumer | None = None
+        #: Channels whose messages the engine received (old ones too, while the
+        #: engine holds messages of theirs).
+        self.held: weakref.WeakSet[Any] = weakref.WeakSet()
         self.dead_letters = DeadLetters(c.app.docqueue_settings)
+        self.consumer_of_tasks = c
         c.app.docqueue_bridge = self
         # Celery looks these up on the consumer when its task handler is built (at
         # each start, after this step's __init__) or when it calls them.
@@ -263,6 +301,9 @@ class EngineBridge(bootsteps.StartStopStep):
             self.channel, lanes, on_message=self._receive_interactive, accept=["json"]
         )
         self.consumer.consume()
+        for channel in (self.channel, c.task_consumer.channel):
+            channel.do_restore = False  # see the class's docstring
+            self.held.add(channel)
         log.info("worker ready: consuming %s", ", ".join(self.lanes))
 
     def _receive_interactive(self, message: Message) -> None:
@@ -299,6 +340,9 @@ class EngineBridge(bootsteps.StartStopStep):
         hub.add_reader(self.reader, self._empty_pipe)
         # Acks wake the event loop through the pipe it watches: this instance's.
         c.app.docqueue_bridge = self
+        # Celery cancels the loop's timers when the connection fails; a new loop
+        # registers this one again.
+        hub.call_repeatedly(HOLD_INTERVAL, self._match_hold)
 
     def wake(self) -> None:
         with contextlib.suppress(BlockingIOError):  # a wake-up already pending is enough
@@ -307,16 +351,48 @@ class EngineBridge(bootsteps.StartStopStep):
     def _empty_pipe(self) -> None:
         with contextlib.suppress(BlockingIOError):
             os.read(self.reader, 4096)
+        self._match_hold()
+
+    def _match_hold(self) -> None:
+        """Set the bulk prefetch to what the worker can finish soon.  Celery's
+        loop applies a changed value before it next polls Redis."""
+        qos = getattr(self.consumer_of_tasks, "qos", None)
+        if qos is None or not qos.value:  # not started yet, or prefetch unlimited
+            return
+        change = self.engine.hold.messages() - qos.value
+        if change:
+            log.debug(
+                "bulk prefetch %d -> %d messages (%s documents/s of model time)",
+                qos.value,
+                qos.value + change,
+                f"{self.engine.hold.rate:.0f}" if self.engine.hold.rate else "no rate yet",
+            )
+        if change > 0:
+            qos.increment_eventually(change)
+        elif change < 0:
+            qos.decrement_eventually(-change)
 
     def shutdown(self, c: Any) -> None:
         self._cancel(self.consumer)
         self._cancel(c.task_consumer)
         self.engine.drain(self.grace)
+        self._return_unfinished()
         if self.channel is not None:
             try:
                 self.channel.close()  # returns whatever is still unacked
             except Exception as exc:
                 log.debug("closing the interactive channel: %s", exc)
+
+    def _return_unfinished(self) -> None:
+        """What the engine did not finish goes back to its queue: the channels still
+        open do so when they are closed; those of a connection lost earlier, now."""
+        for channel in list(self.held):
+            channel.do_restore = True
+            if channel.closed:
+                try:
+                    channel.qos.restore_unacked_once()
+                except Exception as exc:  # Redis away: the visibility timeout returns them
+                    log.warning("could not return unfinished messages: %s", one_line(exc))
 
     @staticmethod
     def _cancel(consumer: Any) -> None:

@@ -16,13 +16,14 @@ from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
+from docqueue.errors import Refused
 from docqueue.logs import jobs_extra
 from docqueue.protocol import BatchMessage, document_size
 
 log = logging.getLogger(__name__)
 
 
-class InvalidMessage(ValueError):
+class InvalidMessage(Refused, ValueError):
     """A delivery that cannot be opened; the message says why, in one line."""
 
 
@@ -50,6 +51,11 @@ class Delivery(ABC):
     @abstractmethod
     def retry(self) -> None:
         """Give it back, untouched, for another worker (or this one, later)."""
+
+    def count_return(self) -> int | None:
+        """Count one more return of it to its queue, and say how many there have
+        been, by any worker; None where they cannot be counted."""
+        return None
 
     @classmethod
     @abstractmethod

@@ -19,19 +19,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from docqueue.tasks import CAUSAL_LM, CLASSIFIER, ENCODER, SEQ2SEQ, Family
+from docqueue.tasks import CLASSIFIER, ENCODER, MASKED_LM, NLI, TOKEN_CLASSIFIER, Family, declared
 
 #: CPU flags (Linux /proc/cpuinfo) that mean native bf16 dot products.
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 #: Families ``auto`` loads in bf16 on such a CPU.
-BF16_ON_CPU = frozenset({CLASSIFIER, ENCODER})
-#: The family each task's model belongs to in the benchmarks.
-FAMILY_OF_TASK: dict[str, Family] = {
-    "classify": CLASSIFIER,
-    "embed": ENCODER,
-    "summarize": SEQ2SEQ,
-    "generate": CAUSAL_LM,
-}
+BF16_ON_CPU = frozenset({CLASSIFIER, NLI, TOKEN_CLASSIFIER, MASKED_LM, ENCODER})
 
 
 @dataclass(frozen=True)
@@ -87,4 +80,4 @@ def choose_dtype(
 def whole_process_dtype(task: str, setting: str) -> str:
     """The dtype a CPU worker picks for the benchmark model of ``task``: both arms
     of ``docqueue bench --whole-process`` run in it."""
-    return choose_dtype(setting, "cpu", FAMILY_OF_TASK[task]).name
+    return choose_dtype(setting, "cpu", declared(task).families[0]).name

@@ -29,18 +29,20 @@ from typing import Any
 
 from docqueue.config import Settings
 from docqueue.errors import one_line
+from docqueue.humanize import plural
 from docqueue.logs import jobs_extra
 from docqueue.protocol import BatchMessage
 from docqueue.worker.admission import Admission
 from docqueue.worker.batcher import Buffer
+from docqueue.worker.cohorts import Cohorts
 from docqueue.worker.compute import BatchRunner
 from docqueue.worker.delivery import Delivery, LocalDelivery
-from docqueue.worker.groups import Groups
+from docqueue.worker.holding import HoldLimit
 from docqueue.worker.ledger import JobStates, Ledger, OpenLedger
 from docqueue.worker.metrics import WorkerMetrics
 from docqueue.worker.runners import Runner
 from docqueue.worker.store import ResultStore
-from docqueue.worker.work import Computed, Dropped, GroupKey, Rejected, WorkItem
+from docqueue.worker.work import CohortKey, Computed, Dropped, Rejected, WorkItem
 from docqueue.worker.writer import LaneQueue, Writer
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,9 @@ log = logging.getLogger(__name__)
 #: (256 KiB rounds put 100-180 ms in front of a single document).
 INTAKE_ROUND_BYTES = 64 * 1024
 #: A delivery whose job this worker's database lacks goes back to the queue after
-#: this many seconds, doubling per return of the same job up to MAX_RETURN_DELAY.
+#: this many seconds, doubling per return of the same message (or, where returns
+#: cannot be counted, of the same job) up to MAX_RETURN_DELAY; after
+#: ``max_returns`` returns it becomes a dead letter.
 FIRST_RETURN_DELAY, MAX_RETURN_DELAY = 0.5, 5.0
 #: Jobs whose returns are remembered (for their delay, and to log each once).
 RETURNS_REMEMBERED = 10_000
@@ -73,16 +77,18 @@ class Engine:
         #: What this worker did, for Prometheus (served only when a port is set).
         self.metrics = metrics or WorkerMetrics().identify({m: list(t) for m, t in runners.items()})
         self.metrics.in_flight.set_function(lambda: self.in_flight)
-        self.buffer: Buffer[GroupKey, WorkItem] = Buffer(settings.max_wait_ms / 1000.0)
-        groups = Groups()
+        self.buffer: Buffer[CohortKey, WorkItem] = Buffer(settings.max_wait_ms / 1000.0)
+        cohorts = Cohorts()
         self._stop = threading.Event()
         #: What the ledger says of the jobs this worker has work for.
         self.jobs = JobStates(ledger or OpenLedger())
-        self.admission = Admission(runners, settings, groups, worker_id, self.jobs)
+        self.admission = Admission(runners, settings, cohorts, worker_id, self.jobs)
+        #: How many bulk messages this worker may hold: what it can finish soon.
+        self.hold = HoldLimit(settings)
         self.batches = BatchRunner(
-            runners, groups, self.buffer, settings.max_attempts, self.metrics
+            runners, cohorts, self.buffer, settings.max_attempts, self.metrics
         )
-        self.writer = Writer(runners, groups, store, worker_id, self._stop, self.metrics, notify)
+        self.writer = Writer(runners, cohorts, store, worker_id, self._stop, self.metrics, notify)
         self._bulk: queue.SimpleQueue[Delivery] = queue.SimpleQueue()
         self._interactive: queue.SimpleQueue[Delivery] = queue.SimpleQueue()
         self._arrived = threading.Event()
@@ -204,6 +210,7 @@ class Engine:
         while not self._stop.is_set():
             entries = self._written.take(timeout=0.1)
             if not entries:
+                self.writer.acks.retry()
                 continue
             try:
                 written = self.writer.write(entries)
@@ -252,17 +259,19 @@ class Engine:
 
     def _admit(self, deliveries: list[Delivery]) -> None:
         admitted = self.admission.admit(deliveries)
+        for documents in admitted.bulk_sizes:
+            self.hold.received(documents)
         parked = sum(len(held) for held in admitted.unknown.values())
         # Counted before anything is handed on, so in_flight never reads 0 early.
         self._add_in_flight(admitted.documents - len(deliveries) + parked)
         for job, held in admitted.unknown.items():
-            self._park(job, held)
+            self._add_in_flight(-self._park(job, held))
         for key, shape, items in admitted.work:
             self.buffer.add(key, shape, items, interactive=key[0] == "interactive")
         if admitted.rejected:
             self._written.put(Rejected(admitted.rejected), urgent=True)
 
-    def _compute(self, key: GroupKey, items: list[WorkItem]) -> None:
+    def _compute(self, key: CohortKey, items: list[WorkItem]) -> None:
         urgent = key[0] == "interactive"
         ended = [i for i in items if self.jobs.ended(i.job)]
         if ended:  # cancelled or deleted while they waited: not computed
@@ -272,6 +281,10 @@ class Engine:
                 return
         try:
             for computed in self.batches.run(key, items):
+                if computed.error is None:
+                    self.hold.computed(
+                        len(computed.items), computed.finished_at - computed.started_at
+                    )
                 self._written.put(computed, urgent)
         except Exception:  # a bug here must not kill the thread
             log.exception(
@@ -295,10 +308,11 @@ class Engine:
 
     # --- deliveries of jobs this worker's database does not hold -----------------------
 
-    def _park(self, job: str, deliveries: list[Delivery]) -> None:
+    def _park(self, job: str, deliveries: list[Delivery]) -> int:
         """Hold them for a while, then give them back to the queue: a worker whose
         database has the job will take them (a worker never acks what it cannot
-        record).  Said once per job, loudly."""
+        record).  Said once per job, loudly.  One returned ``max_returns`` times
+        already becomes a dead letter instead; returns how many did."""
         returns = self._returns.pop(job, 0)
         self._returns[job] = returns + 1
         if len(self._returns) > RETURNS_REMEMBERED:
@@ -311,11 +325,26 @@ class Engine:
                 job,
                 extra=jobs_extra([job]),
             )
-        # Jittered, so that its return does not always meet this worker's own next poll
-        # first (a worker polls again right after a delivery, in step with its returns).
-        delay = min(MAX_RETURN_DELAY, FIRST_RETURN_DELAY * 2**returns) * random.uniform(0.5, 1.5)
-        due = time.monotonic() + delay
-        self._parked.extend((due, delivery) for delivery in deliveries)
+        set_aside = 0
+        for delivery in deliveries:
+            count = delivery.count_return()
+            if count is not None and count > self.settings.max_returns:
+                delivery.reject(
+                    f"job {job} is not in this worker's database, and no worker that has "
+                    f"it took the message in {count - 1} returns to the queue (do the "
+                    "workers and the producers use the same DOCQUEUE_DATABASE_URL? once "
+                    "one does, replay it with docqueue dead-letters replay)"
+                )
+                set_aside += 1
+                continue
+            earlier = returns if count is None else count - 1
+            # Jittered, so that its return does not always meet this worker's own next
+            # poll first (a worker polls again right after a delivery, in step with its
+            # returns).
+            delay = min(MAX_RETURN_DELAY, FIRST_RETURN_DELAY * 2 ** min(earlier, 16))
+            due = time.monotonic() + delay * random.uniform(0.5, 1.5)
+            self._parked.append((due, delivery))
+        return set_aside
 
     def _return_parked(self) -> None:
         if not self._parked:
@@ -324,7 +353,7 @@ class Engine:
         due = [d for when, d in self._parked if when <= now or self._draining]
         self._parked = [(when, d) for when, d in self._parked if when > now and not self._draining]
         if due:
-            log.info("returning %d messages to the queue", len(due))
+            log.info("returning %s to the queue", plural(len(due), "message"))
         for delivery in due:
             try:
                 delivery.retry()

@@ -5,6 +5,13 @@ much it has done, refreshed every ``heartbeat_interval`` seconds.
 model.  A database outage only pauses it; the worker keeps serving.  It also logs a
 line at INFO every ``log_interval`` seconds while the worker works: documents per
 second, documents per batch and padded tokens per second.
+
+With each beat it closes as failed the jobs whose producer stopped before all their
+documents were in (:func:`docqueue.db.leases.close_lapsed`).  Workers do it because
+they are what always runs: a job's documents need a worker to be computed, so
+wherever a job can be left half-made a worker runs, while the API, beat and
+``docqueue prune`` are optional (one of two workers racing to close a job wins; the
+other writes nothing).
 """
 
 from __future__ import annotations
@@ -15,11 +22,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine as Database
-
 from docqueue.config import Settings
+from docqueue.db import Database, leases
 from docqueue.db.workers import beat
 from docqueue.errors import one_line
+from docqueue.humanize import per_second
+from docqueue.logs import jobs_extra
 from docqueue.worker.engine import Engine
 from docqueue.worker.memory import peak_gpu_bytes, peak_host_bytes
 
@@ -46,6 +54,7 @@ class Heartbeat(threading.Thread):
             self.throughput.report(self.engine)
             try:
                 self.beat(stopping)
+                self.close_lapsed()
                 failing = False
             except Exception as exc:  # the database may be away; keep serving
                 if not failing:
@@ -64,6 +73,17 @@ class Heartbeat(threading.Thread):
                 stats=self.stats(),
                 **self.info,
             )
+
+    def close_lapsed(self) -> None:
+        """Close the jobs whose producer's hold lapsed before they were complete."""
+        now = time.time()
+        with self.db.connect() as conn:
+            lapsed = leases.lapsed(conn, now)
+        for job_id in lapsed:
+            with self.db.begin() as conn:
+                reason = leases.close_lapsed(conn, job_id, now)
+            if reason is not None:
+                log.warning("job %s failed: %s", job_id, reason, extra=jobs_extra([job_id]))
 
     def stats(self) -> dict[str, int | None]:
         return {
@@ -115,8 +135,9 @@ class Throughput:
         if documents == 0:
             return None
         batches = current.batches - last.batches
+        rate = per_second(documents / seconds)
         line = (
-            f"{documents:,} documents in {seconds:.0f}s ({documents / seconds:,.0f} docs/s), "
+            f"{documents:,} documents in {seconds:.0f}s ({rate} docs/s), "
             f"{batches:,} batches of {documents / max(batches, 1):,.1f} documents on average, "
             f"{(current.padded_tokens - last.padded_tokens) / seconds:,.0f} padded tokens/s"
         )

@@ -20,20 +20,22 @@ from __future__ import annotations
 
 import sys
 import time
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
-from sqlalchemy import Connection, Engine, and_, case, or_, select
-from sqlalchemy.exc import SQLAlchemyError
-
+from docqueue.db import Database, DatabaseError, intake
 from docqueue.db.reuse import Reusable, ReuseKey, find_reusable
-from docqueue.db.schema import Item, Job, Tombstone
 from docqueue.errors import one_line
 from docqueue.params import InvalidParams, validate_params
-from docqueue.producer.documents import stored_document
-from docqueue.protocol import BatchMessage, Document, document_digest, params_key
+from docqueue.protocol import (
+    BatchMessage,
+    Document,
+    document_digest,
+    params_key,
+    stored_document,
+)
 from docqueue.worker.store import StoreUnavailable
 
 JobState = Literal["active", "cancelled", "deleted"]
@@ -45,8 +47,6 @@ CACHE_SIZE = 100_000
 #: The ledger's clock is the producers': jobs ended this long before the last poll
 #: are read again, so clock skew between machines cannot hide a cancellation.
 CLOCK_SKEW = 60.0
-#: Bound parameters per statement when reading documents (SQLite allows 32,766).
-MAX_PARAMETERS = 8_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,25 +151,22 @@ class Ledger(Protocol):
 
 
 class SqlLedger:
-    def __init__(self, db: Engine) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
 
     def states(self, job_ids: Collection[str]) -> dict[str, JobRecord]:
         ids = list(job_ids)
-        columns = (Job.id, Job.cancelled_at, Job.task, Job.model, Job.params, Job.lane, Job.reuse)
         try:
             with self.db.connect() as conn:
-                jobs = conn.execute(select(*columns).where(Job.id.in_(ids))).all()
+                jobs = intake.jobs(conn, ids)
                 missing = set(ids) - {job.id for job in jobs}
                 deleted: Iterable[str] = (
-                    conn.execute(
-                        select(Tombstone.job_id).where(Tombstone.job_id.in_(missing))
-                    ).scalars()
+                    intake.deleted(conn, missing)
                     if missing  # a tombstone is looked for only when the job is not there
                     else ()
                 )
                 found = dict.fromkeys(deleted, JobRecord("deleted"))
-        except SQLAlchemyError as exc:
+        except DatabaseError as exc:
             raise StoreUnavailable(one_line(exc)) from exc
         for job in jobs:
             # interned: up to CACHE_SIZE records are kept, mostly with the same values
@@ -186,73 +183,29 @@ class SqlLedger:
     def ended_since(self, since: float) -> dict[str, JobState]:
         try:
             with self.db.connect() as conn:
-                cancelled = conn.execute(select(Job.id).where(Job.cancelled_at >= since)).scalars()
-                found: dict[str, JobState] = dict.fromkeys(cancelled, "cancelled")
-                deleted = conn.execute(
-                    select(Tombstone.job_id).where(Tombstone.deleted_at >= since)
-                ).scalars()
-                found.update(dict.fromkeys(deleted, "deleted"))
-        except SQLAlchemyError as exc:
+                ended: dict[str, JobState] = {**intake.ended_since(conn, since)}
+                return ended
+        except DatabaseError as exc:
             raise StoreUnavailable(one_line(exc)) from exc
-        return found
 
     def documents(
         self, wanted: Mapping[str, Collection[int]]
     ) -> dict[DocumentKey, StoredDocument] | None:
-        found: dict[DocumentKey, StoredDocument] = {}
         try:
             with self.db.connect() as conn:
-                for terms in _statements(wanted):
-                    found.update(_read_documents(conn, terms))
-        except SQLAlchemyError as exc:
+                rows = intake.documents(conn, wanted)
+        except DatabaseError as exc:
             raise StoreUnavailable(one_line(exc)) from exc
-        return found
+        return {
+            (job, seq): StoredDocument(digest, text, chat) for job, seq, digest, text, chat in rows
+        }
 
     def reusable(self, key: ReuseKey, text_hashes: Collection[str]) -> dict[str, Reusable]:
         try:
             with self.db.connect() as conn:
                 return find_reusable(conn, key, text_hashes)
-        except SQLAlchemyError as exc:
+        except DatabaseError as exc:
             raise StoreUnavailable(one_line(exc)) from exc
-
-
-#: (jobs, sequence numbers): every job listed has all these sequence numbers wanted.
-Term = tuple[list[str], list[int]]
-
-
-def _statements(wanted: Mapping[str, Collection[int]]) -> Iterable[list[Term]]:
-    """The wanted documents as ``job IN (...) AND seq IN (...)`` terms, jobs that
-    want the same sequence numbers sharing one (a round of single documents is one
-    term), split so that no statement binds more than MAX_PARAMETERS values."""
-    by_seqs: dict[frozenset[int], list[str]] = defaultdict(list)
-    for job, seqs in wanted.items():
-        by_seqs[frozenset(seqs)].append(job)
-    statement: list[Term] = []
-    size = 0
-    for seqs, jobs in by_seqs.items():
-        for start in range(0, len(jobs), MAX_PARAMETERS // 2):
-            term = (jobs[start : start + MAX_PARAMETERS // 2], sorted(seqs))
-            if statement and size + len(term[0]) + len(term[1]) > MAX_PARAMETERS:
-                yield statement
-                statement, size = [], 0
-            statement.append(term)
-            size += len(term[0]) + len(term[1])
-    if statement:
-        yield statement
-
-
-def _read_documents(conn: Connection, terms: list[Term]) -> dict[DocumentKey, StoredDocument]:
-    # The text is read only for rows without a digest (written before digests).
-    legacy_text = case((Item.digest.is_(None), Item.text), else_=None)
-    rows = conn.execute(
-        select(Item.job_id, Item.seq, Item.digest, legacy_text, Item.chat).where(
-            or_(*(and_(Item.job_id.in_(jobs), Item.seq.in_(seqs)) for jobs, seqs in terms))
-        )
-    ).all()
-    return {
-        (job, seq): StoredDocument(digest, text, bool(chat))
-        for job, seq, digest, text, chat in rows
-    }
 
 
 class OpenLedger:

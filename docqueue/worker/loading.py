@@ -3,13 +3,12 @@ start: the configured models only, plus the operator's runner plug-ins."""
 
 from __future__ import annotations
 
-import importlib
-
 from docqueue.config import Settings
 from docqueue.protocol import bulk_queue
+from docqueue.tasks import load_modules
 from docqueue.worker.budget import limits_for
 from docqueue.worker.models import LoadedModel, load_model
-from docqueue.worker.runners import Runner, runners_for
+from docqueue.worker.runners import Runner, runner_class, runners_for
 from docqueue.worker.threads import set_cpu_threads
 
 #: model name -> task -> runner
@@ -20,6 +19,7 @@ def load_runners(settings: Settings) -> tuple[dict[str, LoadedModel], Runners]:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    load_modules(settings.task_modules)
     loaded = {name: load_model(name, source, settings) for name, source in settings.models.items()}
     set_cpu_threads(settings, list(loaded.values()))
     runners: Runners = {}
@@ -27,17 +27,9 @@ def load_runners(settings: Settings) -> tuple[dict[str, LoadedModel], Runners]:
         limits = limits_for(settings, model)
         runners[name] = runners_for(model, limits)
         if name in settings.runners:
-            custom = custom_runner(settings.runners[name])
+            custom = runner_class(settings.runners[name])
             runners[name][custom.task] = custom(model, limits)
     return loaded, runners
-
-
-def custom_runner(path: str) -> type[Runner]:
-    module, _, attr = path.partition(":")
-    cls = getattr(importlib.import_module(module), attr, None)
-    if not (isinstance(cls, type) and issubclass(cls, Runner)):
-        raise ValueError(f"{path} is not a docqueue Runner class")
-    return cls
 
 
 def bulk_queues(runners: Runners) -> list[str]:

@@ -29,7 +29,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from docqueue.worker.work import GroupKey, WorkItem
+from docqueue.errors import Unavailable
+from docqueue.worker.work import CohortKey, WorkItem
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ class WorkerMetrics:
         return (task, model) if (model, task) in self._served else (OTHER, OTHER)
 
     def batch_ran(
-        self, key: GroupKey, items: list[WorkItem], started: float, finished: float
+        self, key: CohortKey, items: list[WorkItem], started: float, finished: float
     ) -> None:
         """A batch the model ran: its size, padded tokens, duration, and how long
         each of its documents waited in the queue."""
@@ -143,7 +144,7 @@ class WorkerMetrics:
             self._server = None
 
 
-class MetricsUnavailable(RuntimeError):
+class MetricsUnavailable(Unavailable, RuntimeError):
     """The metrics port cannot be listened on (taken, or an address not here)."""
 
 

@@ -2,7 +2,11 @@
 
 A model's family decides the tasks it serves:
 
-* a sequence-classification head: ``classify``;
+* a sequence-classification head: ``classify``; one trained on NLI (an
+  ``entailment`` label) also classifies zero-shot by entailment with ``labels``;
+* a token-classification head: ``ner``;
+* a masked language model (a BERT or RoBERTa checkpoint with its MLM head):
+  ``fill-mask``, and with its encoder ``embed`` and zero-shot ``classify``;
 * a bare encoder (a sentence embedding model such as all-MiniLM-L6-v2): ``embed``,
   and ``classify`` with zero-shot ``labels``;
 * an encoder-decoder (BART, T5): ``summarize``;
@@ -23,21 +27,26 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from docqueue.config import Settings
-from docqueue.errors import one_line
-from docqueue.tasks import CAUSAL_LM, CLASSIFIER, ENCODER, SEQ2SEQ, TASKS_BY_FAMILY, Family, Task
+from docqueue.errors import Unavailable, one_line
+from docqueue.tasks import (
+    CAUSAL_LM,
+    CLASSIFIER,
+    ENCODER,
+    MASKED_LM,
+    NLI,
+    SEQ2SEQ,
+    TOKEN_CLASSIFIER,
+    Family,
+    declared,
+    tasks_of,
+)
+from docqueue.tasks.embed import EMBEDDING_HUB_ID
 from docqueue.worker.dtype import choose_dtype
 from docqueue.worker.fingerprint import model_fingerprint
 
 log = logging.getLogger(__name__)
 
 
-EMBEDDING_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
-#: Hub defaults for ``docqueue annotate`` when no --model is given.
-HUB_DEFAULTS = {
-    "classify": "distilbert/distilbert-base-uncased-finetuned-sst-2-english",
-    "summarize": "sshleifer/distilbart-cnn-12-6",
-    "generate": "openai-community/gpt2",
-}
 #: model_type of encoder-only models whose config.json omits ``is_encoder_decoder``
 #: (it is False for them): the families ``family_on_disk`` settles without transformers.
 ENCODER_TYPES = frozenset(
@@ -58,7 +67,7 @@ ENCODER_TYPES = frozenset(
 DEFAULT_MAX_LENGTH = 512
 
 
-class ModelUnavailable(RuntimeError):
+class ModelUnavailable(Unavailable, RuntimeError):
     """A configured model could not be loaded; the message is one actionable line."""
 
 
@@ -95,9 +104,14 @@ def resolve_source(source: str) -> str:
 
 
 def default_model(task: str, labels: bool = False) -> str:
+    """The model ``docqueue annotate`` uses for ``task`` when none is named: the
+    bundled MiniLM for embeddings and zero-shot labels, else the task's hub default."""
     if task == "embed" or (task == "classify" and labels):
         return packaged_embedding_model() or EMBEDDING_HUB_ID
-    return HUB_DEFAULTS[task]
+    model = declared(task).default_model
+    if model is None:
+        raise ModelUnavailable(f"{task} has no default model: name one with --model")
+    return model
 
 
 @dataclass
@@ -117,19 +131,36 @@ class LoadedModel:
     dtype: str = "float32"
 
     @property
-    def tasks(self) -> tuple[Task, ...]:
-        return TASKS_BY_FAMILY[self.family]
+    def tasks(self) -> tuple[str, ...]:
+        return tasks_of(self.family)
 
 
 def family_of(config: Any) -> Family:
     architectures = config.architectures or []
     if any(a.endswith("ForSequenceClassification") for a in architectures):
-        return CLASSIFIER
+        return NLI if entailment_id(config) is not None else CLASSIFIER
+    if any(a.endswith("ForTokenClassification") for a in architectures):
+        return TOKEN_CLASSIFIER
+    if any(a.endswith("ForMaskedLM") for a in architectures):
+        return MASKED_LM
     if getattr(config, "is_encoder_decoder", False):
         return SEQ2SEQ
     if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
         return CAUSAL_LM
     return ENCODER
+
+
+def entailment_id(config: Any) -> int | None:
+    """The class id of an NLI model's ``entailment`` label (the first label whose name
+    starts with "entail", any case, as the zero-shot pipeline finds it), or None."""
+    label2id = getattr(config, "label2id", None) or {}
+    if not label2id:  # a config.json read as JSON may hold id2label alone
+        id2label = getattr(config, "id2label", None) or {}
+        label2id = {str(name): int(i) for i, name in id2label.items()}
+    for name, i in label2id.items():
+        if str(name).lower().startswith("entail"):
+            return int(i)
+    return None
 
 
 def family_on_disk(source: str) -> Family | None:
@@ -200,8 +231,10 @@ def load_model(name: str, source: str, settings: Settings) -> LoadedModel:
         AutoConfig,
         AutoModel,
         AutoModelForCausalLM,
+        AutoModelForMaskedLM,
         AutoModelForSeq2SeqLM,
         AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
         AutoTokenizer,
     )
 
@@ -217,6 +250,9 @@ def load_model(name: str, source: str, settings: Settings) -> LoadedModel:
     family = family_of(config)
     loader = {
         CLASSIFIER: AutoModelForSequenceClassification,
+        NLI: AutoModelForSequenceClassification,
+        TOKEN_CLASSIFIER: AutoModelForTokenClassification,
+        MASKED_LM: AutoModelForMaskedLM,
         ENCODER: AutoModel,
         SEQ2SEQ: AutoModelForSeq2SeqLM,
         CAUSAL_LM: AutoModelForCausalLM,

@@ -4,7 +4,7 @@ copied instead of computed.
 
 It happens in the worker, once a delivery agrees with the ledger, because only the
 worker knows the fingerprint of the model that would run (a producer has no model
-files).  The lookup is one query per group of an intake round.  A copy is an
+files).  The lookup is one query per cohort of an intake round.  A copy is an
 ordinary result row written by the writer, like the rows of documents refused at
 the door: the same upsert, the same ack after commit, so exactly-once holds
 whatever copy or computation lands first.  A database away during the lookup only
@@ -25,7 +25,7 @@ from docqueue.worker.fingerprint import runner_fingerprint
 from docqueue.worker.ledger import JobStates
 from docqueue.worker.runners import Runner
 from docqueue.worker.store import StoreUnavailable
-from docqueue.worker.work import Envelope, GroupKey
+from docqueue.worker.work import CohortKey, Envelope
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 Hashed = tuple[int, Document, Envelope, str]
 
 
-def reuse_key(runner: Runner, key: GroupKey) -> ReuseKey | None:
-    """What this group's results are reused by; None when the model has no
+def reuse_key(runner: Runner, key: CohortKey) -> ReuseKey | None:
+    """What this cohort's results are reused by; None when the model has no
     fingerprint (an engine run offline), and then nothing is reused or recorded."""
     if not runner.loaded.fingerprint:
         return None
@@ -47,7 +47,7 @@ def reuse_key(runner: Runner, key: GroupKey) -> ReuseKey | None:
 
 @dataclass
 class Split:
-    """A group's documents after the lookup."""
+    """A cohort's documents after the lookup."""
 
     #: Copies of earlier results, ready for the writer.
     copied: list[tuple[ResultRow, Envelope]]
@@ -56,9 +56,9 @@ class Split:
 
 
 def split_reusable(
-    jobs: JobStates, runner: Runner, key: GroupKey, docs: Sequence[Hashed], worker_id: str
+    jobs: JobStates, runner: Runner, key: CohortKey, docs: Sequence[Hashed], worker_id: str
 ) -> Split:
-    """Copy what can be copied of ``docs`` (one group's documents in an intake
+    """Copy what can be copied of ``docs`` (one cohort's documents in an intake
     round); the rest are left to compute."""
     records = jobs.lookup({envelope.job for _, _, envelope, _ in docs})
     reusing = [d for d in docs if (r := records.get(d[2].job)) is not None and r.reuse]

@@ -28,6 +28,7 @@ from docqueue.worker.heartbeat import Heartbeat
 from docqueue.worker.ledger import SqlLedger
 from docqueue.worker.loading import bulk_queues, load_runners
 from docqueue.worker.metrics import WorkerMetrics, serve_metrics
+from docqueue.worker.parent import watch_parent
 from docqueue.worker.store import SqlStore
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 def run_worker(settings: Settings, redis_url: str, loglevel: str = "INFO") -> int:
     """Load the models, then serve until shut down.  Returns the exit code."""
+    watch_parent()  # before the models: a parent gone while they load is noticed too
     metrics = WorkerMetrics()
     if settings.metrics_port is not None:  # before the models: a port in use is said at once
         serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
@@ -65,6 +67,8 @@ def run_worker(settings: Settings, redis_url: str, loglevel: str = "INFO") -> in
     lanes = [interactive_queue(name) for name in runners]
     queues = bulk_queues(runners)
     app = make_celery(settings, redis_url)
+    # A cold start holds the floor; the bridge raises it as the rate is measured.
+    app.conf.worker_prefetch_multiplier = engine.hold.messages()
     app.docqueue_engine = engine
     app.docqueue_settings = settings
     app.docqueue_lanes = lanes
@@ -83,6 +87,7 @@ def run_worker(settings: Settings, redis_url: str, loglevel: str = "INFO") -> in
                 name: {
                     "source": m.source,
                     "tasks": list(runners[name]),
+                    "family": m.family,
                     "fingerprint": m.fingerprint,
                 }
                 for name, m in loaded.items()

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Protocol
 
-from sqlalchemy import Engine, and_, or_, select
 from sqlalchemy.exc import (
     DBAPIError,
     DisconnectionError,
@@ -21,10 +19,10 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from docqueue.db.results import ResultRow, record_results
-from docqueue.db.schema import Item
+from docqueue.db import Database
+from docqueue.db.results import ResultRow, documents_held, record_results
 from docqueue.db.webhooks import Callbacks
-from docqueue.errors import one_line
+from docqueue.errors import Unavailable, one_line
 from docqueue.protocol import MAX_SEQ
 
 log = logging.getLogger(__name__)
@@ -35,7 +33,7 @@ log = logging.getLogger(__name__)
 _DRIVER_REFUSALS = (ValueError, TypeError, ArithmeticError)
 
 
-class StoreUnavailable(RuntimeError):
+class StoreUnavailable(Unavailable, RuntimeError):
     """The rows could not be stored now; the same rows may be retried later."""
 
 
@@ -70,7 +68,7 @@ class SqlStore:
     outage, costs only that row: it becomes an error row saying why (or, when it
     names no document at all, is dropped), and the rest are committed."""
 
-    def __init__(self, db: Engine) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
         self.callbacks = Callbacks()
 
@@ -123,16 +121,9 @@ class SqlStore:
 
     def _known(self, rows: list[ResultRow]) -> set[tuple[str, int]] | None:
         """Which rows name a document the database holds (None: it would not say)."""
-        by_job: dict[str, set[int]] = defaultdict(set)
-        for row in rows:
-            by_job[row.job_id].add(row.seq)
-        wanted = or_(
-            *(and_(Item.job_id == job, Item.seq.in_(seqs)) for job, seqs in by_job.items())
-        )
         try:
             with self.db.connect() as conn:
-                found = conn.execute(select(Item.job_id, Item.seq).where(wanted)).all()
-            return {(job, seq) for job, seq in found}
+                return documents_held(conn, rows)
         except Exception as lookup:
             _unless_refused(lookup)
             return None

@@ -10,8 +10,8 @@ from docqueue.db.results import ResultRow
 from docqueue.worker.delivery import Delivery
 from docqueue.worker.runners import Features
 
-#: Documents share a batch only within one group: (lane, model, task, canonical params).
-GroupKey = tuple[str, str, str, str]
+#: Documents share a batch only within one cohort: (lane, model, task, canonical params).
+CohortKey = tuple[str, str, str, str]
 
 
 class Envelope:
@@ -60,7 +60,7 @@ class WorkItem:
 class Computed:
     """A batch the model ran (``raw``) or could not run (``error``), for the writer."""
 
-    key: GroupKey
+    key: CohortKey
     items: list[WorkItem]
     raw: Any = None
     started_at: float = 0.0
@@ -76,7 +76,7 @@ class Dropped:
     """Documents of a job cancelled or deleted while they waited: no rows, but their
     deliveries still count them as done."""
 
-    key: GroupKey
+    key: CohortKey
     items: list[WorkItem]
 
 

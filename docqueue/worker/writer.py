@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,8 +18,8 @@ from typing import Any
 from docqueue.db.results import ResultRow
 from docqueue.errors import one_line
 from docqueue.logs import jobs_extra
+from docqueue.worker.cohorts import Cohorts
 from docqueue.worker.delivery import Delivery, ack
-from docqueue.worker.groups import Groups
 from docqueue.worker.metrics import WorkerMetrics
 from docqueue.worker.reuse import reuse_key
 from docqueue.worker.runners import Runner
@@ -74,7 +75,7 @@ class Writer:
     def __init__(
         self,
         runners: dict[str, dict[str, Runner]],
-        groups: Groups,
+        cohorts: Cohorts,
         store: ResultStore,
         worker_id: str,
         stopping: threading.Event,
@@ -83,16 +84,17 @@ class Writer:
     ) -> None:
         self.runners = runners
         self.metrics = metrics
-        self.groups = groups
+        self.cohorts = cohorts
         self.store = store
         self.worker_id = worker_id
         self.stopping = stopping
         #: Called with the ids of jobs that just had rows committed (wakes waiters).
         self.notify = notify
         self.documents_done = 0
+        self.acks = Acks()
 
     def write(self, entries: Sequence[Entry]) -> int:
-        """Store the entries' rows, settle their groups, ack the deliveries they
+        """Store the entries' rows, settle their cohorts, ack the deliveries they
         complete.  Returns the number of documents settled (0 when stopping first)."""
         rows: list[tuple[ResultRow, Envelope]] = []
         dropped: list[Envelope] = []
@@ -107,16 +109,13 @@ class Writer:
             return 0
         for entry in entries:
             if not isinstance(entry, Rejected):
-                self.groups.settle(entry.key, len(entry.items))
+                self.cohorts.settle(entry.key, len(entry.items))
         finished: list[Delivery] = []
         for envelope in [e for _, e in rows] + dropped:
             envelope.remaining -= 1
             if envelope.remaining == 0:
                 finished.append(envelope.delivery)
-        try:
-            ack(finished)
-        except Exception as exc:  # broker away: the messages come back, SQL keeps one row
-            log.warning("could not ack %d messages: %s", len(finished), one_line(exc))
+        self.acks.ack(finished)
         self.documents_done += len(rows)
         self.metrics.settled(_tally(rows, entries))
         self._notify({row.job_id for row, _ in rows})
@@ -147,7 +146,7 @@ class Writer:
             if computed.ready is not None:
                 computed.ready.synchronize()
             outputs = runner.postprocess(
-                computed.raw, [i.features for i in items], self.groups.params(computed.key)
+                computed.raw, [i.features for i in items], self.cohorts.params(computed.key)
             )
         except Exception as exc:
             log.exception(
@@ -210,6 +209,48 @@ class Writer:
             self.notify(jobs)
         except Exception as exc:  # waiting clients fall back to polling SQL
             log.debug("could not publish completions: %s", exc)
+
+
+class Acks:
+    """Acks, owed until the broker takes them.  When Redis is away (restarted, cut
+    off), the messages whose rows are committed stay owed and are acked once it
+    answers again, in one round trip, instead of being computed again after the
+    visibility timeout.  Tried again at most every ``delay`` seconds (doubling up
+    to ``max_delay``), on the writer's thread: with each write, and when idle."""
+
+    def __init__(self, delay: float = 0.5, max_delay: float = 10.0) -> None:
+        self.first_delay, self.max_delay = delay, max_delay
+        self.delay = delay
+        self.owed: list[Delivery] = []
+        self._next_try = 0.0
+
+    def ack(self, finished: list[Delivery]) -> None:
+        self.owed.extend(finished)
+        if self.owed and time.monotonic() >= self._next_try:
+            self._try()
+
+    def retry(self) -> None:
+        """Ack what is owed, if it is time to try again."""
+        self.ack([])
+
+    def _try(self) -> None:
+        try:
+            ack(self.owed)
+        except Exception as exc:
+            if self.delay == self.first_delay:
+                log.warning(
+                    "could not ack %d messages (%s); their rows are committed: acking them "
+                    "once Redis answers",
+                    len(self.owed),
+                    one_line(exc),
+                )
+            self._next_try = time.monotonic() + self.delay
+            self.delay = min(self.delay * 2, self.max_delay)
+            return
+        if self.delay != self.first_delay:
+            log.warning("Redis answers again: %d owed messages acked", len(self.owed))
+        self.owed = []
+        self.delay = self.first_delay
 
 
 def _tally(

@@ -74,7 +74,7 @@ function jobRow(job) {
   if (job.id === selected) row.classList.add("selected");
   row.append(
     el("td", job.name || job.id.slice(0, 12), "job-name"),
-    el("td", `${job.task} · ${job.model}`),
+    el("td", `${job.task} · ${job.model_label ?? job.model}`),
     el("td", job.state, job.warning ? "state warn" : "state"),
     progressCell(p, total),
     el("td", job.docs_per_second === null ? "–" : job.docs_per_second.toFixed(1), "num rate"),

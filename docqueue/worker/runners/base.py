@@ -39,6 +39,49 @@ class Features:
 
 
 @dataclass
+class Rows(Features):
+    """One document that runs as several rows of a batch (the windows of a long
+    text, a text paired with each label's hypothesis): ``ids`` is left empty, each
+    row's ids are in ``rows`` (and its token type ids in ``types``, if the model
+    takes them).  Its length is its rows' tokens together, so the batcher's padded
+    cost (documents times the longest) stays at or above what the rows cost."""
+
+    rows: list[list[int]] = field(default_factory=list)
+    types: list[list[int]] | None = None
+
+    @property
+    def length(self) -> int:
+        return sum(len(r) for r in self.rows)
+
+
+def collate_rows(batch: Sequence[Rows], pad_id: int) -> dict[str, Any]:
+    """Every row of every document, in order, right-padded to the longest row:
+    input_ids, attention_mask and (when the documents carry them) token_type_ids."""
+    import numpy as np
+    import torch
+
+    rows = [r for f in batch for r in f.rows]
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    longest = int(lengths.max())
+    mask = np.arange(longest) < lengths[:, None]
+    ids = np.full((len(rows), longest), pad_id, dtype=np.int64)
+    ids[mask] = np.fromiter((t for r in rows for t in r), dtype=np.int64, count=int(lengths.sum()))
+    collated = {
+        "input_ids": torch.from_numpy(ids),
+        "attention_mask": torch.from_numpy(mask.astype(np.int64)),
+    }
+    if batch[0].types is not None:
+        types = np.zeros((len(rows), longest), dtype=np.int64)
+        types[mask] = np.fromiter(
+            (t for f in batch for r in f.types or () for t in r),
+            dtype=np.int64,
+            count=int(lengths.sum()),
+        )
+        collated["token_type_ids"] = torch.from_numpy(types)
+    return collated
+
+
+@dataclass
 class Output:
     output: dict[str, Any]
     embedding: bytes | None = None

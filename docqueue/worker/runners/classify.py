@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from docqueue.params import InvalidParams
+from docqueue.tasks import declared
 from docqueue.worker.runners.base import Features, Output, Runner, label_scores
 
 
@@ -13,11 +14,9 @@ class ClassifyRunner(Runner):
     task = "classify"
 
     def check(self, params: dict[str, Any]) -> None:
-        if params.get("labels"):
-            raise InvalidParams(
-                f"model {self.loaded.name} has its own classification head; zero-shot labels "
-                "need an embedding model"
-            )
+        refused = declared(self.task).refusal(self.loaded.family, params, self.loaded.name)
+        if refused:
+            raise InvalidParams(refused)
 
     def forward(self, inputs: dict[str, Any], params: dict[str, Any]) -> Any:
         logits = self.model(**self.to_device(inputs)).logits

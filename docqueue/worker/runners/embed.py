@@ -21,7 +21,8 @@ class EmbedRunner(Runner):
         import torch
 
         on_device = self.to_device(inputs)
-        hidden = self.model(**on_device).last_hidden_state.float()
+        # A masked language model's encoder (the model itself for a bare encoder).
+        hidden = self.model.base_model(**on_device).last_hidden_state.float()
         mask = on_device["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled, dim=-1)
