@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from docqueue.config import Settings
-from docqueue.tasks import CAUSAL_LM, CLASSIFIER, ENCODER, SEQ2SEQ
+from docqueue.tasks import CAUSAL_LM, CLASSIFIER, ENCODER, MASKED_LM, NLI, SEQ2SEQ, TOKEN_CLASSIFIER
 from docqueue.worker.dtype import choose_dtype, cpu_bf16_flags
 from docqueue.worker.models import load_model
 
@@ -29,7 +29,7 @@ def test_flags_are_read_from_cpuinfo(tmp_path):
     assert cpu_bf16_flags(tmp_path / "missing") == []
 
 
-@pytest.mark.parametrize("family", [CLASSIFIER, ENCODER])
+@pytest.mark.parametrize("family", [CLASSIFIER, ENCODER, NLI])
 def test_auto_picks_bf16_for_encoders_where_the_cpu_has_it(family):
     choice = choose_dtype("auto", "cpu", family, bf16_flags=["avx512_bf16"])
     assert choice.name == "bfloat16"
@@ -40,6 +40,12 @@ def test_auto_picks_bf16_for_encoders_where_the_cpu_has_it(family):
 def test_auto_keeps_fp32_for_generative_models(family):
     choice = choose_dtype("auto", "cpu", family, bf16_flags=["amx_bf16"])
     assert choice.name == "float32" and "generative" in choice.reason
+
+
+@pytest.mark.parametrize("family", [TOKEN_CLASSIFIER, MASKED_LM])
+def test_auto_keeps_fp32_for_per_token_answers_no_checkpoint_vouches_for(family):
+    choice = choose_dtype("auto", "cpu", family, bf16_flags=["amx_bf16"])
+    assert choice.name == "float32" and f"{family} models keep fp32" in choice.reason
 
 
 def test_auto_keeps_fp32_on_a_cpu_without_bf16():

@@ -19,7 +19,8 @@ from test_runners import CPU, LIMITS, mixed_lengths
 from docqueue.params import InvalidParams, validate_params
 from docqueue.protocol import Document
 from docqueue.worker.models import load_model
-from docqueue.worker.runners import Features, runners_for
+from docqueue.worker.runners import Features, Limits, runners_for
+from docqueue.worker.runners.base import Rows
 
 STRATEGIES = ("none", "simple", "first", "average", "max")
 
@@ -146,6 +147,82 @@ def test_ner_batched_equals_alone_with_documents_over_the_window(runners, sample
         batched_and_alone(runner, docs, ner_params(aggregation_strategy=strategy))
 
 
+ODD_TEXTS = [
+    "   Leading spaces before the first word",
+    "An emoji 😀 and 🐍 here",
+    "tabs\tand\nlines\r\n ünïcödé",
+]
+
+
+@pytest.mark.parametrize("kind", ["ner", "ner-bpe"])
+def test_offsets_of_odd_text_equal_the_pipelines(runners, encoder_models, kind):
+    """Offsets count characters of the document as given: leading spaces, emoji
+    and other characters outside the vocabulary, tabs, newlines and accents."""
+    reference = pipe("token-classification", encoder_models[kind])
+    runner = runners[kind]["ner"]
+    for strategy in STRATEGIES:
+        params = ner_params(aggregation_strategy=strategy)
+        for doc, ours in zip(ODD_TEXTS, outputs(runner, ODD_TEXTS, params), strict=True):
+            assert len(runner.preprocess([doc], params)[0].rows) == 1  # the pipeline reads all
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                same(ours["entities"], plain(reference(doc, aggregation_strategy=strategy)))
+        if strategy == "none":
+            assert any(
+                e["start"] >= 3 for e in outputs(runner, ODD_TEXTS[:1], params)[0]["entities"]
+            )
+
+
+@pytest.mark.parametrize("kind", ["ner", "ner-bpe"])
+def test_windows_that_share_no_token_equal_the_pipelines(runners, encoder_models, kind):
+    """stride 0: consecutive windows meet without overlapping, as the pipeline
+    reads them."""
+    reference = pipe("token-classification", encoder_models[kind])
+    runner = runners[kind]["ner"]
+    doc = " ".join(["A sentence long enough to need several windows 😀."] * 6)
+    params = ner_params(aggregation_strategy="simple", stride=0)
+    assert len(runner.preprocess([doc], params)[0].rows) >= 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = plain(reference(doc, aggregation_strategy="simple", stride=0))
+    same(outputs(runner, [doc], params)[0]["entities"], theirs)
+
+
+class RowCounter:
+    """Each forward pass's rows, counted on the way into the model."""
+
+    def __init__(self, model: Any) -> None:
+        self.rows: list[int] = []
+        model.register_forward_pre_hook(self.count, with_kwargs=True)
+
+    def count(self, module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        self.rows.append(int(kwargs["input_ids"].shape[0]))
+
+
+@pytest.mark.parametrize("kind", ["ner", "nli"])
+def test_a_document_of_more_rows_than_a_batch_allows_runs_in_passes_the_limits_allow(
+    encoder_models, sample_texts, kind
+):
+    """One document can hold more windows (or label pairs) than the row limit or
+    the token budget allows a forward pass: it runs in several, with the answers of
+    one."""
+    labels = zero_shot(list("abcde"))
+    task, params = ("ner", ner_params()) if kind == "ner" else ("classify", labels)
+    tight = Limits(budget=3 * 64, max_rows=2, max_new_tokens=8)
+    wide = runners_for(load_model(kind, encoder_models[kind], CPU), LIMITS)[task]
+    narrow = runners_for(load_model(kind, encoder_models[kind], CPU), tight)[task]
+    counter = RowCounter(narrow.model)
+    doc = " ".join(sample_texts)[:4000]
+    windows = narrow.preprocess([doc], params)[0]
+    assert isinstance(windows, Rows)
+    rows = len(windows.rows)
+    assert rows >= 5
+    same(outputs(narrow, [doc], params), outputs(wide, [doc], params))
+    longest = max(len(r) for r in windows.rows)
+    per = min(2, tight.budget // longest)
+    assert counter.rows and max(counter.rows) <= per and sum(counter.rows) == rows
+
+
 def test_ner_without_aggregation_numbers_tokens_through_the_document(runners, sample_texts):
     runner = runners["ner"]["ner"]
     doc = next(t for t in sample_texts if len(t) > 300)
@@ -239,7 +316,9 @@ def test_zero_shot_label_order_and_scores_equal_the_pipelines(
     runner = runners["nli"]["classify"]
     labels = ["python", "database", "network", "web"]
     template = "The topic is {}."
-    docs = mixed_lengths(sample_texts, 6)
+    book = " ".join(sample_texts)  # far past the prefix a premise is cut to
+    assert len(book) > 16 * runner.loaded.max_length * 4
+    docs = [*mixed_lengths(sample_texts, 6), book]
     params = zero_shot(labels, hypothesis_template=template, multi_label=multi_label)
     for doc, ours in zip(docs, outputs(runner, docs, params), strict=True):
         theirs = reference(

@@ -27,6 +27,14 @@ TEXTS = [
 ]
 
 
+def zero_shot_reference(model: str, text: str, labels: list[str]) -> dict[str, Any]:
+    """``pipeline("zero-shot-classification")``'s answer, in fp32."""
+    from transformers import pipeline
+
+    classifier: Any = pipeline("zero-shot-classification", model=model, device="cpu")
+    return classifier(text, candidate_labels=labels)
+
+
 def write_docs(path: Any, texts: list[str]) -> None:
     path.write_text(
         "".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts))
@@ -140,6 +148,12 @@ def test_the_api_runs_ner_jobs_and_batch_lines(
     nli = http.post("/api/jobs", json={**labelled, "model": "nli", "documents": ["x y"]})
     assert nli.status_code == 201, nli.text
     assert wait_finished(http, nli.json()["id"])["progress"]["done"] == 1
+    answer = http.get(f"/api/jobs/{nli.json()['id']}/results").json()["data"][0]
+    theirs = zero_shot_reference(encoder_models["nli"], "x y", ["a", "b"])
+    assert answer["label"] == max(answer["scores"], key=answer["scores"].get)
+    assert sorted(answer["scores"]) == ["a", "b"]
+    for label, score in zip(theirs["labels"], theirs["scores"], strict=True):
+        assert abs(answer["scores"][label] - score) <= 0.02  # the worker's auto dtype: bf16
 
     # fill-mask, one document at a time, without its mask: an error row
     answer = http.post(
@@ -163,7 +177,13 @@ def test_the_api_runs_ner_jobs_and_batch_lines(
     for member in group["jobs"]:
         wait_finished(http, member["id"])
     first, second = http.get(f"/api/job-groups/{group['id']}/results").json()["data"]
-    assert isinstance(first["ner"]["entities"], list)
+    ner_alone = http.post(
+        "/api/documents",
+        params={"wait": 30},
+        json={"task": "ner", "model": "ner", "text": texts[0]},
+    )
+    assert first["ner"]["entities"] == ner_alone.json()["result"]["entities"]
+    assert first["ner"]["entities"], "a random model tags some tokens"
     assert len(first["fill-mask"]["predictions"]) == 2
     assert first["embed"]["dim"] == 32 and len(first["embed"]["embedding"]) == 32
     assert sorted(first["classify"]["scores"]) == ["code", "history"]
@@ -192,7 +212,17 @@ def test_the_api_runs_ner_jobs_and_batch_lines(
     assert [line["custom_id"] for line in output] == ["r0", "r1"]
     body = output[0]["response"]["body"]
     assert body["object"] == "docqueue.entities"
-    assert isinstance(body["entities"], list)
+    alone = http.post(
+        "/api/documents",
+        params={"wait": 30},
+        json={
+            "task": "ner",
+            "model": "ner",
+            "text": TEXTS[0],
+            "params": {"aggregation_strategy": "simple"},
+        },
+    )
+    assert body["entities"] == alone.json()["result"]["entities"] != []
 
 
 def test_schedules_write_back_the_declared_columns(tmp_path):

@@ -7,9 +7,13 @@
   flags: Intel Cooper Lake, Sapphire Rapids and later, AMD Zen 4 and later):
   bfloat16 for encoders (embed, classify), whose outputs stay within cosine
   0.9999 of fp32 and whose labels agree with fp32 (``python -m
-  docqueue.bench.bf16``, figures in BENCHMARKS.md), and float32 for generative
-  models, which no real checkpoint here could vouch for (a greedy decode may
-  drift from fp32 after one flipped token);
+  docqueue.bench.bf16``, figures in BENCHMARKS.md), NLI classifiers among them
+  (one label per document, as classify); float32 for generative models, which no
+  real checkpoint here could vouch for (a greedy decode may drift from fp32 after
+  one flipped token), and for token classifiers and masked language models, for
+  the same reason: their answers are a label per token and a ranking over the
+  whole vocabulary, more fragile than one label per document, and no real
+  checkpoint of either is at hand to measure them;
 * float32 on any other CPU, where bf16 is emulated and slower than fp32.
 """
 
@@ -19,12 +23,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from docqueue.tasks import CLASSIFIER, ENCODER, MASKED_LM, NLI, TOKEN_CLASSIFIER, Family, declared
+from docqueue.tasks import CAUSAL_LM, CLASSIFIER, ENCODER, NLI, SEQ2SEQ, Family, declared
 
 #: CPU flags (Linux /proc/cpuinfo) that mean native bf16 dot products.
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 #: Families ``auto`` loads in bf16 on such a CPU.
-BF16_ON_CPU = frozenset({CLASSIFIER, NLI, TOKEN_CLASSIFIER, MASKED_LM, ENCODER})
+BF16_ON_CPU = frozenset({CLASSIFIER, NLI, ENCODER})
 
 
 @dataclass(frozen=True)
@@ -71,8 +75,9 @@ def choose_dtype(
     if not flags:
         return DtypeChoice("float32", "auto: this CPU has no native bf16 (avx512_bf16, amx_bf16)")
     if family not in BF16_ON_CPU:
+        kind = "generative models" if family in (SEQ2SEQ, CAUSAL_LM) else f"{family} models"
         return DtypeChoice(
-            "float32", f"auto: the CPU has {flags[0]}, but generative models keep fp32 on CPU"
+            "float32", f"auto: the CPU has {flags[0]}, but {kind} keep fp32 on CPU (unmeasured)"
         )
     return DtypeChoice("bfloat16", f"auto: the CPU has {', '.join(flags)} and this is an encoder")
 

@@ -11,7 +11,7 @@ pipelines return.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -44,7 +44,9 @@ class Rows(Features):
     text, a text paired with each label's hypothesis): ``ids`` is left empty, each
     row's ids are in ``rows`` (and its token type ids in ``types``, if the model
     takes them).  Its length is its rows' tokens together, so the batcher's padded
-    cost (documents times the longest) stays at or above what the rows cost."""
+    cost (documents times the longest) stays at or above what the rows cost; one
+    document alone can still hold more rows than a batch may (a book in windows),
+    which :meth:`Runner.by_rows` cuts into forward passes the limits allow."""
 
     rows: list[list[int]] = field(default_factory=list)
     types: list[list[int]] | None = None
@@ -180,6 +182,22 @@ class Runner(ABC):
             name: (t.pin_memory() if non_blocking else t).to(self.device, non_blocking=non_blocking)
             for name, t in inputs.items()
         }
+
+    def by_rows(self, inputs: dict[str, Any], run: Callable[[dict[str, Any]], Any]) -> Any:
+        """``run`` over the rows of collated ``inputs``, as many at a time as the
+        token budget and the row limit allow, its outputs joined in row order.
+
+        The batcher counts documents, and a document of many rows (windows,
+        label pairs) could otherwise send far more rows through one forward pass
+        than the device was sized for."""
+        import torch
+
+        rows, longest = inputs["input_ids"].shape
+        per = max(1, min(self.limits.max_rows, self.limits.budget // max(1, longest)))
+        if rows <= per:
+            return run(inputs)
+        chunks = [{k: v[i : i + per] for k, v in inputs.items()} for i in range(0, rows, per)]
+        return torch.cat([run(chunk) for chunk in chunks])
 
     @abstractmethod
     def forward(self, inputs: dict[str, Any], params: dict[str, Any]) -> Any:

@@ -41,7 +41,7 @@ class FillMaskRunner(Runner):
         if self._positions is None or not args:
             return None
         hidden = args[0]
-        return (hidden[self._positions], *args[1:])
+        return (hidden.flatten(0, 1).index_select(0, self._positions), *args[1:])
 
     def check(self, params: dict[str, Any]) -> None:
         if self.mask_id is None:
@@ -91,8 +91,11 @@ class FillMaskRunner(Runner):
         return found
 
     def forward(self, inputs: dict[str, Any], params: dict[str, Any]) -> Any:
-        on_device = self.to_device(inputs)
-        positions = on_device["input_ids"] == self.mask_id
+        # The masked positions are found on the host, as flat indices: a boolean
+        # mask applied on a GPU would wait for it to count the positions.
+        flat = (inputs["input_ids"] == self.mask_id).flatten().nonzero().squeeze(1)
+        on_device = self.to_device({**inputs, "positions": flat})
+        positions = on_device.pop("positions")
         hooked = self.model.get_output_embeddings() is not None
         self._positions = positions if hooked else None
         try:
@@ -100,7 +103,7 @@ class FillMaskRunner(Runner):
         finally:
             self._positions = None
         if logits.dim() == 3:  # the hook did not run (a head projecting without its module)
-            logits = logits[positions]
+            logits = logits.flatten(0, 1).index_select(0, positions)
         probs = logits.float().softmax(dim=-1)
         targets = params.get("targets")
         top_k = int(params.get("top_k", 5))

@@ -97,6 +97,9 @@ class NerRunner(Runner):
         return collate_rows([_rows(f) for f in batch], self.tokenizer.pad_token_id)
 
     def forward(self, inputs: dict[str, Any], params: dict[str, Any]) -> Any:
+        return self.by_rows(inputs, self._probabilities)
+
+    def _probabilities(self, inputs: dict[str, Any]) -> Any:
         logits = self.model(**self.to_device(inputs)).logits
         return logits.float().softmax(dim=-1)
 

@@ -13,7 +13,7 @@ from docqueue.params import InvalidParams
 from docqueue.protocol import Document
 from docqueue.tasks.classify import HYPOTHESIS_TEMPLATE
 from docqueue.worker.models import entailment_id
-from docqueue.worker.runners.base import Features, Output, Rows, collate_rows
+from docqueue.worker.runners.base import CHARS_PER_TOKEN, Features, Output, Rows, collate_rows
 from docqueue.worker.runners.classify import ClassifyRunner
 
 
@@ -51,24 +51,55 @@ class NliRunner(ClassifyRunner):
     def preprocess(self, docs: Sequence[Document], params: dict[str, Any]) -> list[Features | str]:
         if not params.get("labels"):
             return super().preprocess(docs, params)
-        texts = hypotheses(params)
-        found: list[Features | str] = []
+        texts = []
         for doc in docs:
             if not isinstance(doc, str):
                 raise InvalidParams("classify takes text, not chat messages")
-            encoded = self.tokenizer(
-                [doc] * len(texts),
-                texts,
-                truncation="only_first",
-                max_length=self.loaded.max_length,
-                return_attention_mask=False,
-                return_token_type_ids=self.with_types,
+            texts.append(doc)
+        premises = self.premises(texts)
+        labels = hypotheses(params)
+        n = len(labels)
+        encoded = self.tokenizer(  # every document with every hypothesis, in one call
+            [p for p in premises for _ in labels],
+            labels * len(premises),
+            truncation="only_first",
+            max_length=self.loaded.max_length,
+            return_attention_mask=False,
+            return_token_type_ids=self.with_types,
+        )
+        found: list[Features | str] = []
+        for d, text in enumerate(texts):
+            pairs = slice(d * n, (d + 1) * n)
+            truncated = len(premises[d]) < len(text) or any(
+                enc.overflowing for enc in encoded.encodings[pairs]
             )
-            rows = encoded["input_ids"]
-            truncated = any(enc.overflowing for enc in encoded.encodings)
-            types = encoded["token_type_ids"] if self.with_types else None
-            found.append(Rows([], truncated=truncated, rows=rows, types=types))
+            types = encoded["token_type_ids"][pairs] if self.with_types else None
+            found.append(
+                Rows([], truncated=truncated, rows=encoded["input_ids"][pairs], types=types)
+            )
         return found
+
+    def premises(self, texts: Sequence[str]) -> list[str]:
+        """Each text, or its first ``CHARS_PER_TOKEN`` characters per token the model
+        reads where those alone hold more tokens than it reads: a premise is cut to
+        fit beside each hypothesis, so the rest of a long text is never tokenized
+        (once per label, as a whole text would be)."""
+        limit = self.loaded.max_length * CHARS_PER_TOKEN
+        long = [i for i, t in enumerate(texts) if len(t) > limit]
+        premises = list(texts)
+        if not long:
+            return premises
+        prefixes = self.tokenizer(
+            [texts[i][:limit] for i in long],
+            add_special_tokens=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
+        for i, ids in zip(long, prefixes, strict=True):
+            # The word cut at the prefix's end lies past every token a pair keeps.
+            if len(ids) > self.loaded.max_length:
+                premises[i] = texts[i][:limit]
+        return premises
 
     def collate(self, batch: Sequence[Features]) -> dict[str, Any]:
         if batch and isinstance(batch[0], Rows):
@@ -82,6 +113,9 @@ class NliRunner(ClassifyRunner):
     def forward(self, inputs: dict[str, Any], params: dict[str, Any]) -> Any:
         if not params.get("labels"):
             return super().forward(inputs, params)
+        return self.by_rows(inputs, self._logits)
+
+    def _logits(self, inputs: dict[str, Any]) -> Any:
         return self.model(**self.to_device(inputs)).logits.float()
 
     def postprocess(
