@@ -5,6 +5,8 @@
     order where transformers 5 has no pipeline (summarization);
     a plain loop over length-sorted batches with docqueue's token budget (what a
     careful user writes by hand; the engine must beat it);
+    the model alone: the same batches with their forward passes timed and nothing
+    else (forward/b is the most any batching can gain over (b) at this dtype);
 (c) docqueue's engine offline (no queue);
 (d) docqueue end to end: enqueue -> Redis -> worker -> SQL.
 
@@ -181,6 +183,11 @@ def run(options: Options, say: Callable[[str], None] = print) -> None:
                 sort=True,
                 max_rows=settings.max_batch_rows,
             ),
+            baseline_n,
+        )
+    if "forward" not in options.skip:
+        record(
+            arms.forward_only_arm(runner, baseline_docs, params, settings.max_batch_rows),
             baseline_n,
         )
     if "c" not in options.skip:
@@ -407,7 +414,8 @@ def _row(arm: Arm, generative: bool) -> str:
 def _ratios(results: list[Arm]) -> str:
     rate = {a.key: a.docs_per_second for a in results}
     parts = []
-    for top, bottom in (("d", "b"), ("d", "c"), ("c", "b"), ("c", "sorted"), ("b", "a")):
+    pairs = (("d", "b"), ("d", "c"), ("c", "b"), ("c", "sorted"), ("b", "a"), ("forward", "b"))
+    for top, bottom in pairs:
         if top in rate and bottom in rate:
             parts.append(f"{top}/{bottom} = {rate[top] / rate[bottom]:.2f}")
     return "ratios (docs/s, same run): " + ", ".join(parts)

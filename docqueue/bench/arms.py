@@ -192,6 +192,33 @@ def fixed_batches_arm(
     )
 
 
+def forward_only_arm(
+    runner: Runner, docs: Sequence[str], params: dict[str, Any], max_rows: int = 256
+) -> Arm:
+    """The model alone: the sorted arm's batches, tokenized and collated before the
+    clock starts, and only the forward passes timed.  No scheduler runs the same
+    model at the same dtype faster than this: (b)'s time over this one is the most
+    any batching could gain over (b)."""
+    features = tokenized(runner.preprocess(docs, params))
+    ordered = sorted(features, key=lambda f: f.length)
+    batches = [runner.collate(c) for c in _cut(runner, ordered, params, None, max_rows)]
+
+    def work() -> None:
+        for inputs in batches:
+            runner.forward(inputs, params).cpu()
+
+    seconds, gpu = _timed(runner.device, work)
+    return Arm(
+        key="forward",
+        name="the model alone: sorted batches, forward passes only (the ceiling)",
+        docs=len(docs),
+        seconds=seconds,
+        real_tokens=0,
+        padded_tokens=sum(int(b["input_ids"].numel()) for b in batches),
+        peak_gpu_bytes=gpu,
+    )
+
+
 def _cut(
     runner: Runner,
     ordered: list[Features],

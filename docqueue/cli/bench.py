@@ -29,7 +29,8 @@ def bench(
     latency_bulk: Annotated[int, typer.Option("--latency-bulk")] = 50_000,
     singles: Annotated[int, typer.Option("--singles")] = 20_000,
     skip: Annotated[
-        str, typer.Option("--skip", help="Comma list of a,b,sorted,c,d,latency,singles,mixed")
+        str,
+        typer.Option("--skip", help="Comma list of a,b,sorted,forward,c,d,latency,singles,mixed"),
     ] = "",
     soak: Annotated[
         bool,
