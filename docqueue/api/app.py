@@ -23,6 +23,7 @@ from docqueue.api import (
     metrics,
     models,
     page,
+    rerank,
     session,
     workers,
 )
@@ -121,6 +122,7 @@ def create_app(settings: Settings, client: Client, close_client: bool = False) -
         openai_files,
         openai_batches,
         openai_sync,
+        rerank,
         metrics,
     ):
         app.include_router(

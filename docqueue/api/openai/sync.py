@@ -52,7 +52,7 @@ NO_RETRY = {"x-should-retry": "false"}
 async def create_embeddings(
     body: EmbeddingsRequest, request: Request, client: ClientDep
 ) -> EmbeddingsResponse:
-    rows = await _run(request, client, "embed", body.model, body.texts(), {})
+    _, rows = await submit_and_wait(request, client, "embed", body.model, body.texts(), {})
     dims = {len(row["embedding"]) for row in rows}
     if body.dimensions is not None and dims != {body.dimensions}:
         raise ApiError(
@@ -69,7 +69,7 @@ async def create_completion(
     body: CompletionsRequest, request: Request, client: ClientDep
 ) -> CompletionResponse:
     texts = body.texts()
-    handles, rows = await _submitted(
+    handles, rows = await submit_and_wait(
         request, client, "generate", body.model, texts, body.generate_params()
     )
     return openai_bodies.completion(f"cmpl-{handles[0].job_id}", int(time.time()), body.model, rows)
@@ -79,7 +79,7 @@ async def create_completion(
 async def create_chat_completion(
     body: ChatCompletionsRequest, request: Request, client: ClientDep
 ) -> ChatCompletionResponse:
-    handles, rows = await _submitted(
+    handles, rows = await submit_and_wait(
         request, client, "generate", body.model, [body.document()], body.generate_params()
     )
     return openai_bodies.chat_completion(
@@ -107,18 +107,7 @@ def _model(name: str, tasks: list[str]) -> OpenAIModel:
 # --- submitting and waiting ----------------------------------------------------------
 
 
-async def _run(
-    request: Request,
-    client: Client,
-    task: str,
-    model: str,
-    documents: Sequence[Any],
-    params: dict[str, Any],
-) -> list[dict[str, Any]]:
-    return (await _submitted(request, client, task, model, documents, params))[1]
-
-
-async def _submitted(
+async def submit_and_wait(
     request: Request,
     client: Client,
     task: str,

@@ -1,0 +1,262 @@
+"""Reranking and pair scores over HTTP, in the shapes search stacks already call:
+
+* ``POST /v1/rerank``: Cohere's shape (``query``, ``documents``, ``top_n``,
+  ``return_documents`` in; ``results`` of ``index`` and ``relevance_score`` out, best
+  first), which vLLM, infinity and Jina answer too;
+* ``POST /rerank``: TEI's shape (``query``, ``texts``, ``return_text`` in; a list of
+  ``index`` and ``score`` out, best first); TEI serves one model, so ``model`` may be
+  left out when live workers serve exactly one embedding model;
+* ``POST /v1/score``: vLLM's shape (``text_1`` against each ``text_2``, or pairwise
+  when both are lists; ``data`` of ``index`` and ``score`` out, in input order).
+
+The scores are cosine similarities of embeddings from an embedding model docqueue
+serves (a bi-encoder, as vLLM's score API does with embedding models): the query and
+each passage are embedded on the interactive lane, each a document in the ledger as
+any ``/v1/embeddings`` input is, each distinct text once.  Cross-encoders, which read
+the query and the passage together, are not served yet: a model that cannot embed
+is refused in one line.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Annotated
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from docqueue.api.deps import ClientDep
+from docqueue.api.errors import ApiError
+from docqueue.api.openai.schemas import MAX_INPUTS, Prompt
+from docqueue.api.openai.sync import submit_and_wait
+from docqueue.producer.client import Client
+from docqueue.protocol import ModelName
+
+router = APIRouter(tags=["rerank"])
+
+Texts = Annotated[list[Prompt], Field(min_length=1, max_length=MAX_INPUTS)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+
+class TextObject(_Strict):
+    text: Prompt
+
+
+class RerankRequest(_Strict):
+    """Cohere's rerank request."""
+
+    model: ModelName
+    """The docqueue model's name (GET /v1/models): an embedding model."""
+    query: Prompt
+    documents: Annotated[list[Prompt | TextObject], Field(min_length=1, max_length=MAX_INPUTS)]
+    """The passages: strings, or objects with a ``text`` field."""
+    top_n: int | None = Field(None, ge=1)
+    """Only the best ``top_n`` results (all when absent)."""
+    return_documents: bool = False
+    """Each result carries its passage as ``document.text``."""
+
+    def texts(self) -> list[str]:
+        return [d if isinstance(d, str) else d.text for d in self.documents]
+
+
+class RerankedDocument(_Out):
+    text: str
+
+
+class RerankResult(_Out):
+    index: int
+    """The passage's position in the request."""
+    relevance_score: float
+    """Cosine similarity of the query's and the passage's embeddings."""
+    document: RerankedDocument | None = None
+
+
+class Usage(_Out):
+    total_tokens: int
+    """Tokens the model read, the query's once."""
+
+
+class RerankResponse(_Out):
+    id: str
+    model: str
+    results: list[RerankResult]
+    usage: Usage
+
+
+class TeiRerankRequest(_Strict):
+    """TEI's rerank request (``truncate`` is accepted: docqueue always truncates to
+    the model's window)."""
+
+    query: Prompt
+    texts: Texts
+    model: ModelName | None = None
+    """Optional: the one embedding model live workers serve when absent."""
+    return_text: bool = False
+    truncate: bool | None = None
+
+
+class TeiRank(_Out):
+    index: int
+    score: float
+    text: str | None = None
+
+
+class ScoreRequest(_Strict):
+    """vLLM's score request."""
+
+    model: ModelName
+    text_1: Prompt | Texts
+    """One text, scored against each ``text_2``; or a list as long as ``text_2``,
+    scored pairwise."""
+    text_2: Prompt | Texts
+
+
+class Score(_Out):
+    index: int
+    object: str = "score"
+    score: float
+
+
+class ScoreResponse(_Out):
+    id: str
+    object: str = "list"
+    created: int
+    model: str
+    data: list[Score]
+    usage: Usage
+
+
+@router.post(
+    "/v1/rerank",
+    summary="Rerank passages against a query (Cohere's shape)",
+    response_model_exclude_none=True,
+)
+async def rerank(body: RerankRequest, request: Request, client: ClientDep) -> RerankResponse:
+    passages = body.texts()
+    _refuse_blank("query", [body.query], listed=False)
+    _refuse_blank("documents", passages)
+    scores, tokens, job = await _cosines(request, client, body.model, [body.query], passages)
+    ranked = _best_first(scores[0], body.top_n)
+    results = [
+        RerankResult(
+            index=i,
+            relevance_score=scores[0][i],
+            document=RerankedDocument(text=passages[i]) if body.return_documents else None,
+        )
+        for i in ranked
+    ]
+    return RerankResponse(
+        id=f"rerank-{job}", model=body.model, results=results, usage=Usage(total_tokens=tokens)
+    )
+
+
+@router.post(
+    "/rerank",
+    summary="Rerank texts against a query (TEI's shape)",
+    response_model_exclude_none=True,
+)
+async def rerank_tei(body: TeiRerankRequest, request: Request, client: ClientDep) -> list[TeiRank]:
+    _refuse_blank("query", [body.query], listed=False)
+    _refuse_blank("texts", body.texts)
+    model = body.model or _the_embedding_model(client)
+    scores, _, _ = await _cosines(request, client, model, [body.query], body.texts)
+    return [
+        TeiRank(index=i, score=scores[0][i], text=body.texts[i] if body.return_text else None)
+        for i in _best_first(scores[0], None)
+    ]
+
+
+@router.post("/v1/score", summary="Score text pairs (vLLM's shape)")
+async def score(body: ScoreRequest, request: Request, client: ClientDep) -> ScoreResponse:
+    firsts = [body.text_1] if isinstance(body.text_1, str) else list(body.text_1)
+    seconds = [body.text_2] if isinstance(body.text_2, str) else list(body.text_2)
+    if len(firsts) > 1 and len(firsts) != len(seconds):
+        raise ApiError(
+            422,
+            f"text_1 holds {len(firsts)} texts and text_2 {len(seconds)}: a list of "
+            "text_1 is scored pairwise with text_2, so they must be as long",
+            "text_1",
+        )
+    _refuse_blank("text_1", firsts, listed=not isinstance(body.text_1, str))
+    _refuse_blank("text_2", seconds, listed=not isinstance(body.text_2, str))
+    scores, tokens, job = await _cosines(request, client, body.model, firsts, seconds)
+    pairwise = len(firsts) > 1
+    data = [Score(index=i, score=scores[i if pairwise else 0][i]) for i in range(len(seconds))]
+    return ScoreResponse(
+        id=f"score-{job}",
+        created=int(time.time()),
+        model=body.model,
+        data=data,
+        usage=Usage(total_tokens=tokens),
+    )
+
+
+async def _cosines(
+    request: Request, client: Client, model: str, queries: list[str], passages: list[str]
+) -> tuple[list[list[float]], int, str]:
+    """Each query's cosine similarity with each passage, the tokens read (each
+    distinct text once) and the first document's job (the response's id)."""
+    _check_embeds(client, model)
+    distinct = list(dict.fromkeys([*queries, *passages]))
+    handles, rows = await submit_and_wait(request, client, "embed", model, distinct, {})
+    vectors = {text: row["embedding"] for text, row in zip(distinct, rows, strict=True)}
+    tokens = sum(int(row.get("prompt_tokens") or 0) for row in rows)
+    scores = [[cosine(vectors[q], vectors[p]) for p in passages] for q in queries]
+    return scores, tokens, handles[0].job_id
+
+
+def cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    norms = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
+    return dot / norms if norms else 0.0
+
+
+def _best_first(scores: list[float], top_n: int | None) -> list[int]:
+    """Positions by score, best first (ties in input order), the first ``top_n``."""
+    ranked = sorted(range(len(scores)), key=lambda i: -scores[i])
+    return ranked if top_n is None else ranked[:top_n]
+
+
+def _refuse_blank(name: str, texts: list[str], listed: bool = True) -> None:
+    """422 naming the first text that holds nothing but whitespace (an embedding
+    model has nothing to read), before anything is queued."""
+    for i, text in enumerate(texts):
+        if not text.strip():
+            where = f"{name}[{i}]" if listed else name
+            raise ApiError(422, f"{where}: empty text (whitespace only)", where)
+
+
+def _check_embeds(client: Client, model: str) -> None:
+    """Refuse, in one line, a model whose live workers cannot embed (a cross-encoder
+    or any classifier); other problems are the embeddings endpoint's own."""
+    coverage = client.coverage(model, "embed", fresh=False)
+    if not coverage.doing and coverage.tasks:
+        raise ApiError(
+            422,
+            f"model {model} cannot embed (it does {', '.join(sorted(coverage.tasks))}): "
+            "docqueue reranks by the cosine of embeddings from an embedding model; "
+            "cross-encoders are not served yet",
+            "model",
+        )
+
+
+def _the_embedding_model(client: Client) -> str:
+    """The one model live workers serve that embeds (TEI's requests name none)."""
+    embedders = sorted(m.name for m in client.models() if "embed" in m.tasks)
+    if len(embedders) == 1:
+        return embedders[0]
+    found = ", ".join(embedders) if embedders else "none"
+    raise ApiError(
+        422,
+        f"name the model: live workers serve {len(embedders)} embedding models ({found})",
+        "model",
+    )
