@@ -5,8 +5,9 @@
     order where transformers 5 has no pipeline (summarization);
     a plain loop over length-sorted batches with docqueue's token budget (what a
     careful user writes by hand; the engine must beat it);
-    the model alone: the same batches with their forward passes timed and nothing
-    else (forward/b is the most any batching can gain over (b) at this dtype);
+    the model alone, for the one-pass tasks: the same batches with their forward
+    passes timed and nothing else (forward/b is the most any batching can gain over
+    (b) at this dtype);
 (c) docqueue's engine offline (no queue);
 (d) docqueue end to end: enqueue -> Redis -> worker -> SQL.
 
@@ -185,7 +186,9 @@ def run(options: Options, say: Callable[[str], None] = print) -> None:
             ),
             baseline_n,
         )
-    if "forward" not in options.skip:
+    # Generation's engine decodes its own way (rows leave a batch as they end), so
+    # one call per sorted batch bounds nothing there.
+    if "forward" not in options.skip and not generative:
         record(
             arms.forward_only_arm(runner, baseline_docs, params, settings.max_batch_rows),
             baseline_n,

@@ -210,7 +210,7 @@ def forward_only_arm(
     seconds, gpu = _timed(runner.device, work)
     return Arm(
         key="forward",
-        name="the model alone: sorted batches, forward passes only (the ceiling)",
+        name="the model alone: sorted batches, model calls only (the ceiling)",
         docs=len(docs),
         seconds=seconds,
         real_tokens=0,
