@@ -16,7 +16,7 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, StringConstraints
 
-from docqueue.tasks import Task, names, takes_chat
+from docqueue.tasks import Task, fields_of, names, takes_chat, takes_text
 
 PROTOCOL_VERSION: Final = 1
 TASK_NAME = "docqueue.batch"
@@ -81,8 +81,11 @@ class ChatMessage(BaseModel):
     content: StrictText
 
 
-#: A document on the wire: plain text, or chat messages for a chat model.
-Document = str | list[ChatMessage]
+#: A document of named text fields (a query and its passage), for the tasks whose
+#: declared input shape names them (:func:`docqueue.tasks.fields_of`).
+Fields = dict[str, str]
+#: A document on the wire: plain text, chat messages for a chat model, or fields.
+Document = str | list[ChatMessage] | Fields
 
 
 def _exactly_this_version(value: Any) -> Any:
@@ -108,7 +111,9 @@ class BatchMessage(BaseModel):
     params: Annotated[dict[str, Any], Strict()] = Field(default_factory=dict)
     lane: Lane = "bulk"
     #: (sequence number, document) pairs; sequence numbers are the job's item keys.
-    items: Annotated[list[tuple[Seq, StrictText | list[ChatMessage]]], Strict()]
+    items: Annotated[
+        list[tuple[Seq, StrictText | list[ChatMessage] | dict[StrictText, StrictText]]], Strict()
+    ]
     #: Producer's clock (epoch seconds) when the chunk was published.
     enqueued_at: Annotated[float, Strict(), Field(allow_inf_nan=False)]
 
@@ -118,6 +123,10 @@ def document_problem(doc: Document, task: str) -> str | None:
     this one check; its size is checked apart (:func:`document_size`), since the
     producer cuts long text where a worker refuses it."""
     if isinstance(doc, str):
+        if not takes_text(task):
+            shape = fields_of(task)
+            fields = ", ".join(shape.fields) if shape else "fields"
+            return f"{task} takes an object of fields ({fields}), not text"
         if not doc:
             return "empty document"
         if not doc.strip():
@@ -125,6 +134,8 @@ def document_problem(doc: Document, task: str) -> str | None:
         if "\x00" in doc:
             return "document contains NUL (\\x00) characters"
         return None
+    if isinstance(doc, dict):
+        return fields_problem(doc, task)
     if not takes_chat(task):
         return f"{task} takes text, not chat messages"
     if not doc:
@@ -134,9 +145,35 @@ def document_problem(doc: Document, task: str) -> str | None:
     return None
 
 
+def fields_problem(doc: Fields, task: str) -> str | None:
+    """Why a document of fields cannot run as ``task`` (its shape names the fields
+    it takes), or None."""
+    shape = fields_of(task)
+    if shape is None:
+        return f"{task} takes text, not an object of fields"
+    allowed = (*shape.fields, *shape.optional)
+    for name in doc:
+        if name not in allowed:
+            return f"unknown field {name!r}: {task} takes {', '.join(allowed)}"
+    for name in shape.fields:
+        value = doc.get(name)
+        if value is None:
+            return f"no {name!r} field: {task} takes {', '.join(shape.fields)}"
+        if not value.strip():
+            return f"field {name!r} is {'empty' if not value else 'whitespace only'}"
+    if any("\x00" in value for value in doc.values()):
+        return "document contains NUL (\\x00) characters"
+    return None
+
+
 def document_size(doc: Document) -> int:
-    """Characters in a document (its messages' contents, for a chat)."""
-    return len(doc) if isinstance(doc, str) else sum(len(m.content) for m in doc)
+    """Characters in a document (its messages' contents, for a chat; its fields'
+    values, for fields)."""
+    if isinstance(doc, str):
+        return len(doc)
+    if isinstance(doc, dict):
+        return sum(len(v) for v in doc.values())
+    return sum(len(m.content) for m in doc)
 
 
 def params_key(params: dict[str, Any]) -> str:
@@ -147,22 +184,29 @@ def params_key(params: dict[str, Any]) -> str:
 def document_digest(doc: Document) -> str:
     """SHA-256 (hex) of a document in a canonical form: what ``dq_items.digest``
     holds, so that a worker can tell whether a message carries the document its
-    job holds without reading the text back.  Text and chat never collide (each
-    form has its own prefix); chat messages are hashed as canonical JSON."""
+    job holds without reading the text back.  Text, chat and fields never collide
+    (each form has its own prefix); chat messages and fields are hashed as
+    canonical JSON."""
     if isinstance(doc, str):
         data = b"text\0" + doc.encode("utf-8", errors="surrogatepass")
+    elif isinstance(doc, dict):
+        data = b"fields\0" + json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     else:
         messages = [{"role": m.role, "content": m.content} for m in doc]
         data = b"chat\0" + json.dumps(messages, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(data).hexdigest()
 
 
-def stored_document(text: str, chat: bool) -> Document:
-    """A document as the ledger keeps it (its text, or its chat as JSON), back in
-    wire form: for a worker comparing a message with it, and for resume."""
-    if chat:
-        return [ChatMessage.model_validate(m) for m in json.loads(text)]
-    return text
+def stored_document(text: str, as_json: bool) -> Document:
+    """A document as the ledger keeps it (its text, or its chat or fields as JSON:
+    the ledger's ``chat`` flag), back in wire form: for a worker comparing a message
+    with it, and for resume."""
+    if not as_json:
+        return text
+    value = json.loads(text)
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    return [ChatMessage.model_validate(m) for m in value]
 
 
 def task_argument(body: Any) -> Any:

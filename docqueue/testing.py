@@ -158,8 +158,10 @@ def build_classifier(
     labels: tuple[str, ...] = ("negative", "neutral", "positive"),
     vocab_size: int = 1000,
     seed: int = 0,
+    initializer_range: float = 0.02,
 ) -> Path:
-    """A BERT sequence classifier."""
+    """A BERT sequence classifier (``initializer_range``: the spread of its random
+    weights, BERT's own by default)."""
     from transformers import AutoModelForSequenceClassification, BertConfig
 
     tokenizer = wordpiece_tokenizer(corpus, vocab_size, max_length)
@@ -176,10 +178,19 @@ def build_classifier(
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
         pad_token_id=tokenizer.pad_token_id,
+        initializer_range=initializer_range,
     )
     seed_weights(seed)
     model = AutoModelForSequenceClassification.from_config(config)
     return save_model(path, model, tokenizer)
+
+
+def build_cross_encoder(path: str | Path, corpus: Iterable[str], **options: Any) -> Path:
+    """A BERT cross-encoder (``rerank``): a sequence classifier with one output,
+    reading a query and a passage as a pair (token types 0 and 1); its random
+    weights spread wide enough that passages get scores far apart."""
+    options.setdefault("initializer_range", 0.5)
+    return build_classifier(path, corpus, labels=("relevance",), **options)
 
 
 #: The labels of ``build_nli`` (MNLI's order, as facebook/bart-large-mnli has them).

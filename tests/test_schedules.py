@@ -48,7 +48,7 @@ from docqueue.schedules.config import ScheduleError, TableSource, TaskSpec, load
 from docqueue.schedules.run import run_schedule
 from docqueue.schedules.sources import read_table
 from docqueue.schedules.writeback import WriteBackError, row_values, target_table, upsert
-from docqueue.tasks import names, written_back
+from docqueue.tasks import names, takes_text, written_back
 
 LEASE = 3.0
 
@@ -158,11 +158,27 @@ def test_a_schedules_file_with_a_mistake_is_refused_naming_the_schedule(tmp_path
         assert "hunter2" not in str(refused.value)  # a URL may hold a password
 
 
+def test_a_task_that_takes_fields_is_refused_in_one_line(tmp_path):
+    """A source's rows give text; rerank reads a query and a passage."""
+    path = write_config(
+        tmp_path / "s.toml",
+        '[[schedule]]\nname = "x"\nevery = 5\ntask = "rerank"\nmodel = "m"\n'
+        'source = { url = "sqlite://", table = "t", key = "k", watermark = "w", text = "b" }\n'
+        'into = { table = "out" }\n',
+    )
+    with pytest.raises(ScheduleError) as refused:
+        load(path)
+    assert "rerank takes an object of fields, not a text column" in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
 def test_a_source_key_named_like_any_output_column_is_refused_for_every_task(tmp_path):
     """The names come from the task catalogue (each task's declared write-back
     fields): a task added there is covered here without a change, alone and beside
     another task (prefixed)."""
     assert all(written_back(task) for task in names())
+    text_tasks = [task for task in names() if takes_text(task)]
+    assert len(text_tasks) >= 6
 
     def config(key: str, tasks: str) -> Path:
         return write_config(
@@ -172,7 +188,7 @@ def test_a_source_key_named_like_any_output_column_is_refused_for_every_task(tmp
             'text = "b" }\ninto = { table = "out" }\n',
         )
 
-    for task in names():
+    for task in text_tasks:
         one = f'task = "{task}"\nmodel = "m"'
         two = f'tasks = [ {{ task = "{task}", model = "m" }}, {{ task = "{task}", model = "n" }} ]'
         for tasks, prefix in ((one, ""), (two, f"{task}_m_".replace("-", "_"))):

@@ -5,16 +5,16 @@
   first), which vLLM, infinity and Jina answer too;
 * ``POST /rerank``: TEI's shape (``query``, ``texts``, ``return_text`` in; a list of
   ``index`` and ``score`` out, best first); TEI serves one model, so ``model`` may be
-  left out when live workers serve exactly one embedding model;
+  left out when live workers serve exactly one model that reranks or embeds;
 * ``POST /v1/score``: vLLM's shape (``text_1`` against each ``text_2``, or pairwise
   when both are lists; ``data`` of ``index`` and ``score`` out, in input order).
 
-The scores are cosine similarities of embeddings from an embedding model docqueue
-serves (a bi-encoder, as vLLM's score API does with embedding models): the query and
-each passage are embedded on the interactive lane, each a document in the ledger as
-any ``/v1/embeddings`` input is, each distinct text once.  Cross-encoders, which read
-the query and the passage together, are not served yet: a model that cannot embed
-is refused in one line.
+A model that reranks (a cross-encoder: ``rerank``, a sequence classifier with one
+output) scores each (query, passage) pair as one document; an embedding model
+scores by the cosine of the query's and the passage's embeddings (a bi-encoder, as
+vLLM's score API does with embedding models), each distinct text one document.
+Either way the documents go on the interactive lane and into the ledger, as any
+``/v1/embeddings`` input does; a model that does neither is refused in one line.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ class RerankRequest(_Strict):
     """Cohere's rerank request."""
 
     model: ModelName
-    """The docqueue model's name (GET /v1/models): an embedding model."""
+    """The docqueue model's name (GET /v1/models): a cross-encoder or an embedding
+    model."""
     query: Prompt
     documents: Annotated[list[Prompt | TextObject], Field(min_length=1, max_length=MAX_INPUTS)]
     """The passages: strings, or objects with a ``text`` field."""
@@ -76,7 +77,8 @@ class RerankResult(_Out):
     index: int
     """The passage's position in the request."""
     relevance_score: float
-    """Cosine similarity of the query's and the passage's embeddings."""
+    """The cross-encoder's score in [0, 1], or the cosine similarity of the query's
+    and the passage's embeddings."""
     document: RerankedDocument | None = None
 
 
@@ -99,7 +101,7 @@ class TeiRerankRequest(_Strict):
     query: Prompt
     texts: Texts
     model: ModelName | None = None
-    """Optional: the one embedding model live workers serve when absent."""
+    """Optional: the one model live workers serve that reranks or embeds, when absent."""
     return_text: bool = False
     truncate: bool | None = None
 
@@ -144,12 +146,13 @@ async def rerank(body: RerankRequest, request: Request, client: ClientDep) -> Re
     passages = body.texts()
     _refuse_blank("query", [body.query], listed=False)
     _refuse_blank("documents", passages)
-    scores, tokens, job = await _cosines(request, client, body.model, [body.query], passages)
-    ranked = _best_first(scores[0], body.top_n)
+    pairs = [(body.query, passage) for passage in passages]
+    scores, tokens, job = await _pair_scores(request, client, body.model, pairs)
+    ranked = _best_first(scores, body.top_n)
     results = [
         RerankResult(
             index=i,
-            relevance_score=scores[0][i],
+            relevance_score=scores[i],
             document=RerankedDocument(text=passages[i]) if body.return_documents else None,
         )
         for i in ranked
@@ -167,11 +170,12 @@ async def rerank(body: RerankRequest, request: Request, client: ClientDep) -> Re
 async def rerank_tei(body: TeiRerankRequest, request: Request, client: ClientDep) -> list[TeiRank]:
     _refuse_blank("query", [body.query], listed=False)
     _refuse_blank("texts", body.texts)
-    model = body.model or _the_embedding_model(client)
-    scores, _, _ = await _cosines(request, client, model, [body.query], body.texts)
+    model = body.model or _the_scoring_model(client)
+    pairs = [(body.query, text) for text in body.texts]
+    scores, _, _ = await _pair_scores(request, client, model, pairs)
     return [
-        TeiRank(index=i, score=scores[0][i], text=body.texts[i] if body.return_text else None)
-        for i in _best_first(scores[0], None)
+        TeiRank(index=i, score=scores[i], text=body.texts[i] if body.return_text else None)
+        for i in _best_first(scores, None)
     ]
 
 
@@ -188,9 +192,9 @@ async def score(body: ScoreRequest, request: Request, client: ClientDep) -> Scor
         )
     _refuse_blank("text_1", firsts, listed=not isinstance(body.text_1, str))
     _refuse_blank("text_2", seconds, listed=not isinstance(body.text_2, str))
-    scores, tokens, job = await _cosines(request, client, body.model, firsts, seconds)
-    pairwise = len(firsts) > 1
-    data = [Score(index=i, score=scores[i if pairwise else 0][i]) for i in range(len(seconds))]
+    pairs = [(firsts[i] if len(firsts) > 1 else firsts[0], t) for i, t in enumerate(seconds)]
+    scores, tokens, job = await _pair_scores(request, client, body.model, pairs)
+    data = [Score(index=i, score=score) for i, score in enumerate(scores)]
     return ScoreResponse(
         id=f"score-{job}",
         created=int(time.time()),
@@ -200,18 +204,44 @@ async def score(body: ScoreRequest, request: Request, client: ClientDep) -> Scor
     )
 
 
-async def _cosines(
-    request: Request, client: Client, model: str, queries: list[str], passages: list[str]
-) -> tuple[list[list[float]], int, str]:
-    """Each query's cosine similarity with each passage, the tokens read (each
-    distinct text once) and the first document's job (the response's id)."""
-    _check_embeds(client, model)
-    distinct = list(dict.fromkeys([*queries, *passages]))
-    handles, rows = await submit_and_wait(request, client, "embed", model, distinct, {})
-    vectors = {text: row["embedding"] for text, row in zip(distinct, rows, strict=True)}
+async def _pair_scores(
+    request: Request, client: Client, model: str, pairs: list[tuple[str, str]]
+) -> tuple[list[float], int, str]:
+    """Each pair's score, the tokens the model read and the first document's job
+    (the response's id): a cross-encoder's (``rerank``), one document per pair, or
+    the cosine of an embedding model's embeddings, one document per distinct text."""
+    if _scorer(client, model) == "rerank":
+        documents = [{"query": q, "passage": p} for q, p in pairs]
+        handles, rows = await submit_and_wait(request, client, "rerank", model, documents, {})
+        scores = [float(row["score"]) for row in rows]
+    else:
+        distinct = list(dict.fromkeys(text for pair in pairs for text in pair))
+        handles, rows = await submit_and_wait(request, client, "embed", model, distinct, {})
+        vectors = {text: row["embedding"] for text, row in zip(distinct, rows, strict=True)}
+        scores = [cosine(vectors[q], vectors[p]) for q, p in pairs]
     tokens = sum(int(row.get("prompt_tokens") or 0) for row in rows)
-    scores = [[cosine(vectors[q], vectors[p]) for p in passages] for q in queries]
     return scores, tokens, handles[0].job_id
+
+
+def _scorer(client: Client, model: str) -> str:
+    """``rerank`` for a cross-encoder, ``embed`` for an embedding model (and for a
+    model no live worker serves: the embeddings path says why it cannot run); a
+    model whose live workers do neither is refused in one line."""
+    tasks: list[str] = []
+    for task in ("rerank", "embed"):
+        coverage = client.coverage(model, task, fresh=False)
+        if coverage.doing:
+            return task
+        tasks = coverage.tasks
+    if tasks:
+        raise ApiError(
+            422,
+            f"model {model} neither reranks nor embeds (it does {', '.join(sorted(tasks))}): "
+            "/v1/rerank scores with a cross-encoder, or by the cosine of an embedding "
+            "model's embeddings",
+            "model",
+        )
+    return "embed"
 
 
 def cosine(a: Sequence[float], b: Sequence[float]) -> float:
@@ -235,28 +265,15 @@ def _refuse_blank(name: str, texts: list[str], listed: bool = True) -> None:
             raise ApiError(422, f"{where}: empty text (whitespace only)", where)
 
 
-def _check_embeds(client: Client, model: str) -> None:
-    """Refuse, in one line, a model whose live workers cannot embed (a cross-encoder
-    or any classifier); other problems are the embeddings endpoint's own."""
-    coverage = client.coverage(model, "embed", fresh=False)
-    if not coverage.doing and coverage.tasks:
-        raise ApiError(
-            422,
-            f"model {model} cannot embed (it does {', '.join(sorted(coverage.tasks))}): "
-            "docqueue reranks by the cosine of embeddings from an embedding model; "
-            "cross-encoders are not served yet",
-            "model",
-        )
-
-
-def _the_embedding_model(client: Client) -> str:
-    """The one model live workers serve that embeds (TEI's requests name none)."""
-    embedders = sorted(m.name for m in client.models() if "embed" in m.tasks)
-    if len(embedders) == 1:
-        return embedders[0]
-    found = ", ".join(embedders) if embedders else "none"
+def _the_scoring_model(client: Client) -> str:
+    """The one model live workers serve that reranks or embeds (TEI's requests name
+    none)."""
+    scorers = sorted(m.name for m in client.models() if {"rerank", "embed"} & set(m.tasks))
+    if len(scorers) == 1:
+        return scorers[0]
+    found = ", ".join(scorers) if scorers else "none"
     raise ApiError(
         422,
-        f"name the model: live workers serve {len(embedders)} embedding models ({found})",
+        f"name the model: live workers serve {len(scorers)} models that rerank or embed ({found})",
         "model",
     )

@@ -41,8 +41,9 @@ UserId = (
     | Annotated[int, Field(ge=-(2**63), lt=2**63)]
 )
 CallbackUrl = Annotated[str, StringConstraints(min_length=1, max_length=2048), NoNul]
-#: Text, or chat messages (for generate, with a model that has a chat template).
-Text = str | list[ChatMessage]
+#: Text, chat messages (for generate, with a model that has a chat template), or
+#: named text fields (for rerank: {"query": ..., "passage": ...}).
+Text = str | list[ChatMessage] | dict[FieldName, str]
 Params = ParamsIn
 
 
@@ -61,7 +62,8 @@ class DocumentIn(_Strict):
     id: UserId | None = None
     """Your id for the document (several documents may share one: they are flagged)."""
     text: Text
-    """The text, or chat messages for generate with a model that has a chat template."""
+    """The text, chat messages for generate with a model that has a chat template, or
+    fields for a task that takes them (rerank: {"query": ..., "passage": ...})."""
 
 
 def _document_kind(value: Any) -> str:
@@ -113,7 +115,8 @@ class DocumentCreate(_Strict):
     params: Params = Field(default_factory=dict)
     """Task parameters, e.g. {"labels": ["billing", "outage"]} for classify."""
     text: Text
-    """The text, or chat messages for generate with a model that has a chat template."""
+    """The text, chat messages for generate with a model that has a chat template, or
+    fields for a task that takes them (rerank: {"query": ..., "passage": ...})."""
     id: UserId | None = None
     """Your id for the document."""
 
@@ -122,7 +125,9 @@ class DocumentCreate(_Strict):
 
 
 def _plain(text: Text) -> Any:
-    return text if isinstance(text, str) else [m.model_dump() for m in text]
+    if isinstance(text, (str, dict)):
+        return text
+    return [m.model_dump() for m in text]
 
 
 class UploadFields(_Strict):

@@ -21,7 +21,7 @@ from typing import Any
 from docqueue.errors import Refused
 from docqueue.params import InvalidParams, validate_params
 from docqueue.producer.documents import Checked, Record, check
-from docqueue.tasks import TaskDeclaration, declared, every
+from docqueue.tasks import InputShape, TaskDeclaration, declared, every, fields_of
 
 #: OpenAI's endpoints docqueue runs batch lines of (their bodies are OpenAI's, read
 #: here); the task each runs is the one that declares it.
@@ -257,7 +257,22 @@ def _docqueue_body(task: TaskDeclaration, body: dict[str, Any]) -> Mapped:
     names.update(renamed)
     _check_fields(body, {*names, "input"})
     params = {names[k]: v for k, v in body.items() if k in names and v is not None}
+    shape = fields_of(task.name)
+    if shape is not None:  # an object of the task's fields (rerank: query, passage)
+        return _fields(body, "input", shape), params, {}
     return _text(body, "input"), params, {}
+
+
+def _fields(body: dict[str, Any], name: str, shape: InputShape) -> dict[str, str]:
+    """``body[name]`` as an object of text fields; what each field holds is checked
+    with the document (:func:`docqueue.protocol.fields_problem`)."""
+    value = body.get(name)
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        wanted = ", ".join(f'"{f}": "..."' for f in shape.fields)
+        raise LineError(
+            f"body.{name}: an object of strings is required ({{{wanted}}})", f"body.{name}"
+        )
+    return value
 
 
 # --- a file's lines as documents ------------------------------------------------------

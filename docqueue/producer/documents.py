@@ -61,6 +61,8 @@ class Checked:
     record_id: str | None
     doc: Document | None
     stored_text: str
+    #: Whether ``stored_text`` is JSON (chat messages or fields): the ledger's
+    #: ``chat`` column.
     chat: bool
     truncated: bool
     error: str | None
@@ -151,6 +153,8 @@ def check(record: Record, *, task: str, max_chars: int) -> Checked:
     text = record.text
     if isinstance(text, list):
         return _check_chat(record, task, max_chars)
+    if isinstance(text, Mapping):
+        return _check_fields(record, task, max_chars)
     if not isinstance(text, str):
         if text is None:
             return _rejected(record, "no text (null)")
@@ -185,6 +189,28 @@ def _check_chat(record: Record, task: str, max_chars: int) -> Checked:
         return _rejected(record, f"chat has {size} characters, more than {max_chars}")
     stored = json.dumps([m.model_dump() for m in messages], ensure_ascii=False)
     return Checked(record.id, messages, stored, True, False, None)
+
+
+def _check_fields(record: Record, task: str, max_chars: int) -> Checked:
+    """A document of named text fields (a query and a passage), stored as JSON."""
+    fields = dict(record.text)
+    for name, value in fields.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            shown = name if isinstance(name, str) else repr(name)
+            return _rejected(record, f"field {shown!r} is {json_type(value)}, not a string")
+    if any(_UNSTORABLE.search(name) for name in fields):
+        return _rejected(record, "a field's name holds NUL or a lone surrogate")
+    problem = document_problem(fields, task)
+    if problem:
+        return _rejected(record, problem)
+    for name, value in fields.items():
+        if where := _surrogate_in(value):
+            return _rejected(record, f"field {name!r} is not valid Unicode ({where})")
+    size = document_size(fields)
+    if size > max_chars:
+        return _rejected(record, f"fields hold {size} characters, more than {max_chars}")
+    stored = json.dumps(fields, ensure_ascii=False)
+    return Checked(record.id, fields, stored, True, False, None)
 
 
 def _rejected(record: Record, error: str) -> Checked:

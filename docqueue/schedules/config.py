@@ -36,7 +36,7 @@ from pydantic import (
 
 from docqueue.errors import Refused
 from docqueue.schedules.columns import output_columns
-from docqueue.tasks import canonical, task_list
+from docqueue.tasks import canonical, takes_text, task_list
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -83,6 +83,11 @@ class TaskSpec(_Strict):
         name = canonical(task)
         if name is None:
             raise ValueError(f"unknown task {task!r}; use {task_list()}")
+        if not takes_text(name):  # a source's rows give text, not fields
+            raise ValueError(
+                f"{name} takes an object of fields, not a text column: schedules run "
+                "tasks that read text"
+            )
         return name
 
 

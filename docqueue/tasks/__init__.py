@@ -21,11 +21,12 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
 from docqueue.errors import Refused
-from docqueue.tasks import classify, embed, fill_mask, generate, ner, summarize
+from docqueue.tasks import classify, embed, fill_mask, generate, ner, rerank, summarize
 from docqueue.tasks.declaration import (
     CAUSAL_LM,
     CHAT,
     CLASSIFIER,
+    CROSS_ENCODER,
     ENCODER,
     LANGUAGES,
     MASKED_LM,
@@ -80,7 +81,7 @@ def load_modules(names: Iterable[str]) -> None:
         register(declaration)
 
 
-for _builtin in (classify, summarize, generate, embed, ner, fill_mask):
+for _builtin in (classify, summarize, generate, embed, ner, fill_mask, rerank):
     register(_builtin.TASK)
 
 
@@ -126,11 +127,26 @@ def tasks_of(family: Family) -> tuple[str, ...]:
     return tuple(d.name for d in found)
 
 
+def takes_text(task: str) -> bool:
+    """Whether a task's documents may be plain text (an unknown task's may)."""
+    name = canonical(task)
+    return name is None or TEXT in _CATALOGUE[name].inputs
+
+
 def takes_chat(task: str) -> bool:
     """Whether a task's documents may be chat messages instead of text (an unknown
     task's may not)."""
     name = canonical(task)
     return name is not None and CHAT in _CATALOGUE[name].inputs
+
+
+def fields_of(task: str) -> InputShape | None:
+    """The input shape of named fields a task's documents may be (a query and a
+    passage), or None (an unknown task's, or one that takes text or chat)."""
+    name = canonical(task)
+    if name is None:
+        return None
+    return next((shape for shape in _CATALOGUE[name].inputs if shape.structured), None)
 
 
 def written_back(task: str) -> tuple[tuple[str, FieldKind], ...]:
@@ -242,6 +258,7 @@ __all__ = [
     "CAUSAL_LM",
     "CHAT",
     "CLASSIFIER",
+    "CROSS_ENCODER",
     "ENCODER",
     "LANGUAGES",
     "MASKED_LM",
@@ -273,6 +290,8 @@ __all__ = [
     "names",
     "register",
     "takes_chat",
+    "takes_text",
+    "fields_of",
     "task_list",
     "tasks_of",
     "written_back",

@@ -22,6 +22,9 @@ Family = str
 CLASSIFIER: Family = "classifier"
 #: A sequence classifier trained on NLI: an ``entailment`` label in its id2label.
 NLI: Family = "nli"
+#: A sequence classifier with a single output: a cross-encoder scoring a query and
+#: a passage read together (ms-marco MiniLM, bge-reranker).
+CROSS_ENCODER: Family = "cross-encoder"
 #: A token-classification head (NER, part of speech).
 TOKEN_CLASSIFIER: Family = "token-classifier"
 #: An encoder with its masked-language-model head (BERT, RoBERTa checkpoints).

@@ -31,6 +31,7 @@ from docqueue.errors import Unavailable, one_line
 from docqueue.tasks import (
     CAUSAL_LM,
     CLASSIFIER,
+    CROSS_ENCODER,
     ENCODER,
     MASKED_LM,
     NLI,
@@ -138,7 +139,9 @@ class LoadedModel:
 def family_of(config: Any) -> Family:
     architectures = config.architectures or []
     if any(a.endswith("ForSequenceClassification") for a in architectures):
-        return NLI if entailment_id(config) is not None else CLASSIFIER
+        if entailment_id(config) is not None:
+            return NLI
+        return CROSS_ENCODER if getattr(config, "num_labels", 0) == 1 else CLASSIFIER
     if any(a.endswith("ForTokenClassification") for a in architectures):
         return TOKEN_CLASSIFIER
     if any(a.endswith("ForMaskedLM") for a in architectures):
@@ -251,6 +254,7 @@ def load_model(name: str, source: str, settings: Settings) -> LoadedModel:
     loader = {
         CLASSIFIER: AutoModelForSequenceClassification,
         NLI: AutoModelForSequenceClassification,
+        CROSS_ENCODER: AutoModelForSequenceClassification,
         TOKEN_CLASSIFIER: AutoModelForTokenClassification,
         MASKED_LM: AutoModelForMaskedLM,
         ENCODER: AutoModel,

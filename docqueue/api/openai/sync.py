@@ -134,7 +134,7 @@ def _submit_all(
             as_record((None, document)), task=task, max_chars=client.settings.max_document_chars
         )
         if checked.error:
-            where = "input" if task == "embed" else "prompt"
+            where = "input" if task in ("embed", "rerank") else "prompt"
             where = f"{where}[{index}]" if len(documents) > 1 else where
             raise ApiError(422, f"{where}: {checked.error}", where)
     _check_served(client, model, task)

@@ -155,6 +155,29 @@ class Runner(ABC):
                 features[i] = Features(ids, truncated=bool(enc.overflowing))
         return features
 
+    def readable(self, texts: Sequence[str]) -> list[str]:
+        """Each text, or its first ``CHARS_PER_TOKEN`` characters per token the model
+        reads where those alone hold more tokens than it reads: for a text cut to
+        fit beside another (a premise beside a hypothesis, a passage beside its
+        query), whose tokens past the window are never used, so the rest of a long
+        text is never tokenized.  The word cut at the prefix's end lies past every
+        token a pair keeps."""
+        limit = self.loaded.max_length * CHARS_PER_TOKEN
+        long = [i for i, t in enumerate(texts) if len(t) > limit]
+        readable = list(texts)
+        if not long:
+            return readable
+        prefixes = self.tokenizer(
+            [texts[i][:limit] for i in long],
+            add_special_tokens=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
+        for i, ids in zip(long, prefixes, strict=True):
+            if len(ids) > self.loaded.max_length:
+                readable[i] = texts[i][:limit]
+        return readable
+
     def collate(self, batch: Sequence[Features]) -> dict[str, Any]:
         """Pad to the longest document: input_ids and attention_mask, on the CPU."""
         import numpy as np

@@ -44,6 +44,8 @@ class GenerateRunner(Runner):
         room = self.loaded.max_length - params["max_new_tokens"]
         features: list[Features | str] = []
         for doc in docs:
+            if isinstance(doc, dict):  # refused at intake (generate takes no fields)
+                raise InvalidParams("generate takes text or chat messages, not fields")
             if isinstance(doc, str):
                 ids = self.tokenizer(doc)["input_ids"]
                 prompt: Any = doc

@@ -13,7 +13,7 @@ from docqueue.params import InvalidParams
 from docqueue.protocol import Document
 from docqueue.tasks.classify import HYPOTHESIS_TEMPLATE
 from docqueue.worker.models import entailment_id
-from docqueue.worker.runners.base import CHARS_PER_TOKEN, Features, Output, Rows, collate_rows
+from docqueue.worker.runners.base import Features, Output, Rows, collate_rows
 from docqueue.worker.runners.classify import ClassifyRunner
 
 
@@ -56,7 +56,7 @@ class NliRunner(ClassifyRunner):
             if not isinstance(doc, str):
                 raise InvalidParams("classify takes text, not chat messages")
             texts.append(doc)
-        premises = self.premises(texts)
+        premises = self.readable(texts)
         labels = hypotheses(params)
         n = len(labels)
         encoded = self.tokenizer(  # every document with every hypothesis, in one call
@@ -78,28 +78,6 @@ class NliRunner(ClassifyRunner):
                 Rows([], truncated=truncated, rows=encoded["input_ids"][pairs], types=types)
             )
         return found
-
-    def premises(self, texts: Sequence[str]) -> list[str]:
-        """Each text, or its first ``CHARS_PER_TOKEN`` characters per token the model
-        reads where those alone hold more tokens than it reads: a premise is cut to
-        fit beside each hypothesis, so the rest of a long text is never tokenized
-        (once per label, as a whole text would be)."""
-        limit = self.loaded.max_length * CHARS_PER_TOKEN
-        long = [i for i, t in enumerate(texts) if len(t) > limit]
-        premises = list(texts)
-        if not long:
-            return premises
-        prefixes = self.tokenizer(
-            [texts[i][:limit] for i in long],
-            add_special_tokens=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )["input_ids"]
-        for i, ids in zip(long, prefixes, strict=True):
-            # The word cut at the prefix's end lies past every token a pair keeps.
-            if len(ids) > self.loaded.max_length:
-                premises[i] = texts[i][:limit]
-        return premises
 
     def collate(self, batch: Sequence[Features]) -> dict[str, Any]:
         if batch and isinstance(batch[0], Rows):
