@@ -34,6 +34,9 @@ class Piece:
     end: int
     #: Whether it continues the word of the token before it.
     continues: bool
+    #: Its most likely label's id, and that label's probability.
+    best: int
+    score: float
 
 
 class NerRunner(Runner):
@@ -142,19 +145,25 @@ class NerRunner(Runner):
         the window into one in the document."""
         pieces = []
         unknown = self.tokenizer.unk_token_id
+        tokens = self.tokenizer.convert_ids_to_tokens(list(ids))
+        # Each token's best label and its probability, for the whole window at once.
+        bests = probs.argmax(axis=-1).tolist()
+        scores = probs.max(axis=-1).tolist()
         for i, token_id in enumerate(ids):
             if special[i]:
                 continue
             start, end = offsets[i]
             covered = text[start:end]
-            token = self.tokenizer.convert_ids_to_tokens(token_id)
+            token = tokens[i]
             if token_id == unknown:
                 token, continues = covered, False
             elif self.marks_continuations:
                 continues = len(token) != len(covered)
             else:
                 continues = start > 0 and " " not in text[start - 1 : start + 1]
-            pieces.append(Piece(i + shift, token, probs[i], start, end, continues))
+            pieces.append(
+                Piece(i + shift, token, probs[i], start, end, continues, bests[i], scores[i])
+            )
         return pieces
 
     def entities(self, pieces: list[Piece], params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -173,10 +182,9 @@ class NerRunner(Runner):
         return [g for g in groups if g["entity_group"] not in ignored]
 
     def token_entity(self, piece: Piece) -> dict[str, Any]:
-        best = int(piece.probs.argmax())
         return {
-            "entity": self.labels[best],
-            "score": float(piece.probs[best]),
+            "entity": self.labels[piece.best],
+            "score": piece.score,
             "index": piece.index,
             "word": piece.token,
             "start": piece.start,
@@ -192,10 +200,11 @@ class NerRunner(Runner):
         if how == "first":
             scores = word[0].probs
         elif how == "max":
-            scores = word[0].probs
+            surest = word[0]
             for piece in word[1:]:
-                if piece.probs.max() > scores.max():
-                    scores = piece.probs
+                if piece.score > surest.score:
+                    surest = piece
+            scores = surest.probs
         else:
             scores = np.nanmean(np.stack([p.probs for p in word]), axis=0)
         best = int(scores.argmax())
