@@ -9,7 +9,16 @@ import pytest
 import torch
 
 from docqueue.config import Settings
-from docqueue.tasks import CAUSAL_LM, CLASSIFIER, ENCODER, MASKED_LM, NLI, SEQ2SEQ, TOKEN_CLASSIFIER
+from docqueue.tasks import (
+    CAUSAL_LM,
+    CLASSIFIER,
+    CROSS_ENCODER,
+    ENCODER,
+    MASKED_LM,
+    NLI,
+    SEQ2SEQ,
+    TOKEN_CLASSIFIER,
+)
 from docqueue.worker.dtype import choose_dtype, cpu_bf16_flags
 from docqueue.worker.models import load_model
 
@@ -42,7 +51,7 @@ def test_auto_keeps_fp32_for_generative_models(family):
     assert choice.name == "float32" and "generative" in choice.reason
 
 
-@pytest.mark.parametrize("family", [TOKEN_CLASSIFIER, MASKED_LM])
+@pytest.mark.parametrize("family", [TOKEN_CLASSIFIER, MASKED_LM, CROSS_ENCODER])
 def test_auto_keeps_fp32_for_per_token_answers_no_checkpoint_vouches_for(family):
     choice = choose_dtype("auto", "cpu", family, bf16_flags=["amx_bf16"])
     assert choice.name == "float32" and f"{family} models keep fp32" in choice.reason

@@ -9,7 +9,9 @@ text's embedding in any batch equals its embedding alone within float tolerance)
 
 from __future__ import annotations
 
+import csv
 import io
+import json
 import math
 from typing import Any
 
@@ -18,6 +20,7 @@ import pytest
 import test_api
 import torch
 from test_api import error_of
+from test_cli import docqueue, no_traceback
 from test_openai_batch import jsonl, lines_of, sdk, wait_batch
 from test_runners import CPU, LIMITS
 
@@ -261,3 +264,34 @@ def test_a_cross_encoder_through_rerank_score_the_native_api_and_batch_lines(
     output = lines_of(client, finished.output_file_id)
     for line, score in zip(output, expected[:2], strict=True):
         assert abs(line["response"]["body"]["score"] - score) < 1e-5
+
+
+def test_annotate_reranks_pairs_from_a_jsonl_files_text_objects(tmp_path, cross_encoder):
+    """A JSONL line's text may be the pair itself; a line of plain text is an error
+    row naming what rerank takes."""
+    docs = pair_docs(["The csv module reads rows.", "asyncio runs coroutines."])[:2]
+    lines = [{"id": f"p{i}", "text": d} for i, d in enumerate(docs)]
+    lines.append({"id": "t", "text": "plain text"})
+    source = tmp_path / "pairs.jsonl"
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    done = docqueue(
+        "annotate",
+        str(source),
+        "--task",
+        "text-ranking",
+        "--model",
+        cross_encoder,
+        "--out",
+        "out.csv",
+        cwd=tmp_path,
+    )
+    no_traceback(done)
+    assert done.returncode == 1, done.stderr  # one document failed
+    assert "id t: rerank takes an object of fields (query, passage), not text" in done.stderr
+    with (tmp_path / "out.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    expected = plain_loop(cross_encoder, [(d["query"], d["passage"]) for d in docs])
+    assert [r["status"] for r in rows] == ["done", "done", "failed"]
+    for row, doc, score in zip(rows, docs, expected, strict=False):
+        assert json.loads(row["text"]) == doc
+        assert abs(float(row["score"]) - score) < 1e-5

@@ -200,7 +200,9 @@ def object_record(obj: Any, where: str, text_field: str, id_field: str | None) -
     text = obj[text_field]
     if text is None:
         return Record(None, user_id, f"{where}: no {text_field!r} value (null)", obj)
-    if not isinstance(text, (str, list)):  # a list is a chat, checked with the document
+    # a list is a chat, an object fields (rerank's query and passage): each is
+    # checked with the document, against what its task takes
+    if not isinstance(text, (str, list, dict)):
         kind = json_type(text)
         return Record(None, user_id, f"{where}: {text_field!r} is {kind}, not a string", obj)
     if surrogate := lone_surrogate(text):

@@ -141,7 +141,7 @@ def family_of(config: Any) -> Family:
     if any(a.endswith("ForSequenceClassification") for a in architectures):
         if entailment_id(config) is not None:
             return NLI
-        return CROSS_ENCODER if getattr(config, "num_labels", 0) == 1 else CLASSIFIER
+        return CROSS_ENCODER if _label_count(config) == 1 else CLASSIFIER
     if any(a.endswith("ForTokenClassification") for a in architectures):
         return TOKEN_CLASSIFIER
     if any(a.endswith("ForMaskedLM") for a in architectures):
@@ -151,6 +151,14 @@ def family_of(config: Any) -> Family:
     if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
         return CAUSAL_LM
     return ENCODER
+
+
+def _label_count(config: Any) -> int:
+    """How many outputs a classifier's head has: its id2label's length (a
+    config.json read as JSON has no num_labels; a config without id2label has
+    transformers' default two)."""
+    id2label = getattr(config, "id2label", None)
+    return len(id2label) if id2label else int(getattr(config, "num_labels", 2))
 
 
 def entailment_id(config: Any) -> int | None:
