@@ -135,21 +135,29 @@ skip = {"a", "d", "latency", "singles"}
 run(Options(task="ner", docs=6, baseline_docs=6, skip=skip))
 run(Options(task="fill-mask", docs=6, baseline_docs=6, skip=skip))
 run(Options(task="classify", labels=["python", "web"], docs=6, baseline_docs=6, skip=skip))
+run(Options(task="rerank", docs=6, baseline_docs=6, skip=skip))
 """
 
 
 @pytest.mark.timeout(900)  # three MiniLM-sized models built, and a worker started for each
 def test_bench_encoder_task_arms_against_their_pipelines(tmp_path: Path) -> None:
-    """ner, fill-mask and zero-shot by entailment on MiniLM-shaped random models: each
-    against its pipeline(batch_size=128), in one process."""
+    """ner, fill-mask, zero-shot by entailment and rerank on MiniLM-shaped random
+    models: each against its pipeline(batch_size=128) (rerank, which has none,
+    against the Auto model in batches), in one process."""
     report = run(tmp_path, "-c", ENCODERS, timeout=850)
     parts = report.split("docqueue bench: ")[1:]
-    assert [p.split(",")[0] for p in parts] == ["ner", "fill-mask", "classify"], report
+    assert [p.split(",")[0] for p in parts] == ["ner", "fill-mask", "classify", "rerank"], report
     assert "MiniLM-L6 shape NLI classifier" in parts[2]
+    assert "MiniLM-L6 shape cross-encoder" in parts[3]
     for part in parts:
         rows = arms(part)
+        baseline = (  # no pipeline reranks: the Auto model in a plain loop
+            "(b) Auto model, batches of 128 in input order"
+            if part.startswith("rerank")
+            else "(b) pipeline(batch_size=128)"
+        )
         assert set(rows) == {
-            "(b) pipeline(batch_size=128)",
+            baseline,
             "sorted batches, token budget (hand-written loop)",
             "the model alone: sorted batches, model calls only (the ceiling)",
             "(c) docqueue engine offline",

@@ -2,7 +2,7 @@
 
 (a) HF ``pipeline()`` one document per call (at most 200 documents);
 (b) ``pipeline(batch_size=128)``, or the Auto model in fixed batches of 128 in input
-    order where transformers 5 has no pipeline (summarization);
+    order where transformers 5 has no pipeline (summarization, reranking);
     a plain loop over length-sorted batches with docqueue's token budget (what a
     careful user writes by hand; the engine must beat it);
     the model alone, for the one-pass tasks: the same batches with their forward
@@ -91,7 +91,13 @@ def with_mask(text: str, mask: str, at: int = 4) -> str:
     return " ".join(words)
 
 
-def cycle(texts: list[str], n: int) -> list[str]:
+def as_pair(text: str, words: int = 8) -> dict[str, str]:
+    """rerank's documents: the text as a passage, its first ``words`` words as the
+    query."""
+    return {"query": " ".join(text.split()[:words]), "passage": text}
+
+
+def cycle(texts: list[Any], n: int) -> list[Any]:
     return [texts[i % len(texts)] for i in range(n)]
 
 
@@ -141,6 +147,9 @@ def run(options: Options, say: Callable[[str], None] = print) -> None:
         corpus = [with_mask(text, loaded.tokenizer.mask_token) for text in corpus]
         docs = cycle(corpus, options.docs)
         baseline_docs = docs[:baseline_n]
+    if options.task == "rerank":
+        docs = cycle([as_pair(text) for text in corpus], options.docs)
+        baseline_docs = docs[:baseline_n]
     token_lengths = arms.lengths(runner, docs, params)
     mean_tokens = sum(token_lengths) / len(token_lengths)
     say(
@@ -160,13 +169,16 @@ def run(options: Options, say: Callable[[str], None] = print) -> None:
 
     say(_table_head(generative))
     a_docs = docs[: min(200, baseline_n)]
+    # transformers 5 pipelines neither summarization nor reranking: their baselines
+    # are the Auto model in plain loops
+    no_pipeline = options.task in ("summarize", "rerank")
     if "a" not in options.skip:
-        if options.task == "summarize":
+        if no_pipeline:
             record(arms.fixed_batches_arm(runner, options.task, a_docs, params, 1), len(a_docs))
         else:
             record(arms.pipeline_arm(loaded, options.task, a_docs, params, None), len(a_docs))
     if "b" not in options.skip:
-        if options.task == "summarize":
+        if no_pipeline:
             b = arms.fixed_batches_arm(runner, options.task, baseline_docs, params, arms.BATCH)
         else:
             b = arms.pipeline_arm(loaded, options.task, baseline_docs, params, arms.BATCH)

@@ -32,7 +32,7 @@ from docqueue.worker.models import packaged_embedding_model
 SHAPES = ("micro", "tiny", "minilm", "standard")
 #: The encoder tasks the ``minilm`` shape builds, by model key (``nli``: classify with
 #: zero-shot labels).
-ENCODER_KEYS = ("ner", "fill-mask", "nli")
+ENCODER_KEYS = ("ner", "fill-mask", "nli", "rerank")
 
 
 def describe(shape: str, task: str) -> str:
@@ -47,6 +47,7 @@ def describe(shape: str, task: str) -> str:
         ("minilm", "ner"): "MiniLM-L6 shape token classifier (9 BIO labels), random init",
         ("minilm", "fill-mask"): "MiniLM-L6 shape masked LM (30,522 tokens), random init",
         ("minilm", "nli"): "MiniLM-L6 shape NLI classifier, random init",
+        ("minilm", "rerank"): "MiniLM-L6 shape cross-encoder (one output), random init",
     }[(shape, task)]
 
 
@@ -86,7 +87,11 @@ def _minilm(key: str, path: Path) -> Path:
         )
     tokenizer = AutoTokenizer.from_pretrained(source)
     tokenizer.model_max_length = 256
-    labels: tuple[str, ...] = {"ner": NER_LABELS, "nli": NLI_LABELS}.get(key, ())
+    labels: tuple[str, ...] = {
+        "ner": NER_LABELS,
+        "nli": NLI_LABELS,
+        "rerank": ("relevance",),
+    }.get(key, ())
     config = BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=384,
@@ -105,6 +110,7 @@ def _minilm(key: str, path: Path) -> Path:
         "ner": AutoModelForTokenClassification,
         "fill-mask": AutoModelForMaskedLM,
         "nli": AutoModelForSequenceClassification,
+        "rerank": AutoModelForSequenceClassification,
     }[key]
     return save_model(path, loader.from_config(config), tokenizer)
 
