@@ -154,7 +154,8 @@ def fields_problem(doc: Fields, task: str) -> str | None:
     allowed = (*shape.fields, *shape.optional)
     for name in doc:
         if name not in allowed:
-            return f"unknown field {name!r}: {task} takes {', '.join(allowed)}"
+            shown = name if len(name) <= 100 else name[:100] + "..."
+            return f"unknown field {shown!r}: {task} takes {', '.join(allowed)}"
     for name in shape.fields:
         value = doc.get(name)
         if value is None:

@@ -116,7 +116,8 @@ def test_rerank_and_score_in_the_shapes_search_stacks_call(serve, start_worker, 
     classifier = http.post("/v1/rerank", json={**body, "model": "tiny"})
     message = error_of(classifier, 422)["message"]
     assert message.startswith("model tiny neither reranks nor embeds (it does classify)"), message
-    assert error_of(http.post("/v1/rerank", json={**body, "documents": []}), 422)
+    empty = error_of(http.post("/v1/rerank", json={**body, "documents": []}), 422)
+    assert "documents" in empty["message"] and "at least 1" in empty["message"], empty
     blank = http.post("/v1/rerank", json={**body, "documents": ["a passage", " \n"]})
     assert error_of(blank, 422)["message"] == "documents[1]: empty text (whitespace only)"
     unknown = http.post("/v1/rerank", json={**body, "rank_fields": ["title"]})
@@ -206,7 +207,7 @@ def test_a_cross_encoder_through_rerank_score_the_native_api_and_batch_lines(
     serve, start_worker, cross_encoder, sample_texts
 ):
     start_worker({"xenc": cross_encoder, "mini": packaged_embedding_model()}, dtype="float32")
-    server = serve()
+    server = serve(DOCQUEUE_MAX_DOCUMENT_CHARS="30000")
     http = server.http()
     docs = pair_docs(sample_texts)
     passages = [d["passage"] for d in docs]
@@ -226,9 +227,24 @@ def test_a_cross_encoder_through_rerank_score_the_native_api_and_batch_lines(
     scored = http.post("/v1/score", json=pairs).json()["data"]
     assert [abs(d["score"] - expected[i]) < 1e-5 for i, d in enumerate(scored)] == [True, True]
 
-    # TEI's shape names no model: two models here rerank or embed
+    # TEI's shape names no model: two models here rerank or embed; its other fields
+    # are taken at their defaults, and refused in one line otherwise
     ambiguous = http.post("/rerank", json={"query": "q", "texts": ["a"]})
     assert "name the model: live workers serve 2 models" in error_of(ambiguous, 422)["message"]
+    tei = {"model": "xenc", "query": "q", "texts": ["a", "b"]}
+    plain = http.post("/rerank", json={**tei, "raw_scores": False, "truncation_direction": "Right"})
+    assert plain.status_code == 200, plain.text
+    assert sorted(r["index"] for r in plain.json()) == [0, 1]
+    raw = error_of(http.post("/rerank", json={**tei, "raw_scores": True}), 422)
+    assert raw["param"] == "raw_scores" and "not raw logits" in raw["message"]
+    left = error_of(http.post("/rerank", json={**tei, "truncation_direction": "Left"}), 422)
+    assert left["param"] == "truncation_direction"
+
+    # a pair over the server's document size names the passage it holds
+    long_pair = {**body, "documents": ["short", "x" * 40000]}
+    too_long = error_of(http.post("/v1/rerank", json=long_pair), 422)
+    assert too_long["param"] == "documents[1]", too_long
+    assert too_long["message"].startswith("documents[1]: fields hold 40"), too_long
 
     # one pair through the native API, and a text refused for it in one line
     native = http.post(
@@ -295,3 +311,25 @@ def test_annotate_reranks_pairs_from_a_jsonl_files_text_objects(tmp_path, cross_
     for row, doc, score in zip(rows, docs, expected, strict=False):
         assert json.loads(row["text"]) == doc
         assert abs(float(row["score"]) - score) < 1e-5
+
+    # a Parquet file's text column may be a struct of strings (what annotate writes)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": ["p0", "p1"], "text": docs}), tmp_path / "pairs.parquet")
+    again = docqueue(
+        "annotate",
+        "pairs.parquet",
+        "--task",
+        "rerank",
+        "--model",
+        cross_encoder,
+        "--out",
+        "again.jsonl",
+        cwd=tmp_path,
+    )
+    assert again.returncode == 0, again.stderr
+    lines = (tmp_path / "again.jsonl").read_text().splitlines()
+    answered: list[dict[str, Any]] = [json.loads(line) for line in lines]
+    assert len(answered) == 2
+    assert all(abs(a["score"] - s) < 1e-5 for a, s in zip(answered, expected, strict=True))

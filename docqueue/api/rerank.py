@@ -4,7 +4,8 @@
   ``return_documents`` in; ``results`` of ``index`` and ``relevance_score`` out, best
   first), which vLLM, infinity and Jina answer too;
 * ``POST /rerank``: TEI's shape (``query``, ``texts``, ``return_text`` in; a list of
-  ``index`` and ``score`` out, best first); TEI serves one model, so ``model`` may be
+  ``index`` and ``score`` out, best first; ``raw_scores`` and ``truncation_direction``
+  taken at their defaults); TEI serves one model, so ``model`` may be
   left out when live workers serve exactly one model that reranks or embeds;
 * ``POST /v1/score``: vLLM's shape (``text_1`` against each ``text_2``, or pairwise
   when both are lists; ``data`` of ``index`` and ``score`` out, in input order).
@@ -22,10 +23,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from starlette.concurrency import run_in_threadpool
 
 from docqueue.api.deps import ClientDep
 from docqueue.api.errors import ApiError
@@ -37,6 +40,10 @@ from docqueue.protocol import ModelName
 router = APIRouter(tags=["rerank"])
 
 Texts = Annotated[list[Prompt], Field(min_length=1, max_length=MAX_INPUTS)]
+#: A query's characters at most: a cross-encoder reads it with every passage (so a
+#: request stores it once per passage), and no model reads more than a few thousand.
+MAX_QUERY_CHARS = 8192
+Query = Annotated[Prompt, StringConstraints(max_length=MAX_QUERY_CHARS)]
 
 
 class _Strict(BaseModel):
@@ -57,7 +64,7 @@ class RerankRequest(_Strict):
     model: ModelName
     """The docqueue model's name (GET /v1/models): a cross-encoder or an embedding
     model."""
-    query: Prompt
+    query: Query
     documents: Annotated[list[Prompt | TextObject], Field(min_length=1, max_length=MAX_INPUTS)]
     """The passages: strings, or objects with a ``text`` field."""
     top_n: int | None = Field(None, ge=1)
@@ -83,8 +90,11 @@ class RerankResult(_Out):
 
 
 class Usage(_Out):
+    prompt_tokens: int
+    """Tokens the model read: a cross-encoder reads the query with each passage, an
+    embedding model each distinct text once."""
     total_tokens: int
-    """Tokens the model read, the query's once."""
+    """The same (nothing is generated)."""
 
 
 class RerankResponse(_Out):
@@ -96,14 +106,18 @@ class RerankResponse(_Out):
 
 class TeiRerankRequest(_Strict):
     """TEI's rerank request (``truncate`` is accepted: docqueue always truncates to
-    the model's window)."""
+    the model's window, keeping the start of each text)."""
 
-    query: Prompt
+    query: Query
     texts: Texts
     model: ModelName | None = None
     """Optional: the one model live workers serve that reranks or embeds, when absent."""
     return_text: bool = False
     truncate: bool | None = None
+    raw_scores: bool = False
+    """Only false: docqueue answers scores (a sigmoid, or a cosine), not logits."""
+    truncation_direction: str = "right"
+    """Only right (any case): the end of a long text is cut."""
 
 
 class TeiRank(_Out):
@@ -116,7 +130,7 @@ class ScoreRequest(_Strict):
     """vLLM's score request."""
 
     model: ModelName
-    text_1: Prompt | Texts
+    text_1: Query | Texts
     """One text, scored against each ``text_2``; or a list as long as ``text_2``,
     scored pairwise."""
     text_2: Prompt | Texts
@@ -137,6 +151,16 @@ class ScoreResponse(_Out):
     usage: Usage
 
 
+@dataclass(frozen=True)
+class Pair:
+    """Two texts to score together, and where each is in the request (for errors)."""
+
+    first: str
+    second: str
+    first_place: str
+    second_place: str
+
+
 @router.post(
     "/v1/rerank",
     summary="Rerank passages against a query (Cohere's shape)",
@@ -144,22 +168,18 @@ class ScoreResponse(_Out):
 )
 async def rerank(body: RerankRequest, request: Request, client: ClientDep) -> RerankResponse:
     passages = body.texts()
-    _refuse_blank("query", [body.query], listed=False)
-    _refuse_blank("documents", passages)
-    pairs = [(body.query, passage) for passage in passages]
+    pairs = _against("query", body.query, "documents", passages)
     scores, tokens, job = await _pair_scores(request, client, body.model, pairs)
-    ranked = _best_first(scores, body.top_n)
     results = [
         RerankResult(
             index=i,
             relevance_score=scores[i],
             document=RerankedDocument(text=passages[i]) if body.return_documents else None,
         )
-        for i in ranked
+        for i in _best_first(scores, body.top_n)
     ]
-    return RerankResponse(
-        id=f"rerank-{job}", model=body.model, results=results, usage=Usage(total_tokens=tokens)
-    )
+    usage = Usage(prompt_tokens=tokens, total_tokens=tokens)
+    return RerankResponse(id=f"rerank-{job}", model=body.model, results=results, usage=usage)
 
 
 @router.post(
@@ -168,10 +188,23 @@ async def rerank(body: RerankRequest, request: Request, client: ClientDep) -> Re
     response_model_exclude_none=True,
 )
 async def rerank_tei(body: TeiRerankRequest, request: Request, client: ClientDep) -> list[TeiRank]:
-    _refuse_blank("query", [body.query], listed=False)
-    _refuse_blank("texts", body.texts)
-    model = body.model or _the_scoring_model(client)
-    pairs = [(body.query, text) for text in body.texts]
+    if body.raw_scores:
+        raise ApiError(
+            422,
+            "raw_scores: docqueue answers scores (a cross-encoder's sigmoid, or a cosine), "
+            "not raw logits; leave it false",
+            "raw_scores",
+        )
+    if body.truncation_direction.lower() != "right":
+        raise ApiError(
+            422,
+            "truncation_direction: docqueue cuts the end of a long text (Right) only",
+            "truncation_direction",
+        )
+    pairs = _against("query", body.query, "texts", body.texts)
+    model = body.model
+    if not model:
+        model = str(await run_in_threadpool(_the_scoring_model, client))
     scores, _, _ = await _pair_scores(request, client, model, pairs)
     return [
         TeiRank(index=i, score=scores[i], text=body.texts[i] if body.return_text else None)
@@ -181,44 +214,78 @@ async def rerank_tei(body: TeiRerankRequest, request: Request, client: ClientDep
 
 @router.post("/v1/score", summary="Score text pairs (vLLM's shape)")
 async def score(body: ScoreRequest, request: Request, client: ClientDep) -> ScoreResponse:
-    firsts = [body.text_1] if isinstance(body.text_1, str) else list(body.text_1)
     seconds = [body.text_2] if isinstance(body.text_2, str) else list(body.text_2)
-    if len(firsts) > 1 and len(firsts) != len(seconds):
+    second_places = _places("text_2", len(seconds), isinstance(body.text_2, list))
+    if isinstance(body.text_1, str):
+        pairs = _against("text_1", body.text_1, "text_2", seconds, second_places)
+    elif len(body.text_1) != len(seconds):
         raise ApiError(
             422,
-            f"text_1 holds {len(firsts)} texts and text_2 {len(seconds)}: a list of "
+            f"text_1 holds {len(body.text_1)} texts and text_2 {len(seconds)}: a list of "
             "text_1 is scored pairwise with text_2, so they must be as long",
             "text_1",
         )
-    _refuse_blank("text_1", firsts, listed=not isinstance(body.text_1, str))
-    _refuse_blank("text_2", seconds, listed=not isinstance(body.text_2, str))
-    pairs = [(firsts[i] if len(firsts) > 1 else firsts[0], t) for i, t in enumerate(seconds)]
+    else:
+        first_places = _places("text_1", len(body.text_1), True)
+        pairs = [
+            Pair(*texts, *places)
+            for texts, places in zip(
+                zip(body.text_1, seconds, strict=True),
+                zip(first_places, second_places, strict=True),
+                strict=True,
+            )
+        ]
+        _refuse_blank(pairs)
     scores, tokens, job = await _pair_scores(request, client, body.model, pairs)
-    data = [Score(index=i, score=score) for i, score in enumerate(scores)]
     return ScoreResponse(
         id=f"score-{job}",
         created=int(time.time()),
         model=body.model,
-        data=data,
-        usage=Usage(total_tokens=tokens),
+        data=[Score(index=i, score=score) for i, score in enumerate(scores)],
+        usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
     )
 
 
+def _places(name: str, count: int, listed: bool = True) -> list[str]:
+    return [f"{name}[{i}]" if listed else name for i in range(count)]
+
+
+def _against(
+    name: str, text: str, others_name: str, others: list[str], places: list[str] | None = None
+) -> list[Pair]:
+    """``text`` paired with each of ``others``, blank texts refused."""
+    places = places or _places(others_name, len(others))
+    pairs = [Pair(text, other, name, place) for other, place in zip(others, places, strict=True)]
+    _refuse_blank(pairs)
+    return pairs
+
+
 async def _pair_scores(
-    request: Request, client: Client, model: str, pairs: list[tuple[str, str]]
+    request: Request, client: Client, model: str, pairs: list[Pair]
 ) -> tuple[list[float], int, str]:
     """Each pair's score, the tokens the model read and the first document's job
     (the response's id): a cross-encoder's (``rerank``), one document per pair, or
     the cosine of an embedding model's embeddings, one document per distinct text."""
-    if _scorer(client, model) == "rerank":
-        documents = [{"query": q, "passage": p} for q, p in pairs]
-        handles, rows = await submit_and_wait(request, client, "rerank", model, documents, {})
+    if await run_in_threadpool(_scorer, client, model) == "rerank":
+        documents = [{"query": p.first, "passage": p.second} for p in pairs]
+        places = [p.second_place for p in pairs]
+        handles, rows = await submit_and_wait(
+            request, client, "rerank", model, documents, {}, places
+        )
         scores = [float(row["score"]) for row in rows]
     else:
-        distinct = list(dict.fromkeys(text for pair in pairs for text in pair))
-        handles, rows = await submit_and_wait(request, client, "embed", model, distinct, {})
-        vectors = {text: row["embedding"] for text, row in zip(distinct, rows, strict=True)}
-        scores = [cosine(vectors[q], vectors[p]) for q, p in pairs]
+        distinct: dict[str, str] = {}  # each text once, with where it first is
+        for p in pairs:
+            distinct.setdefault(p.first, p.first_place)
+            distinct.setdefault(p.second, p.second_place)
+        texts = list(distinct)
+        handles, rows = await submit_and_wait(
+            request, client, "embed", model, texts, {}, list(distinct.values())
+        )
+        vectors = {text: row["embedding"] for text, row in zip(texts, rows, strict=True)}
+        scores = await run_in_threadpool(
+            lambda: [cosine(vectors[p.first], vectors[p.second]) for p in pairs]
+        )
     tokens = sum(int(row.get("prompt_tokens") or 0) for row in rows)
     return scores, tokens, handles[0].job_id
 
@@ -256,13 +323,13 @@ def _best_first(scores: list[float], top_n: int | None) -> list[int]:
     return ranked if top_n is None else ranked[:top_n]
 
 
-def _refuse_blank(name: str, texts: list[str], listed: bool = True) -> None:
-    """422 naming the first text that holds nothing but whitespace (an embedding
-    model has nothing to read), before anything is queued."""
-    for i, text in enumerate(texts):
-        if not text.strip():
-            where = f"{name}[{i}]" if listed else name
-            raise ApiError(422, f"{where}: empty text (whitespace only)", where)
+def _refuse_blank(pairs: list[Pair]) -> None:
+    """422 naming the first text that holds nothing but whitespace (a model has
+    nothing to read), before anything is queued."""
+    for pair in pairs:
+        for text, where in ((pair.first, pair.first_place), (pair.second, pair.second_place)):
+            if not text.strip():
+                raise ApiError(422, f"{where}: empty text (whitespace only)", where)
 
 
 def _the_scoring_model(client: Client) -> str:

@@ -196,9 +196,9 @@ def forward_only_arm(
     runner: Runner, docs: Sequence[str], params: dict[str, Any], max_rows: int = 256
 ) -> Arm:
     """The model alone: the sorted arm's batches, tokenized and collated before the
-    clock starts, and only the forward passes timed.  No scheduler runs the same
-    model at the same dtype faster than this: (b)'s time over this one is the most
-    any batching could gain over (b)."""
+    clock starts, and only the forward passes timed: the ceiling for these batches
+    (no scheduler sending them runs the model faster at this dtype), so (b)'s time
+    over this one is about the most batching could gain over (b)."""
     features = tokenized(runner.preprocess(docs, params))
     ordered = sorted(features, key=lambda f: f.length)
     batches = [runner.collate(c) for c in _cut(runner, ordered, params, None, max_rows)]

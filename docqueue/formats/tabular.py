@@ -61,11 +61,20 @@ def _check_type(path: Path, columns: Mapping[str, Any], text_field: str) -> None
     kind = columns[text_field]
     if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind):
         return
-    if _is_chat(pa, kind):
+    if _is_chat(pa, kind) or _is_fields(pa, kind):
         return
     raise InputError(
-        f"{path}: column {text_field!r} is {kind}, not text (strings) or chat messages "
-        "(lists of structs with role and content)"
+        f"{path}: column {text_field!r} is {kind}, not text (strings), chat messages "
+        "(lists of structs with role and content) or fields (a struct of strings: "
+        "rerank's query and passage)"
+    )
+
+
+def _is_fields(pa: Any, kind: Any) -> bool:
+    """A struct of strings: documents of named fields (rerank's query and passage)."""
+    return pa.types.is_struct(kind) and all(
+        pa.types.is_string(kind.field(i).type) or pa.types.is_large_string(kind.field(i).type)
+        for i in range(kind.num_fields)
     )
 
 

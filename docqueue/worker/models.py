@@ -141,7 +141,10 @@ def family_of(config: Any) -> Family:
     if any(a.endswith("ForSequenceClassification") for a in architectures):
         if entailment_id(config) is not None:
             return NLI
-        return CROSS_ENCODER if _label_count(config) == 1 else CLASSIFIER
+        # one output: a cross-encoder's score, unless the head is a multi-label
+        # classifier of one label (classify's sigmoid)
+        multi_label = getattr(config, "problem_type", None) == "multi_label_classification"
+        return CROSS_ENCODER if _label_count(config) == 1 and not multi_label else CLASSIFIER
     if any(a.endswith("ForTokenClassification") for a in architectures):
         return TOKEN_CLASSIFIER
     if any(a.endswith("ForMaskedLM") for a in architectures):

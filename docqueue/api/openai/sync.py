@@ -114,28 +114,39 @@ async def submit_and_wait(
     model: str,
     documents: Sequence[Any],
     params: dict[str, Any],
+    places: Sequence[str] | None = None,
 ) -> tuple[list[ResultHandle], list[dict[str, Any]]]:
     """Queue each document on the interactive lane and wait for every result: the
-    handles and the result rows, in input order."""
-    handles = await run_in_threadpool(_submit_all, client, task, model, documents, params)
+    handles and the result rows, in input order.  ``places``: where each document
+    is in the request, for errors (default ``input[i]``, or ``prompt[i]``)."""
+    where = list(places) if places is not None else _places(task, len(documents))
+    handles = await run_in_threadpool(_submit_all, client, task, model, documents, params, where)
     settings: Settings = request.app.state.settings
-    rows = await _wait_all(request.app.state.notices, handles, settings.api_sync_timeout)
+    rows = await _wait_all(request.app.state.notices, handles, settings.api_sync_timeout, where)
     return handles, rows
 
 
+def _places(task: str, count: int) -> list[str]:
+    name = "input" if task == "embed" else "prompt"
+    return [f"{name}[{i}]" if count > 1 else name for i in range(count)]
+
+
 def _submit_all(
-    client: Client, task: str, model: str, documents: Sequence[Any], params: dict[str, Any]
+    client: Client,
+    task: str,
+    model: str,
+    documents: Sequence[Any],
+    params: dict[str, Any],
+    places: Sequence[str],
 ) -> list[ResultHandle]:
     """Every document queued, or none: everything that can be checked before the
     first is queued is checked first."""
     validate_params(task, params)  # again by submit, with the workers' token cap
-    for index, document in enumerate(documents):
+    for document, where in zip(documents, places, strict=True):
         checked = check(
             as_record((None, document)), task=task, max_chars=client.settings.max_document_chars
         )
         if checked.error:
-            where = "input" if task in ("embed", "rerank") else "prompt"
-            where = f"{where}[{index}]" if len(documents) > 1 else where
             raise ApiError(422, f"{where}: {checked.error}", where)
     _check_served(client, model, task)
     return [client.submit(doc, task=task, model=model, params=params) for doc in documents]
@@ -157,21 +168,20 @@ def _check_served(client: Client, model: str, task: str) -> None:
 
 
 async def _wait_all(
-    notices: DoneNotices, handles: list[ResultHandle], timeout: float
+    notices: DoneNotices, handles: list[ResultHandle], timeout: float, places: Sequence[str]
 ) -> list[dict[str, Any]]:
     """Each document's result, woken by the process's one subscription (no thread
     or Redis connection held while waiting); 504, 422 or 409 when one has none."""
     deadline = time.monotonic() + timeout
     rows = []
-    for index, handle in enumerate(handles):
+    for handle, where in zip(handles, places, strict=True):
         await notices.wait(handle, max(0.0, deadline - time.monotonic()))
         row = await run_in_threadpool(handle.read)
         if row is None:
             raise _timed_out(handles, timeout)
         if row["status"] == "failed":
-            where = f" input {index}" if len(handles) > 1 else ""
             error = row.get("error") or "unknown error"
-            raise ApiError(422, f"the model could not run{where}: {error}", "input")
+            raise ApiError(422, f"the model could not run {where}: {error}", where)
         if row["status"] == "cancelled":
             raise ApiError(409, f"job {handle.job_id} was cancelled before its result was computed")
         rows.append(row)

@@ -160,8 +160,9 @@ class Runner(ABC):
         reads where those alone hold more tokens than it reads: for a text cut to
         fit beside another (a premise beside a hypothesis, a passage beside its
         query), whose tokens past the window are never used, so the rest of a long
-        text is never tokenized.  The word cut at the prefix's end lies past every
-        token a pair keeps."""
+        text is never tokenized.  A prefix is used only when it holds twice the
+        tokens the model reads, so the word cut at its end lies far past every token
+        a pair keeps."""
         limit = self.loaded.max_length * CHARS_PER_TOKEN
         long = [i for i, t in enumerate(texts) if len(t) > limit]
         readable = list(texts)
@@ -174,7 +175,7 @@ class Runner(ABC):
             return_token_type_ids=False,
         )["input_ids"]
         for i, ids in zip(long, prefixes, strict=True):
-            if len(ids) > self.loaded.max_length:
+            if len(ids) >= 2 * self.loaded.max_length:
                 readable[i] = texts[i][:limit]
         return readable
 
