@@ -66,8 +66,9 @@ def create_job(
     body: JobCreate, response: Response, client: ClientDep, key: IdempotencyKey = None
 ) -> JobOut:
     """Documents are strings or objects with `text` (a string, chat messages for
-    generate, or fields for rerank: `{"query": ..., "passage": ...}`) and your `id`.  A document that cannot run gets an error row naming
-    the problem; a list none of which can run is refused."""
+    generate, or fields for rerank: `{"query": ..., "passage": ...}`) and your
+    `id`.  A document that cannot run gets an error row naming the problem; a list
+    none of which can run is refused."""
     known_model(client, body.model, body.task)
     digest = request_digest("jobs", body.model_dump(mode="json")) if key else None
     spec = JobSpec(
