@@ -420,10 +420,16 @@ def _row(arm: Arm, generative: bool) -> str:
     third = arm.new_tokens if generative else arm.padded_tokens
     third_text = f"{third * per_s:,.0f}" if third is not None else "n/a"
     return (
-        f"| {arm.name} | {arm.docs:,} | {arm.seconds:,.2f} | {arm.docs_per_second:,.1f} | "
+        f"| {arm.name} | {arm.docs:,} | {_seconds(arm.seconds)} | {arm.docs_per_second:,.1f} | "
         f"{arm.real_tokens * per_s:,.0f} | {third_text} | {_mib(arm.peak_gpu_bytes)} |"
         + (f" {'; '.join(arm.notes)}" if arm.notes else "")
     )
+
+
+def _seconds(value: float) -> str:
+    """Two decimals, or six below a tenth of a second (the model alone on a few
+    tiny documents takes milliseconds)."""
+    return f"{value:,.2f}" if value >= 0.1 else f"{value:.6f}"
 
 
 def _ratios(results: list[Arm]) -> str:

@@ -15,6 +15,7 @@ from docqueue.core.errors import UnknownJob
 from docqueue.core.services import Services, services_of
 from docqueue.db import jobs as ledger
 from docqueue.db import webhooks
+from docqueue.db.engine import one_snapshot
 from docqueue.db.jobs import JOB_STATES, JobInfo, JobSummary, Progress
 from docqueue.db.webhooks import DeliveryState
 from docqueue.db.workers import WorkerState
@@ -123,6 +124,8 @@ class JobHandle:
         task (what ``docqueue status`` prints); raises :class:`UnknownJob`."""
         job = self.info()
         with self.services.db.connect() as conn:
+            # progress and pace in one snapshot: the refused count is their difference
+            conn = one_snapshot(conn)
             progress = ledger.progress(conn, self.id)
             pace = ledger.pace(conn, self.id)
         if progress is None:  # deleted meanwhile

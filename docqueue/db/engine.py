@@ -70,6 +70,17 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def one_snapshot(conn: Connection) -> Connection:
+    """``conn`` with its reads seeing one snapshot of the database until its
+    transaction ends: REPEATABLE READ on PostgreSQL, whose default (READ COMMITTED)
+    lets each statement see rows committed after the one before (two counts of one
+    job, read one after the other while a worker writes, would disagree).  A SQLite
+    read transaction sees one snapshot already.  Call before the first statement."""
+    if conn.dialect.name == "postgresql":
+        return conn.execution_options(isolation_level="REPEATABLE READ")
+    return conn
+
+
 def ping(conn: Connection) -> None:
     """Ask the database for nothing: raises when it cannot be reached."""
     conn.execute(text("SELECT 1"))
