@@ -162,23 +162,16 @@ def build_classifier(
 ) -> Path:
     """A BERT sequence classifier (``initializer_range``: the spread of its random
     weights, BERT's own by default)."""
-    from transformers import AutoModelForSequenceClassification, BertConfig
+    from transformers import AutoModelForSequenceClassification
 
     tokenizer = wordpiece_tokenizer(corpus, vocab_size, max_length)
-    # Configs take PretrainedConfig's extra keywords (num_labels, token ids) at run time;
-    # the signature transformers declares for type checkers lists the fields only.
-    config = BertConfig(  # type: ignore[call-arg]
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=max(1, hidden // 16),
-        intermediate_size=hidden * 2,
-        max_position_embeddings=max_length,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-        pad_token_id=tokenizer.pad_token_id,
+    config = _bert_config(
+        tokenizer,
+        hidden,
+        layers,
+        max_length,
         initializer_range=initializer_range,
+        **_labelled(labels),
     )
     seed_weights(seed)
     model = AutoModelForSequenceClassification.from_config(config)
@@ -235,18 +228,20 @@ def build_nli(
 ) -> Path:
     """A BERT sequence classifier whose labels make it an NLI model (``entailment``
     among them): zero-shot classification by entailment, premise and hypothesis as
-    a pair with token type ids."""
-    from transformers import AutoModelForSequenceClassification
-
-    tokenizer = wordpiece_tokenizer(corpus, vocab_size, max_length)
-    # Weights drawn wide: BERT's default (0.02) leaves a tiny model's logits within
-    # 1e-6 of each other, and the labels' order a matter of rounding.
-    config = _bert_config(
-        tokenizer, hidden, layers, max_length, initializer_range=0.5, **_labelled(labels)
+    a pair with token type ids.  Its weights are drawn wide: BERT's default (0.02)
+    leaves a tiny model's logits within 1e-6 of each other, and the labels' order a
+    matter of rounding."""
+    return build_classifier(
+        path,
+        corpus,
+        hidden=hidden,
+        layers=layers,
+        max_length=max_length,
+        labels=labels,
+        vocab_size=vocab_size,
+        seed=seed,
+        initializer_range=0.5,
     )
-    seed_weights(seed)
-    model = AutoModelForSequenceClassification.from_config(config)
-    return save_model(path, model, tokenizer)
 
 
 def build_token_classifier(
