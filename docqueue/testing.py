@@ -14,6 +14,7 @@ and runners need.
 * ``build_token_classifier``: a BERT token classifier with BIO labels (``ner``),
   its tokenizer WordPiece or byte-level BPE;
 * ``build_masked_lm``: a BERT masked language model (``fill-mask``, ``embed``);
+* ``build_question_answerer``: a BERT extractive question-answering model (``answer``);
 * ``build_seq2seq``: a BART or T5 encoder-decoder (``summarize``);
 * ``build_causal_lm``: a GPT-2 or Llama decoder, the Llama one with a chat template
   (``generate``);
@@ -47,6 +48,7 @@ __all__ = [
     "build_head_on",
     "build_masked_lm",
     "build_nli",
+    "build_question_answerer",
     "build_token_classifier",
     "build_seq2seq",
     "save_model",
@@ -65,7 +67,8 @@ def _texts(corpus: Iterable[str]) -> list[str]:
 
 
 def wordpiece_tokenizer(corpus: Iterable[str], vocab_size: int, max_length: int) -> Any:
-    """A BERT-style tokenizer: lower-cased WordPiece, [CLS] text [SEP]."""
+    """A BERT-style tokenizer: lower-cased WordPiece, [CLS] text [SEP], and token
+    types (0 for a pair's first text, 1 for its second) among a model's inputs."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from tokenizers.trainers import WordPieceTrainer
     from transformers import PreTrainedTokenizerFast
@@ -91,6 +94,7 @@ def wordpiece_tokenizer(corpus: Iterable[str], vocab_size: int, max_length: int)
         sep_token="[SEP]",
         mask_token="[MASK]",
         model_max_length=max_length,
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
     )
 
 
@@ -290,6 +294,35 @@ def build_masked_lm(
     config = _bert_config(tokenizer, hidden, layers, max_length)
     seed_weights(seed)
     model = AutoModelForMaskedLM.from_config(config)
+    return save_model(path, model, tokenizer)
+
+
+def build_question_answerer(
+    path: str | Path,
+    corpus: Iterable[str],
+    *,
+    hidden: int = 32,
+    layers: int = 1,
+    max_length: int = 128,
+    vocab_size: int = 1000,
+    seed: int = 0,
+    initializer_range: float = 0.5,
+    tokenizer: Any = None,
+) -> Path:
+    """A BERT extractive question-answering model (``answer``): start and end logits
+    per token over a question and its context read as a pair; its random weights
+    spread wide, so a window's best span stands clear of the next.  ``tokenizer``:
+    one to use instead of training a new one (a trained WordPiece vocabulary's ids
+    differ from one run to the next; the weights, seeded, do not)."""
+    from transformers import AutoModelForQuestionAnswering
+
+    if tokenizer is None:
+        tokenizer = wordpiece_tokenizer(corpus, vocab_size, max_length)
+    config = _bert_config(
+        tokenizer, hidden, layers, max_length, initializer_range=initializer_range
+    )
+    seed_weights(seed)
+    model = AutoModelForQuestionAnswering.from_config(config)
     return save_model(path, model, tokenizer)
 
 

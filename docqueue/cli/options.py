@@ -56,7 +56,14 @@ LabelsFileOpt = Annotated[
         '(["billing", ...] or {"billing": "description", ...})',
     ),
 ]
-TextFieldOpt = Annotated[str, typer.Option("--text-field", help="Field holding the text")]
+TextFieldOpt = Annotated[
+    str,
+    typer.Option(
+        "--text-field",
+        help="Field holding the text; or NAME=FIELD,... for tasks whose documents are "
+        "named fields: question=q,context=passage (answer), query=q,passage=p (rerank)",
+    ),
+]
 JobNameOpt = Annotated[
     str | None,
     typer.Option("--name", help="A name for the job (docqueue jobs --name NAME finds it)"),

@@ -56,8 +56,59 @@ def read_documents(
     path: str | Path, *, text_field: str = "text", id_field: str | None = "id"
 ) -> Iterator[Record]:
     """The file's documents (its format from its name); raises :class:`InputError` at
-    once for a file that cannot give a single one."""
-    path = Path(path)
+    once for a file that cannot give a single one.
+
+    ``text_field`` names the field (column) holding each document's text, or maps
+    a task's named fields to fields of the file, ``question=q,context=passage``:
+    each document is then an object of fields (a question and its context, a query
+    and a passage) read from those fields of its row."""
+    columns = field_columns(text_field)
+    if columns is None:
+        return _read(Path(path), text_field, id_field)
+    return _with_fields(_read(Path(path), next(iter(columns.values())), id_field), columns)
+
+
+def field_columns(text_field: str) -> dict[str, str] | None:
+    """The named fields a ``name=field,...`` text field maps to fields of the file,
+    or None for a plain text field."""
+    if "=" not in text_field:
+        return None
+    columns: dict[str, str] = {}
+    for part in text_field.split(","):
+        name, _, column = (p.strip() for p in part.partition("="))
+        if not name or not column:
+            raise InputError(f"text field {text_field!r}: expected NAME=FIELD,NAME=FIELD")
+        if name in columns:
+            raise InputError(f"text field {text_field!r}: {name!r} is named twice")
+        columns[name] = column
+    return columns
+
+
+def _with_fields(records: Iterator[Record], columns: dict[str, str]) -> Iterator[Record]:
+    """Each record's document as an object of named fields, from its row's fields;
+    a file whose first row lacks one of them is refused at once."""
+    first = True
+    for record in records:
+        row = record.fields or {}
+        if first and record.error is None:
+            missing = [c for c in columns.values() if c not in row]
+            if missing:
+                raise InputError(f"no field {missing[0]!r} (fields: {shown(row) or 'none'})")
+        first = False
+        if record.error is not None:
+            yield record
+            continue
+        values = {name: row.get(column) for name, column in columns.items()}
+        absent = next((c for n, c in columns.items() if values[n] is None), None)
+        if absent is not None:
+            yield replace(record, text=None, error=f"no {absent!r} value (null)")
+            continue
+        yield replace(
+            record, text={n: v if isinstance(v, str) else str(v) for n, v in values.items()}
+        )
+
+
+def _read(path: Path, text_field: str, id_field: str | None) -> Iterator[Record]:
     if path.is_dir():
         return read_dataset(path, text_field=text_field, id_field=id_field)
     if not path.is_file():

@@ -21,7 +21,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
 from docqueue.errors import Refused
-from docqueue.tasks import classify, embed, fill_mask, generate, ner, rerank, summarize
+from docqueue.tasks import answer, classify, embed, fill_mask, generate, ner, rerank, summarize
 from docqueue.tasks.declaration import (
     CAUSAL_LM,
     CHAT,
@@ -33,6 +33,7 @@ from docqueue.tasks.declaration import (
     NLI,
     PAIR,
     QUESTION,
+    QUESTION_ANSWERER,
     SEQ2SEQ,
     TEXT,
     TOKEN_CLASSIFIER,
@@ -81,7 +82,7 @@ def load_modules(names: Iterable[str]) -> None:
         register(declaration)
 
 
-for _builtin in (classify, summarize, generate, embed, ner, fill_mask, rerank):
+for _builtin in (classify, summarize, generate, embed, ner, fill_mask, rerank, answer):
     register(_builtin.TASK)
 
 
@@ -265,6 +266,7 @@ __all__ = [
     "NLI",
     "PAIR",
     "QUESTION",
+    "QUESTION_ANSWERER",
     "SEQ2SEQ",
     "TEXT",
     "TOKEN_CLASSIFIER",

@@ -27,6 +27,8 @@ NLI: Family = "nli"
 CROSS_ENCODER: Family = "cross-encoder"
 #: A token-classification head (NER, part of speech).
 TOKEN_CLASSIFIER: Family = "token-classifier"
+#: An extractive question-answering head (start and end logits per token).
+QUESTION_ANSWERER: Family = "question-answerer"
 #: An encoder with its masked-language-model head (BERT, RoBERTa checkpoints).
 MASKED_LM: Family = "masked-lm"
 ENCODER: Family = "encoder"

@@ -10,9 +10,10 @@
   docqueue.bench.bf16``, figures in BENCHMARKS.md), NLI classifiers among them
   (one label per document, as classify); float32 for generative models, which no
   real checkpoint here could vouch for (a greedy decode may drift from fp32 after
-  one flipped token), and for token classifiers, masked language models and
-  cross-encoders, for the same reason: their answers are a label per token, a
-  ranking over the whole vocabulary and a score that orders passages, more fragile
+  one flipped token), and for token classifiers, masked language models,
+  cross-encoders and question answering, for the same reason: their answers are a
+  label per token, a ranking over the whole vocabulary, a score that orders passages
+  and a span chosen among close scores, more fragile
   than one label per document, and no real checkpoint of any is at hand to
   measure them;
 * float32 on any other CPU, where bf16 is emulated and slower than fp32.

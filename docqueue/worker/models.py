@@ -35,6 +35,7 @@ from docqueue.tasks import (
     ENCODER,
     MASKED_LM,
     NLI,
+    QUESTION_ANSWERER,
     SEQ2SEQ,
     TOKEN_CLASSIFIER,
     Family,
@@ -147,6 +148,8 @@ def family_of(config: Any) -> Family:
         return CROSS_ENCODER if _label_count(config) == 1 and not multi_label else CLASSIFIER
     if any(a.endswith("ForTokenClassification") for a in architectures):
         return TOKEN_CLASSIFIER
+    if any(a.endswith("ForQuestionAnswering") for a in architectures):
+        return QUESTION_ANSWERER
     if any(a.endswith("ForMaskedLM") for a in architectures):
         return MASKED_LM
     if getattr(config, "is_encoder_decoder", False):
@@ -246,6 +249,7 @@ def load_model(name: str, source: str, settings: Settings) -> LoadedModel:
         AutoModel,
         AutoModelForCausalLM,
         AutoModelForMaskedLM,
+        AutoModelForQuestionAnswering,
         AutoModelForSeq2SeqLM,
         AutoModelForSequenceClassification,
         AutoModelForTokenClassification,
@@ -268,6 +272,7 @@ def load_model(name: str, source: str, settings: Settings) -> LoadedModel:
         CROSS_ENCODER: AutoModelForSequenceClassification,
         TOKEN_CLASSIFIER: AutoModelForTokenClassification,
         MASKED_LM: AutoModelForMaskedLM,
+        QUESTION_ANSWERER: AutoModelForQuestionAnswering,
         ENCODER: AutoModel,
         SEQ2SEQ: AutoModelForSeq2SeqLM,
         CAUSAL_LM: AutoModelForCausalLM,

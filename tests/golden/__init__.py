@@ -1,0 +1,1 @@
+"""Golden outputs of other libraries, recorded once (see record.py)."""
