@@ -15,7 +15,11 @@ and runners need.
   its tokenizer WordPiece or byte-level BPE;
 * ``build_masked_lm``: a BERT masked language model (``fill-mask``, ``embed``);
 * ``build_question_answerer``: a BERT extractive question-answering model (``answer``);
-* ``build_seq2seq``: a BART or T5 encoder-decoder (``summarize``);
+* ``build_seq2seq``: a BART or T5 encoder-decoder (``summarize``; ``translate`` by
+  T5's prefixes, ``translation_prefixes``);
+* ``build_translator``: a Marian (one pair, or several targets by ``>>xx<<``
+  tokens) or M2M100 (languages as forced first tokens) translation model, with
+  sentencepiece tokenizers (``translate``; needs the ``sentencepiece`` package);
 * ``build_causal_lm``: a GPT-2 or Llama decoder, the Llama one with a chat template
   (``generate``);
 * ``build_head_on``: an existing checkpoint with a new, seeded classification head.
@@ -50,6 +54,8 @@ __all__ = [
     "build_nli",
     "build_question_answerer",
     "build_token_classifier",
+    "build_translator",
+    "sentencepiece_vocabulary",
     "build_seq2seq",
     "save_model",
     "seed_weights",
@@ -366,12 +372,21 @@ def build_seq2seq(
     max_length: int = 256,
     vocab_size: int = 1000,
     seed: int = 0,
+    translation_prefixes: dict[tuple[str, str], str] | None = None,
+    tokenizer: Any = None,
+    spread: float | None = None,
 ) -> Path:
-    """A BART or T5 encoder-decoder."""
+    """A BART or T5 encoder-decoder.  ``translation_prefixes``: the text prefix of
+    each (source, target) language pair, as T5's config declares them
+    (``task_specific_params``); ``tokenizer``: one to use instead of training one;
+    ``spread``: how wide its random weights spread (T5's ``initializer_factor``,
+    BART's ``init_std``; a small T5 at its default writes nothing but padding)."""
     from transformers import AutoModelForSeq2SeqLM, BartConfig, T5Config
 
     if kind == "bart":
-        tokenizer = bpe_tokenizer(corpus, vocab_size, max_length, add_bos=True, add_eos=True)
+        tokenizer = tokenizer or bpe_tokenizer(
+            corpus, vocab_size, max_length, add_bos=True, add_eos=True
+        )
         config: Any = BartConfig(  # type: ignore[call-arg]
             vocab_size=len(tokenizer),
             d_model=hidden,
@@ -390,7 +405,9 @@ def build_seq2seq(
             forced_eos_token_id=tokenizer.eos_token_id,
         )
     elif kind == "t5":
-        tokenizer = bpe_tokenizer(corpus, vocab_size, max_length, bos=None, add_eos=True)
+        tokenizer = tokenizer or bpe_tokenizer(
+            corpus, vocab_size, max_length, bos=None, add_eos=True
+        )
         config = T5Config(  # type: ignore[call-arg]
             vocab_size=len(tokenizer),
             d_model=hidden,
@@ -405,6 +422,13 @@ def build_seq2seq(
         )
     else:
         raise ValueError(f"unknown seq2seq kind {kind!r}")
+    if spread is not None:
+        setattr(config, "initializer_factor" if kind == "t5" else "init_std", spread)
+    if translation_prefixes:
+        config.task_specific_params = {
+            f"translation_{source}_to_{target}": {"prefix": prefix}
+            for (source, target), prefix in translation_prefixes.items()
+        }
     seed_weights(seed)
     model = AutoModelForSeq2SeqLM.from_config(config)
     return save_model(path, model, tokenizer)
@@ -458,3 +482,155 @@ def build_causal_lm(
     seed_weights(seed)
     model = AutoModelForCausalLM.from_config(config)
     return save_model(path, model, tokenizer)
+
+
+def sentencepiece_vocabulary(
+    directory: str | Path, corpus: Iterable[str], vocab_size: int, specials: tuple[str, ...]
+) -> tuple[Path, dict[str, int]]:
+    """A sentencepiece model trained on ``corpus`` (``spm.model`` in ``directory``)
+    and a vocabulary numbering ``specials`` first, then its pieces (what Marian's and
+    M2M100's ``vocab.json`` hold)."""
+    import io
+
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_texts(corpus)),
+        model_writer=model,
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,  # a small corpus has fewer pieces: at most vocab_size
+        character_coverage=1.0,
+        normalization_rule_name="identity",
+        bos_id=-1,
+        eos_id=-1,
+        num_threads=1,
+        minloglevel=2,
+    )
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "spm.model"
+    path.write_bytes(model.getvalue())
+    processor = spm.SentencePieceProcessor(model_file=str(path))
+    vocabulary = {token: i for i, token in enumerate(specials)}
+    for i in range(processor.get_piece_size()):
+        vocabulary.setdefault(processor.id_to_piece(i), len(vocabulary))
+    return path, vocabulary
+
+
+def build_translator(
+    path: str | Path,
+    corpus: Iterable[str] = (),
+    *,
+    kind: str = "marian",
+    targets: tuple[str, ...] = (),
+    hidden: int = 32,
+    layers: int = 1,
+    max_length: int = 128,
+    vocab_size: int = 400,
+    seed: int = 0,
+    init_std: float = 0.5,
+    tokenizer_from: str | Path | None = None,
+) -> Path:
+    """A Marian or M2M100 translation model (``kind``).  Marian translates one pair,
+    or with ``targets`` into each of them, named by a ``>>xx<<`` token before the
+    text; M2M100 knows fairseq's 100 language codes, its source language a token
+    before the text and its target forced as the first token it writes.  Its random
+    weights spread wide (``init_std``), so greedy decoding never hangs on a near
+    tie.  ``tokenizer_from``: a directory whose tokenizer files to reuse instead of
+    training one (a trained sentencepiece model may differ from run to run)."""
+    import json
+    import shutil
+    import tempfile
+
+    from transformers import (
+        AutoModelForSeq2SeqLM,
+        M2M100Config,
+        M2M100Tokenizer,
+        MarianConfig,
+    )
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if kind == "marian":
+            tokenizer: Any = _marian_tokenizer(
+                work, corpus, vocab_size, max_length, targets, tokenizer_from
+            )
+            pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+            config: Any = MarianConfig(
+                decoder_start_token_id=pad, pad_token_id=pad, eos_token_id=eos,
+                forced_eos_token_id=eos, **_seq2seq_shape(len(tokenizer), hidden, layers,
+                max_length, init_std),
+            )  # fmt: skip
+        elif kind == "m2m100":
+            if tokenizer_from is not None:
+                tokenizer = M2M100Tokenizer.from_pretrained(str(tokenizer_from))
+            else:
+                spm_path, vocab = sentencepiece_vocabulary(
+                    work, corpus, vocab_size, ("<s>", "<pad>", "</s>", "<unk>")
+                )
+                (work / "vocab.json").write_text(json.dumps(vocab))
+                tokenizer = M2M100Tokenizer(
+                    str(work / "vocab.json"), str(spm_path), model_max_length=max_length
+                )
+            # language tokens and fairseq's made-up words come after the vocabulary
+            ids = tokenizer.encoder_size + len(tokenizer.lang_code_to_id)
+            config = M2M100Config(
+                decoder_start_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                **_seq2seq_shape(
+                    ids + tokenizer.num_madeup_words, hidden, layers, max_length, init_std
+                ),
+            )
+        else:
+            raise ValueError(f"unknown translator kind {kind!r}")
+        seed_weights(seed)
+        model = AutoModelForSeq2SeqLM.from_config(config)
+        model.generation_config.max_length = None
+        saved = save_model(path, model, tokenizer)
+    shutil.rmtree(work, ignore_errors=True)
+    return saved
+
+
+def _seq2seq_shape(
+    vocab_size: int, hidden: int, layers: int, max_length: int, init_std: float
+) -> dict[str, Any]:
+    return {
+        "vocab_size": vocab_size,
+        "d_model": hidden,
+        "encoder_layers": layers,
+        "decoder_layers": layers,
+        "encoder_attention_heads": max(1, hidden // 16),
+        "decoder_attention_heads": max(1, hidden // 16),
+        "encoder_ffn_dim": hidden * 2,
+        "decoder_ffn_dim": hidden * 2,
+        "max_position_embeddings": max_length,
+        "init_std": init_std,
+    }
+
+
+def _marian_tokenizer(
+    work: Path,
+    corpus: Iterable[str],
+    vocab_size: int,
+    max_length: int,
+    targets: tuple[str, ...],
+    tokenizer_from: str | Path | None,
+) -> Any:
+    import json
+
+    from transformers import MarianTokenizer
+
+    if tokenizer_from is not None:
+        return MarianTokenizer.from_pretrained(str(tokenizer_from))
+    specials = ("</s>", "<unk>", *(f">>{t}<<" for t in targets))
+    spm_path, vocab = sentencepiece_vocabulary(work, corpus, vocab_size, specials)
+    vocab["<pad>"] = len(vocab)
+    (work / "vocab.json").write_text(json.dumps(vocab))
+    return MarianTokenizer(
+        str(spm_path), str(spm_path), str(work / "vocab.json"), model_max_length=max_length
+    )

@@ -84,7 +84,7 @@ def test_a_task_declared_in_one_module_runs_and_exports_everywhere(tmp_path, tin
 
     # the CLI's help lists it
     helped = docqueue("annotate", "--help", cwd=tmp_path, env={**MODULE_ENV, "COLUMNS": "300"})
-    assert helped.returncode == 0 and "answer or upper" in helped.stdout, helped.stdout
+    assert helped.returncode == 0 and "translate or upper" in helped.stdout, helped.stdout
 
     # a worker process runs it (by its alias), and the CSV has its columns
     done = docqueue(

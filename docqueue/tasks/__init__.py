@@ -21,7 +21,17 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
 from docqueue.errors import Refused
-from docqueue.tasks import answer, classify, embed, fill_mask, generate, ner, rerank, summarize
+from docqueue.tasks import (
+    answer,
+    classify,
+    embed,
+    fill_mask,
+    generate,
+    ner,
+    rerank,
+    summarize,
+    translate,
+)
 from docqueue.tasks.declaration import (
     CAUSAL_LM,
     CHAT,
@@ -82,7 +92,7 @@ def load_modules(names: Iterable[str]) -> None:
         register(declaration)
 
 
-for _builtin in (classify, summarize, generate, embed, ner, fill_mask, rerank, answer):
+for _builtin in (classify, summarize, generate, embed, ner, fill_mask, rerank, answer, translate):
     register(_builtin.TASK)
 
 
