@@ -105,7 +105,20 @@ def test_unknown_languages_are_errors_naming_the_known_ones(translators):
     multi = outputs(runner_of(translators["marian-multi"]), ["hello"], params_of())
     assert multi == ["model tr needs tgt_lang: one of fr, de"]
     t5 = outputs(runner_of(translators["t5"]), ["hello"], params_of(src_lang="de", tgt_lang="en"))
-    assert t5 == ["model tr translates en to de, en to fr, not de to en"]
+    assert t5 == ["model tr translates en to de, en to fr; which one is de to en?"]
+    # a side left out is whichever fits, when one pair does
+    prefixed = runner_of(translators["t5"]).preprocess(["hello"], params_of(tgt_lang="fr"))
+    alone = runner_of(translators["t5"]).preprocess(
+        ["hello"], params_of(src_lang="en", tgt_lang="fr")
+    )
+    assert prefixed[0].ids == alone[0].ids  # type: ignore[union-attr]
+    # a multi-target Marian's source is its own: any source code is taken
+    assert isinstance(
+        outputs(
+            runner_of(translators["marian-multi"]), ["hi"], params_of(src_lang="en", tgt_lang="fr")
+        )[0],
+        dict,
+    )
 
 
 def test_annotate_translates_with_each_documents_languages(
@@ -143,3 +156,24 @@ def test_annotate_translates_with_each_documents_languages(
         french["translations"][1],
         german["translations"][2],
     ]
+
+
+def test_beams_and_sources_per_document_and_a_tokenizer_left_as_it_was(translators):
+    """Documents from different source languages into different targets, with beam
+    search, batched as alone; the model's tokenizer (which summarize and decoding
+    share) keeps its own source language."""
+    loaded = load_model("tr", translators["m2m100"], CPU)
+    runners = runners_for(loaded, LIMITS)
+    runner = runners["translate"]
+    before = loaded.tokenizer.src_lang
+    texts = translation_texts(sample_texts())[:6]
+    docs: list[Any] = [
+        {"text": t, "source_lang": ("en", "de", "fr")[i % 3], "target_lang": ("fr", "de")[i % 2]}
+        for i, t in enumerate(texts)
+    ]
+    params = params_of(num_beams=2)
+    batched = outputs(runner, docs, params)
+    for doc, found in zip(docs, batched, strict=True):
+        assert outputs(runner, [doc], params)[0] == found
+    assert loaded.tokenizer.src_lang == before == runners["summarize"].tokenizer.src_lang
+    assert len({f["translation_text"] for f in batched}) > 1

@@ -22,7 +22,7 @@ import re
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -36,7 +36,7 @@ from pydantic import (
 
 from docqueue.errors import Refused
 from docqueue.schedules.columns import output_columns
-from docqueue.tasks import canonical, takes_text, task_list
+from docqueue.tasks import canonical, fields_of, takes_text, task_list
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -83,12 +83,34 @@ class TaskSpec(_Strict):
         name = canonical(task)
         if name is None:
             raise ValueError(f"unknown task {task!r}; use {task_list()}")
-        if not takes_text(name):  # a source's rows give text, not fields
-            raise ValueError(
-                f"{name} takes an object of fields, not a text column: schedules run "
-                "tasks that read text"
-            )
         return name
+
+
+#: A task's named fields, each from a column (a table) or a field (files):
+#: ``fields = { question = "title", context = "body" }``.
+SourceFields = dict[str, str]
+
+
+def fields_problem(task: str, fields: SourceFields | None, where: str) -> str | None:
+    """Why a source's documents (text, or ``fields``) cannot be ``task``'s, or None."""
+    shape = fields_of(task)
+    if fields is None:
+        if takes_text(task):
+            return None
+        assert shape is not None
+        return (
+            f"{task} takes an object of fields ({', '.join(shape.fields)}), not a text "
+            f"{where}: name them with source.fields = {{ {shape.fields[0]} = ..., ... }}"
+        )
+    if shape is None:
+        return f"{task} takes text: give source.text, not source.fields"
+    allowed = (*shape.fields, *shape.optional)
+    unknown = [name for name in fields if name not in allowed]
+    missing = [name for name in shape.fields if name not in fields]
+    if unknown or missing:
+        wrong = f"no field {unknown[0]!r}" if unknown else f"{missing[0]!r} is missing"
+        return f"source.fields: {wrong}; {task} takes {', '.join(allowed)}"
+    return None
 
 
 class DirectorySource(_Strict):
@@ -98,7 +120,16 @@ class DirectorySource(_Strict):
     directory: Path
     pattern: str = "*.jsonl"
     text_field: str = "text"
+    #: Documents of named fields instead of text: each name from a field of a line
+    #: (a column of a CSV or Parquet file).
+    fields: SourceFields | None = None
     id_field: str | None = "id"
+
+    def text_spec(self) -> str:
+        """What :func:`~docqueue.formats.readers.read_documents` reads as the text."""
+        if self.fields is None:
+            return self.text_field
+        return ",".join(f"{name}={field}" for name, field in self.fields.items())
 
 
 class TableSource(_Strict):
@@ -111,7 +142,9 @@ class TableSource(_Strict):
     query: str | None = None
     key: str = Field(pattern=IDENTIFIER)
     watermark: str = Field(pattern=IDENTIFIER)
-    text: str = Field(pattern=IDENTIFIER)
+    text: str | None = Field(None, pattern=IDENTIFIER)
+    #: Documents of named fields instead of text, each from a column.
+    fields: dict[str, Annotated[str, Field(pattern=IDENTIFIER)]] | None = None
     #: Most rows one run takes (the next run takes the rest).
     limit: int = Field(10_000, ge=1)
 
@@ -121,7 +154,13 @@ class TableSource(_Strict):
     def _one_of_table_or_query(self) -> TableSource:
         if (self.table is None) == (self.query is None):
             raise ValueError("name either a table or a query")
+        if (self.text is None) == (self.fields is None):
+            raise ValueError("name either text (a column) or fields (a column each)")
         return self
+
+    def columns(self) -> list[str]:
+        """The columns a document is read from: its text, or each field's."""
+        return [self.text] if self.text is not None else list((self.fields or {}).values())
 
 
 class WriteBack(_Strict):
@@ -177,6 +216,14 @@ class Schedule(_Strict):
             cron_fields(self.cron)
         if not self.tasks:
             raise ValueError("name at least one task")
+        return self
+
+    @model_validator(mode="after")
+    def _tasks_read_the_sources_documents(self) -> Schedule:
+        where = "column" if isinstance(self.source, TableSource) else "field"
+        for spec in self.tasks:
+            if problem := fields_problem(spec.task, self.source.fields, where):
+                raise ValueError(problem)
         return self
 
     @model_validator(mode="after")

@@ -52,7 +52,7 @@ def read_table(
         rows = _rows(engine, source, mark, upto)
     finally:
         engine.dispose()
-    records = [_record(source, key, value) for key, _, value in rows]
+    records = [_record(source, key, values) for key, _, values in rows]
     keys = [key for key, _, _ in rows]
     if not rows:
         return NewDocuments([], [], dict(mark or {}))
@@ -67,7 +67,8 @@ def _rows(
 ) -> list[tuple[Any, Any, Any]]:
     src = _selectable(source)
     key, watermark = src.c[source.key], src.c[source.watermark]
-    query = select(key, watermark, src.c[source.text]).where(watermark.is_not(None))
+    documents = [src.c[name] for name in source.columns()]
+    query = select(key, watermark, *documents).where(watermark.is_not(None))
     if mark and "watermark" in mark:
         after_w, after_k = decode(mark["watermark"]), decode(mark["key"])
         query = query.where(or_(watermark > after_w, and_(watermark == after_w, key > after_k)))
@@ -76,11 +77,11 @@ def _rows(
         query = query.where(or_(watermark < upto_w, and_(watermark == upto_w, key <= upto_k)))
     query = query.order_by(watermark, key).limit(source.limit)
     with engine.connect() as conn:
-        return [(row[0], row[1], row[2]) for row in conn.execute(query)]
+        return [(row[0], row[1], tuple(row[2:])) for row in conn.execute(query)]
 
 
 def _selectable(source: TableSource) -> FromClause:
-    names = (source.key, source.watermark, source.text)
+    names = (source.key, source.watermark, *source.columns())
     if source.query is not None:
         query = source.query.strip().rstrip(";")  # a subquery cannot end with one
         return text(query).columns(*(column(n) for n in names)).subquery("src")
@@ -88,11 +89,17 @@ def _selectable(source: TableSource) -> FromClause:
     return table(name, *(column(n) for n in names), schema=schema or None)
 
 
-def _record(source: TableSource, key: Any, value: Any) -> Record:
-    """A row as a document; a NULL text is an error row naming the column."""
-    if value is None:
-        return Record(None, str(key), f"{source.text} is NULL")
-    return Record(value.decode("utf-8", "replace") if isinstance(value, bytes) else value, str(key))
+def _record(source: TableSource, key: Any, values: tuple[Any, ...]) -> Record:
+    """A row as a document (its text, or its fields); a NULL is an error row naming
+    the column."""
+    read = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in values]
+    columns = source.columns()
+    for column_name, value in zip(columns, read, strict=True):
+        if value is None:
+            return Record(None, str(key), f"{column_name} is NULL")
+    if source.fields is None:
+        return Record(read[0], str(key))
+    return Record(dict(zip(source.fields, read, strict=True)), str(key))
 
 
 def encode(value: Any) -> Any:
@@ -160,7 +167,7 @@ def read_files(source: DirectorySource, files: dict[str, Any]) -> NewDocuments:
 
 def _read(source: DirectorySource, relative: str) -> Iterator[Record]:
     return read_documents(
-        source.directory / relative, text_field=source.text_field, id_field=source.id_field
+        source.directory / relative, text_field=source.text_spec(), id_field=source.id_field
     )
 
 

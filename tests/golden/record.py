@@ -82,6 +82,9 @@ QA_RUNS: list[tuple[dict[str, Any], int]] = [
     ({"max_answer_len": 4, "align_to_words": False}, 12),
     ({"max_seq_len": 48, "doc_stride": 16, "top_k": 2}, 12),
 ]
+#: Contexts of a word or three, where "no answer" can win.
+SHORT_CONTEXTS = ["Yes.", "In 1999.", "Never", "The csv module.", "No", "Python 3"]
+SHORT_RUN: dict[str, Any] = {"handle_impossible_answer": True, "top_k": 2}
 
 
 def sample_texts() -> list[str]:
@@ -219,9 +222,14 @@ def record(models: Path) -> dict[str, Any]:
             found = answerer(question=doc["question"], context=doc["context"], **params)
             answers.append(found if isinstance(found, list) else [found])
         runs.append({"params": params, "answers": answers})
+    short = [
+        answerer(question=q, context=c, **SHORT_RUN)
+        for q, c in zip(QUESTIONS, SHORT_CONTEXTS, strict=False)
+    ]
     return {
         "transformers": transformers.__version__,
         "question_answering": runs,
+        "question_answering_short": short,
         "translation": record_translations(models),
     }
 

@@ -167,7 +167,7 @@ class AnswerRunner(Runner):
         # words widen spans, and two spans may widen to one answer: take more
         candidates = top_k * 2 + 10 if align else top_k
         context: str = features.extra["context"]
-        found: list[dict[str, Any]] = []
+        found: dict[str, dict[str, Any]] = {}  # by answer, any case
         null = NO_NULL_SCORE
         for window, both in zip(features.extra["windows"], logits, strict=True):
             length = len(window.allowed)
@@ -184,16 +184,20 @@ class AnswerRunner(Runner):
             for s, e, score in zip(starts, ends, scores, strict=True):
                 first, last = char_span(window.encoding, int(s), int(e), sequence, align)
                 text = context[first:last]
-                same = next((a for a in found if a["answer"].lower() == text.lower()), None)
+                same = found.get(text.lower())
                 if same is not None:
                     same["score"] += float(score)
                 else:
-                    found.append(
-                        {"answer": text, "score": float(score), "start": first, "end": last}
-                    )
+                    found[text.lower()] = {
+                        "answer": text,
+                        "score": float(score),
+                        "start": first,
+                        "end": last,
+                    }
+        answers = list(found.values())
         if impossible:
-            found.append({"answer": "", "score": null, "start": 0, "end": 0})
-        return sorted(found, key=lambda a: a["score"], reverse=True)[:top_k]
+            answers.append({"answer": "", "score": null, "start": 0, "end": 0})
+        return sorted(answers, key=lambda a: a["score"], reverse=True)[:top_k]
 
 
 def choose_spans(

@@ -8,6 +8,7 @@ different languages share a batch."""
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -80,17 +81,23 @@ class Languages:
             return ", ".join(f"{s} to {t}" for s, t in sorted(self.prefixes))
         return ", ".join(self.targets)
 
-    def unknown(self, codes: Sequence[str | None]) -> str | None:
-        """Why codes given to the job cannot be this model's, or None."""
-        known = set(self.forced) | {c for p in self.prefixes for c in p} | set(self.targets)
-        for code in codes:
-            if code is not None and known and code not in known:
-                return f"model {self.model} knows no language {code!r}; it knows {self.known()}"
+    def unknown(self, source: str | None, target: str | None) -> str | None:
+        """Why a source or target language cannot be this model's, or None (a model
+        that names no languages translates its one pair whatever it is told)."""
+        if self.targets:  # Marian with several targets: the source is its own
+            sides: dict[str, set[str]] = {"target": set(self.targets)}
+        else:
+            known = set(self.forced) | {c for pair in self.prefixes for c in pair}
+            sides = {"source": known, "target": known} if known else {}
+        for side, code in (("source", source), ("target", target)):
+            if code is not None and side in sides and code not in sides[side]:
+                shown = code if len(code) <= 40 else code[:40] + "..."
+                return f"model {self.model} knows no language {shown!r}; it knows {self.known()}"
         return None
 
     def plan(self, source: str | None, target: str | None) -> Plan | str:
         """How a document of ``source`` is put into ``target``, or why it cannot be."""
-        if problem := self.unknown([source, target]):
+        if problem := self.unknown(source, target):
             return problem
         if self.forced:
             if source is None or target is None:
@@ -100,11 +107,16 @@ class Languages:
                 )
             return Plan(source=source, target=self.forced[target])
         if self.prefixes:
-            if source is None and target is None and len(self.prefixes) == 1:
-                return Plan(prefix=next(iter(self.prefixes.values())))
-            if source is None or target is None or (source, target) not in self.prefixes:
-                return f"model {self.model} translates {self.known()}, not {source} to {target}"
-            return Plan(prefix=self.prefixes[(source, target)])
+            # a side left out is whichever fits, when one pair does
+            fits = [
+                pair
+                for pair in self.prefixes
+                if source in (None, pair[0]) and target in (None, pair[1])
+            ]
+            if len(fits) != 1:
+                asked = f"{source or '?'} to {target or '?'}"
+                return f"model {self.model} translates {self.known()}; which one is {asked}?"
+            return Plan(prefix=self.prefixes[fits[0]])
         if self.targets:
             if target is None:
                 return f"model {self.model} needs tgt_lang: one of {self.known()}"
@@ -122,6 +134,10 @@ class TranslateRunner(Runner):
         super().__init__(*args, **kwargs)
         self.languages = Languages.of(self.loaded.name, self.model, self.tokenizer)
         self.language_ids = frozenset(self.languages.forced.values())
+        # Tokenizing sets the source language (and truncation) on the tokenizer: a
+        # copy of its own, so summarize on the same model and the writer's decoding
+        # never see that state (a fast tokenizer changed while it decodes raises).
+        self.intake = copy.deepcopy(self.tokenizer)
 
     def new_tokens(self, params: dict[str, Any]) -> int:
         """The tokens a translation may write: ``max_new_tokens``, within the
@@ -131,7 +147,7 @@ class TranslateRunner(Runner):
         return wanted if not positions else min(wanted, int(positions) - 1)
 
     def check(self, params: dict[str, Any]) -> None:
-        if problem := self.languages.unknown([params.get("src_lang"), params.get("tgt_lang")]):
+        if problem := self.languages.unknown(params.get("src_lang"), params.get("tgt_lang")):
             raise InvalidParams(problem)
 
     def shape(self, params: dict[str, Any]) -> Shape:
@@ -161,7 +177,7 @@ class TranslateRunner(Runner):
             by_source.setdefault(plan.source, []).append((i, plan.prefix + text, plan.target))
         for source, items in by_source.items():
             if source is not None:  # the source language's token leads the text
-                self.tokenizer.src_lang = source
+                self.intake.src_lang = source
             encoded = self.encode([text for _, text, _ in items])
             for (i, _, target), features in zip(items, encoded, strict=True):
                 features.extra["target"] = target
@@ -169,25 +185,24 @@ class TranslateRunner(Runner):
         return found
 
     def encode(self, texts: Sequence[str]) -> list[Features]:
-        """Token ids of each text, cut to the model's window (fast or sentencepiece
-        tokenizers alike: a cut text is tokenized again with truncation, so the
-        end-of-text token stays)."""
+        """Token ids of each text, cut to the model's window, with the end-of-text
+        token kept (fast and sentencepiece tokenizers alike, which report overflow
+        differently: each text is tokenized with truncation, and once more without
+        to tell whether it was cut).  Only ``CHARS_PER_TOKEN`` characters per token
+        of a text are read, unless they hold fewer tokens than the window."""
         limit = self.loaded.max_length
-        prefixes = [t[: limit * CHARS_PER_TOKEN] for t in texts]
-        ids = self.tokenizer(prefixes, return_attention_mask=False)["input_ids"]
-        long = [i for i, row in enumerate(ids) if len(row) > limit]
-        if long:
-            cut = self.tokenizer(
-                [prefixes[i] for i in long],
-                truncation=True,
-                max_length=limit,
-                return_attention_mask=False,
-            )["input_ids"]
-            for i, row in zip(long, cut, strict=True):
-                ids[i] = row
-        cut_at = set(long)
+        read = [t[: limit * CHARS_PER_TOKEN] for t in texts]
+        whole = self.intake(read, return_attention_mask=False)["input_ids"]
+        short = [i for i, row in enumerate(whole) if len(row) <= limit and read[i] != texts[i]]
+        for i in short:  # a long text whose first characters hold few tokens (spaces)
+            read[i] = texts[i]
+        ids = self.intake(read, truncation=True, max_length=limit, return_attention_mask=False)[
+            "input_ids"
+        ]
+        cut = {i for i, row in enumerate(whole) if len(row) > limit}
+        cut |= {i for i in short if len(ids[i]) >= limit}
         return [
-            Features(row, truncated=i in cut_at or len(texts[i]) > len(prefixes[i]))
+            Features(row, truncated=i in cut or len(texts[i]) > len(read[i]))
             for i, row in enumerate(ids)
         ]
 
