@@ -414,7 +414,7 @@ def test_bad_input_is_a_clear_4xx_and_leaves_nothing(serve, settings):
     assert params["param"] == "params" and "between 2 and 256 labels" in params["message"]
     extra = error_of(http.post("/api/jobs", json={**job, "params": {"beams": 3}}), 422)
     assert extra["message"] == "classify: beams: not a parameter of this task"
-    task = error_of(http.post("/api/jobs", json={**job, "task": "translate"}), 422)
+    task = error_of(http.post("/api/jobs", json={**job, "task": "transcribe"}), 422)
     assert task["param"] == "task" and "'classify'" in task["message"]
     empty = error_of(http.post("/api/jobs", json={**job, "documents": []}), 422)
     assert empty["param"] == "documents"

@@ -211,7 +211,7 @@ def test_usage_errors_are_one_line(tmp_path):
         "annotate", str(SAMPLE), "--task", "summarize", "--param", "num_beams=99", cwd=tmp_path
     )
     assert result.returncode == 2 and "num_beams" in result.stderr
-    result = docqueue("annotate", str(SAMPLE), "--task", "translate", cwd=tmp_path)
+    result = docqueue("annotate", str(SAMPLE), "--task", "transcribe", cwd=tmp_path)
     assert result.returncode == 2 and "unknown task" in result.stderr
     result = docqueue(
         "status",

@@ -95,7 +95,7 @@ def test_chat_messages_for_generation():
         ("classify", {"labels": ["only one"]}, "between 2 and 256 labels"),
         ("classify", {"labels": ["a", "a"]}, "distinct"),
         ("classify", {"colour": "red"}, "colour: not a parameter of this task"),
-        ("translate", {}, "unknown task 'translate'"),
+        ("transcribe", {}, "unknown task 'transcribe'"),
     ],
 )
 def test_out_of_range_parameters_are_refused_with_a_reason(task, params, message):

@@ -158,18 +158,66 @@ def test_a_schedules_file_with_a_mistake_is_refused_naming_the_schedule(tmp_path
         assert "hunter2" not in str(refused.value)  # a URL may hold a password
 
 
-def test_a_task_that_takes_fields_is_refused_in_one_line(tmp_path):
-    """A source's rows give text; rerank reads a query and a passage."""
+@pytest.mark.parametrize(
+    ("task", "source", "problem"),
+    [
+        (
+            "rerank",
+            'text = "b"',
+            "rerank takes an object of fields (query, passage), not a text column: name "
+            "them with source.fields = { query = ..., ... }",
+        ),
+        ("classify", 'fields = { query = "q" }', "classify takes text: give source.text"),
+        (
+            "answer",
+            'fields = { question = "q", contxt = "c" }',
+            "source.fields: no field 'contxt'; answer takes question, context",
+        ),
+        (
+            "answer",
+            'fields = { question = "q" }',
+            "source.fields: 'context' is missing; answer takes question, context",
+        ),
+        ("answer", 'text = "b", fields = { question = "q" }', "name either text (a column) or"),
+    ],
+)
+def test_a_source_that_cannot_give_a_tasks_documents_is_refused_in_one_line(
+    tmp_path, task, source, problem
+):
+    """A source's rows give text, or the named fields a task reads (a question and
+    its context, each from a column)."""
     path = write_config(
         tmp_path / "s.toml",
-        '[[schedule]]\nname = "x"\nevery = 5\ntask = "rerank"\nmodel = "m"\n'
-        'source = { url = "sqlite://", table = "t", key = "k", watermark = "w", text = "b" }\n'
+        f'[[schedule]]\nname = "x"\nevery = 5\ntask = "{task}"\nmodel = "m"\n'
+        f'source = {{ url = "sqlite://", table = "t", key = "k", watermark = "w", {source} }}\n'
         'into = { table = "out" }\n',
     )
     with pytest.raises(ScheduleError) as refused:
         load(path)
-    assert "rerank takes an object of fields, not a text column" in str(refused.value)
+    assert problem in str(refused.value)
     assert "\n" not in str(refused.value)
+
+
+def test_a_table_source_reads_documents_of_fields_from_columns(app_url, tmp_path):
+    engine = create_engine(app_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text("CREATE TABLE faq (id INTEGER PRIMARY KEY, w INTEGER, q TEXT, body TEXT)")
+        )
+        conn.execute(text("INSERT INTO faq VALUES (1, 1, 'When?', 'In 1999.'), (2, 1, NULL, 'x')"))
+    engine.dispose()
+    config = write_config(
+        tmp_path / "s.toml",
+        '[[schedule]]\nname = "faq"\nevery = 5\ntask = "question-answering"\nmodel = "m"\n'
+        f'source = {{ url = "{app_url}", table = "faq", key = "id", watermark = "w", '
+        'fields = { question = "q", context = "body" } }\ninto = { table = "answers" }\n',
+    )
+    schedule = load(config).get("faq")
+    new = read_table(schedule.source, None)  # type: ignore[arg-type]
+    assert [(r.id, r.text, r.error) for r in new.records] == [
+        ("1", {"question": "When?", "context": "In 1999."}, None),
+        ("2", None, "q is NULL"),
+    ]
 
 
 def test_a_source_key_named_like_any_output_column_is_refused_for_every_task(tmp_path):
@@ -761,3 +809,46 @@ def test_runs_are_numbered_per_schedule_and_the_list_keeps_each_row_on_one_line(
     when = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
     row = next(line for line in listed if line.lstrip("│ ").startswith("tickets"))
     assert re.search(rf"every 3600s .*{when}.*{when}.*succeeded", row), "\n".join(listed)
+
+
+@pytest.mark.slow
+def test_a_schedule_answers_questions_from_two_columns_and_writes_the_answers_back(
+    client, start_worker, app_url, tmp_path
+):
+    """Documents of fields through a whole run: each row's question and context
+    answered as the model answers them alone, and written back by key."""
+    from golden.record import build_qa_model
+
+    model = str(build_qa_model(tmp_path / "qa"))
+    start_worker({"qa": model}, dtype="float32")
+    rows = [(1, "What is small?", "The window is small."), (2, "Who wrote it?", "Ada wrote it.")]
+    engine = create_engine(app_url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE faq (id INTEGER PRIMARY KEY, w INTEGER, q TEXT, c TEXT)"))
+        for key, question, context in rows:
+            conn.execute(
+                text("INSERT INTO faq VALUES (:k, 1, :q, :c)"),
+                {"k": key, "q": question, "c": context},
+            )
+    engine.dispose()
+    config = write_config(
+        tmp_path / "s.toml",
+        '[[schedule]]\nname = "faq"\nevery = "1h"\ntask = "answer"\nmodel = "qa"\n'
+        f'timeout = 60\nsource = {{ url = "{app_url}", table = "faq", key = "id", '
+        'watermark = "w", fields = { question = "q", context = "c" } }\n'
+        'into = { table = "faq_answers" }\n',
+    )
+    run = run_schedule(client, load(config).get("faq"), LEASE)
+    assert (run.state, run.documents) == ("succeeded", 2)
+    with create_engine(app_url).connect() as conn:
+        written = {
+            row.id: row._mapping
+            for row in conn.execute(text("SELECT * FROM faq_answers ORDER BY id"))
+        }
+    for key, question, context in rows:
+        alone = client.submit(
+            {"question": question, "context": context}, task="answer", model="qa"
+        ).result(timeout=60)
+        assert written[key]["answer"] == alone["answer"] != ""
+        assert written[key]["start"] == alone["start"]
+        assert context[alone["start"] : alone["end"]] == alone["answer"]
