@@ -31,14 +31,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from docqueue.config import Settings, redact
 from docqueue.errors import DocqueueError, ExitCode, one_line
-from docqueue.formats.readers import input_digest, read_documents
+from docqueue.formats.readers import field_columns, input_digest, read_documents
 from docqueue.formats.results import OutputError, check_output
 from docqueue.humanize import per_second, plural
 from docqueue.interrupts import Interrupts, StopNow, held_documents
 from docqueue.jobspec import JobSpec
 from docqueue.launcher import LocalWorkers, device_problem, pick_devices, serve_redis
 from docqueue.protocol import done_channel
-from docqueue.tasks import cannot_do, declared, tasks_of
+from docqueue.tasks import cannot_do, declared, named_fields_problem, tasks_of
 from docqueue.worker.models import ModelUnavailable, family_of, family_on_disk, locate
 
 if TYPE_CHECKING:  # imported once the worker is starting (1 s on a small CPU)
@@ -198,6 +198,10 @@ def annotate_tasks(
         from docqueue.webhooks import check_callback_url
 
         check_callback_url(callback_url, settings)
+    if (columns := field_columns(text_field)) is not None:
+        for run in runs:
+            if problem := named_fields_problem(run.task, columns):
+                raise AnnotateError(f"--text-field {text_field}: {problem}", ExitCode.USAGE)
     documents = read_documents(path, text_field=text_field, id_field=id_field)
     if len(runs) > 1 and out.suffix.lower() not in (".jsonl", ".csv"):
         raise AnnotateError(

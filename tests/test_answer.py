@@ -225,6 +225,13 @@ def test_questions_and_contexts_from_two_csv_columns(tmp_path: Path, golden_mode
     )  # fmt: skip
     no_traceback(wrong)
     assert wrong.returncode != 0 and "no field 'body'" in wrong.stderr
+    misnamed = docqueue(
+        "annotate", "in.csv", "--task", "answer", "--model", golden_model,
+        "--text-field", "question=asked,contxt=page", "--out", "x.csv", cwd=tmp_path,
+    )  # fmt: skip
+    no_traceback(misnamed)
+    assert misnamed.returncode == 2, misnamed.stderr
+    assert "no field 'contxt'; answer takes question, context" in misnamed.stderr
 
 
 def test_answers_through_the_client_the_native_api_and_batch_lines(

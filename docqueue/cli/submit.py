@@ -57,12 +57,14 @@ def enqueue(
     from docqueue.formats.extras import MissingExtra
     from docqueue.formats.readers import (
         InputError,
+        field_columns,
         input_digest,
         read_documents,
         resume_command,
     )
     from docqueue.params import InvalidParams
     from docqueue.producer.client import EnqueueStopped
+    from docqueue.tasks import is_task, named_fields_problem
 
     if not model:
         raise fail("--model NAME is required")
@@ -71,6 +73,13 @@ def enqueue(
     job_id = uuid.uuid4().hex
     try:
         with readable(path) as file:
+            columns = field_columns(text_field)
+            if (
+                columns is not None
+                and is_task(task)
+                and (problem := named_fields_problem(task, columns))
+            ):
+                raise fail(f"--text-field {text_field}: {problem}")
             documents = read_documents(file, text_field=text_field, id_field=id_field)
             params = parse_params(param, labels, label, labels_file)
             spec = JobSpec(

@@ -36,7 +36,7 @@ from pydantic import (
 
 from docqueue.errors import Refused
 from docqueue.schedules.columns import output_columns
-from docqueue.tasks import canonical, fields_of, takes_text, task_list
+from docqueue.tasks import canonical, fields_of, named_fields_problem, takes_text, task_list
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -104,13 +104,8 @@ def fields_problem(task: str, fields: SourceFields | None, where: str) -> str | 
         )
     if shape is None:
         return f"{task} takes text: give source.text, not source.fields"
-    allowed = (*shape.fields, *shape.optional)
-    unknown = [name for name in fields if name not in allowed]
-    missing = [name for name in shape.fields if name not in fields]
-    if unknown or missing:
-        wrong = f"no field {unknown[0]!r}" if unknown else f"{missing[0]!r} is missing"
-        return f"source.fields: {wrong}; {task} takes {', '.join(allowed)}"
-    return None
+    problem = named_fields_problem(task, fields)
+    return None if problem is None else f"source.fields: {problem}"
 
 
 class DirectorySource(_Strict):

@@ -160,6 +160,21 @@ def fields_of(task: str) -> InputShape | None:
     return next((shape for shape in _CATALOGUE[name].inputs if shape.structured), None)
 
 
+def named_fields_problem(task: str, names: Iterable[str]) -> str | None:
+    """Why documents of these named fields cannot be ``task``'s (it takes text, or
+    other fields), or None."""
+    shape = fields_of(task)
+    if shape is None:
+        return f"{task} takes text, not fields"
+    allowed = (*shape.fields, *shape.optional)
+    given = list(names)
+    if unknown := [name for name in given if name not in allowed]:
+        return f"no field {unknown[0]!r}; {task} takes {', '.join(allowed)}"
+    if missing := [name for name in shape.fields if name not in given]:
+        return f"{missing[0]!r} is missing; {task} takes {', '.join(allowed)}"
+    return None
+
+
 def written_back(task: str) -> tuple[tuple[str, FieldKind], ...]:
     """The fields of a task's result that a schedule writes back to the user's table,
     one column each: the write-back table's columns and the check that a source's
@@ -299,6 +314,7 @@ __all__ = [
     "every",
     "is_task",
     "load_modules",
+    "named_fields_problem",
     "names",
     "register",
     "takes_chat",
