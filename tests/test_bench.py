@@ -93,27 +93,27 @@ def test_bench_classify_every_arm_end_to_end(tmp_path: Path) -> None:
 
 GENERATIVE = """
 from docqueue.bench import Options, run
-for task in ("summarize", "generate"):
+for task in ("summarize", "generate", "translate"):
     run(Options(task=task, docs=8, baseline_docs=8, skip={"d", "latency", "mixed"}))
 """
 
 
 def test_bench_generative_arms(tmp_path: Path) -> None:
-    """The tiny BART and GPT-2 through the in-process arms, both in one process (each
-    Python start with torch costs seconds on 2 cores; the end-to-end arm is the same
-    code as for classify)."""
+    """The tiny BART, GPT-2 and Marian through the in-process arms, in one process
+    (each Python start with torch costs seconds on 2 cores; the end-to-end arm is the
+    same code as for classify)."""
     report = run(tmp_path, "-c", GENERATIVE)
-    summarize, generate = report.split("docqueue bench: ")[1:]
-    for task, part in (("summarize", summarize), ("generate", generate)):
+    parts = report.split("docqueue bench: ")[1:]
+    for task, part in zip(("summarize", "generate", "translate"), parts, strict=True):
         assert part.startswith(f"{task}, tiny "), part
         rows = arms(part)
         a, b = (
-            (
+            ("(a) pipeline(), one document per call", "(b) pipeline(batch_size=128)")
+            if task == "generate"
+            else (
                 "(a) Auto model, one document at a time",
                 "(b) Auto model, batches of 128 in input order",
             )
-            if task == "summarize"
-            else ("(a) pipeline(), one document per call", "(b) pipeline(batch_size=128)")
         )
         assert set(rows) == {
             a,
@@ -136,24 +136,27 @@ run(Options(task="ner", docs=6, baseline_docs=6, skip=skip))
 run(Options(task="fill-mask", docs=6, baseline_docs=6, skip=skip))
 run(Options(task="classify", labels=["python", "web"], docs=6, baseline_docs=6, skip=skip))
 run(Options(task="rerank", docs=6, baseline_docs=6, skip=skip))
+run(Options(task="answer", docs=6, baseline_docs=6, skip=skip))
 """
 
 
-@pytest.mark.timeout(900)  # three MiniLM-sized models built, and a worker started for each
+@pytest.mark.timeout(900)  # five MiniLM-sized models built, and a worker started for each
 def test_bench_encoder_task_arms_against_their_pipelines(tmp_path: Path) -> None:
-    """ner, fill-mask, zero-shot by entailment and rerank on MiniLM-shaped random
-    models: each against its pipeline(batch_size=128) (rerank, which has none,
-    against the Auto model in batches), in one process."""
+    """ner, fill-mask, zero-shot by entailment, rerank and answer on MiniLM-shaped
+    random models: each against its pipeline(batch_size=128) (rerank and answer,
+    which have none, against the Auto model in batches), in one process."""
     report = run(tmp_path, "-c", ENCODERS, timeout=850)
     parts = report.split("docqueue bench: ")[1:]
-    assert [p.split(",")[0] for p in parts] == ["ner", "fill-mask", "classify", "rerank"], report
+    tasks = ["ner", "fill-mask", "classify", "rerank", "answer"]
+    assert [p.split(",")[0] for p in parts] == tasks, report
     assert "MiniLM-L6 shape NLI classifier" in parts[2]
     assert "MiniLM-L6 shape cross-encoder" in parts[3]
+    assert "MiniLM-L6 shape question answering head" in parts[4]
     for part in parts:
         rows = arms(part)
-        baseline = (  # no pipeline reranks: the Auto model in a plain loop
+        baseline = (  # transformers 5 pipelines neither: the Auto model in a plain loop
             "(b) Auto model, batches of 128 in input order"
-            if part.startswith("rerank")
+            if part.startswith(("rerank", "answer"))
             else "(b) pipeline(batch_size=128)"
         )
         assert set(rows) == {

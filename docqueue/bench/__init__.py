@@ -2,7 +2,8 @@
 
 (a) HF ``pipeline()`` one document per call (at most 200 documents);
 (b) ``pipeline(batch_size=128)``, or the Auto model in fixed batches of 128 in input
-    order where transformers 5 has no pipeline (summarization, reranking);
+    order where transformers 5 has no pipeline (summarization, translation,
+    reranking, question answering);
     a plain loop over length-sorted batches with docqueue's token budget (what a
     careful user writes by hand; the engine must beat it);
     the model alone, for the one-pass tasks: the same batches with their forward
@@ -44,7 +45,10 @@ from docqueue.worker.runners import runners_for, tokenized
 # 300 Python documentation documents, shipped in the package (package data), cycled
 # when no --corpus is given.
 DEFAULT_CORPUS = Path(__file__).resolve().parent / "pydocs-sample.jsonl"
-NEW_TOKENS = {"summarize": 48, "generate": 64}
+NEW_TOKENS = {"summarize": 48, "generate": 64, "translate": 48}
+#: Tasks transformers 5 has no pipeline for: their baselines are the Auto model in
+#: plain loops.
+NO_PIPELINE = ("summarize", "translate", "rerank", "answer")
 MIXED_LENGTHS = (16, 32, 64, 128, 256)
 
 
@@ -97,6 +101,12 @@ def as_pair(text: str, words: int = 8) -> dict[str, str]:
     return {"query": " ".join(text.split()[:words]), "passage": text}
 
 
+def as_question(text: str, words: int = 8) -> dict[str, str]:
+    """answer's documents: the text as the context, its first ``words`` words as
+    the question."""
+    return {"question": " ".join(text.split()[:words]) + "?", "context": text}
+
+
 def cycle(texts: list[Any], n: int) -> list[Any]:
     return [texts[i % len(texts)] for i in range(n)]
 
@@ -110,7 +120,7 @@ def run(options: Options, say: Callable[[str], None] = print) -> None:
         "minilm"
         if key in models.ENCODER_KEYS
         else "standard"
-        if device.type == "cuda"
+        if device.type == "cuda" and options.task != "translate"
         else "micro"
         if options.task == "classify"
         else "tiny"
@@ -147,8 +157,9 @@ def run(options: Options, say: Callable[[str], None] = print) -> None:
         corpus = [with_mask(text, loaded.tokenizer.mask_token) for text in corpus]
         docs = cycle(corpus, options.docs)
         baseline_docs = docs[:baseline_n]
-    if options.task == "rerank":
-        docs = cycle([as_pair(text) for text in corpus], options.docs)
+    if options.task in ("rerank", "answer"):
+        shaped = as_pair if options.task == "rerank" else as_question
+        docs = cycle([shaped(text) for text in corpus], options.docs)
         baseline_docs = docs[:baseline_n]
     token_lengths = arms.lengths(runner, docs, params)
     mean_tokens = sum(token_lengths) / len(token_lengths)
@@ -169,9 +180,7 @@ def run(options: Options, say: Callable[[str], None] = print) -> None:
 
     say(_table_head(generative))
     a_docs = docs[: min(200, baseline_n)]
-    # transformers 5 pipelines neither summarization nor reranking: their baselines
-    # are the Auto model in plain loops
-    no_pipeline = options.task in ("summarize", "rerank")
+    no_pipeline = options.task in NO_PIPELINE
     if "a" not in options.skip:
         if no_pipeline:
             record(arms.fixed_batches_arm(runner, options.task, a_docs, params, 1), len(a_docs))

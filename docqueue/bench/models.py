@@ -24,6 +24,7 @@ from docqueue.testing import (
     build_causal_lm,
     build_classifier,
     build_seq2seq,
+    build_translator,
     save_model,
     seed_weights,
 )
@@ -32,7 +33,7 @@ from docqueue.worker.models import packaged_embedding_model
 SHAPES = ("micro", "tiny", "minilm", "standard")
 #: The encoder tasks the ``minilm`` shape builds, by model key (``nli``: classify with
 #: zero-shot labels).
-ENCODER_KEYS = ("ner", "fill-mask", "nli", "rerank")
+ENCODER_KEYS = ("ner", "fill-mask", "nli", "rerank", "answer")
 
 
 def describe(shape: str, task: str) -> str:
@@ -48,6 +49,8 @@ def describe(shape: str, task: str) -> str:
         ("minilm", "fill-mask"): "MiniLM-L6 shape masked LM (30,522 tokens), random init",
         ("minilm", "nli"): "MiniLM-L6 shape NLI classifier, random init",
         ("minilm", "rerank"): "MiniLM-L6 shape cross-encoder (one output), random init",
+        ("minilm", "answer"): "MiniLM-L6 shape question answering head, random init",
+        ("tiny", "translate"): "tiny Marian (hidden 32, 1+1 layers, sentencepiece)",
     }[(shape, task)]
 
 
@@ -64,6 +67,8 @@ def build(shape: str, task: str, directory: Path, corpus: Sequence[str]) -> Path
             return build_classifier(path, sample, max_length=32 if shape == "micro" else 128)
         if task == "summarize":
             return build_seq2seq(path, sample, kind="bart", max_length=512)
+        if task == "translate":
+            return build_translator(path, sample, kind="marian", max_length=512)
         return build_causal_lm(path, sample, kind="gpt2", max_length=1024)
     return _standard(task, path, sample)
 
@@ -72,6 +77,7 @@ def _minilm(key: str, path: Path) -> Path:
     """A random model of all-MiniLM-L6-v2's shape with the head ``key`` needs."""
     from transformers import (
         AutoModelForMaskedLM,
+        AutoModelForQuestionAnswering,
         AutoModelForSequenceClassification,
         AutoModelForTokenClassification,
         AutoTokenizer,
@@ -111,6 +117,7 @@ def _minilm(key: str, path: Path) -> Path:
         "fill-mask": AutoModelForMaskedLM,
         "nli": AutoModelForSequenceClassification,
         "rerank": AutoModelForSequenceClassification,
+        "answer": AutoModelForQuestionAnswering,
     }[key]
     return save_model(path, loader.from_config(config), tokenizer)
 
