@@ -289,3 +289,27 @@ def test_answers_through_the_client_the_native_api_and_batch_lines(
         body = line["response"]["body"]
         assert body["object"] == "docqueue.answer"
         agree(body["answers"], expected)
+
+
+def test_mapped_fields_that_are_not_text_are_error_rows_naming_them(tmp_path: Path) -> None:
+    """A mapped field holding a number or a list is refused at intake, naming the
+    field (never written as Python's repr of it); a line that cannot be read first
+    does not hide a missing column."""
+    from docqueue.formats.problems import InputError
+    from docqueue.formats.readers import read_documents
+
+    lines = [
+        "{not json",
+        json.dumps({"id": "a", "q": "Which year?", "c": 1999}),
+        json.dumps({"id": "b", "q": "Which?", "c": ["a", "b"]}),
+        json.dumps({"id": "c", "q": "Who?", "c": "Ada."}),
+    ]
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    records = list(read_documents(tmp_path / "in.jsonl", text_field="question=q,context=c"))
+    checked = [check(r, task="answer", max_chars=1000) for r in records]
+    assert checked[0].error is not None and "malformed JSON" in checked[0].error
+    assert checked[1].error == "field 'context' is a number, not a string"
+    assert checked[2].error == "field 'context' is a list, not a string"
+    assert checked[3].doc == {"question": "Who?", "context": "Ada."}
+    with pytest.raises(InputError, match="no field 'body'"):
+        list(read_documents(tmp_path / "in.jsonl", text_field="question=q,context=body"))

@@ -87,25 +87,24 @@ def field_columns(text_field: str) -> dict[str, str] | None:
 def _with_fields(records: Iterator[Record], columns: dict[str, str]) -> Iterator[Record]:
     """Each record's document as an object of named fields, from its row's fields;
     a file whose first row lacks one of them is refused at once."""
-    first = True
+    checked = False
     for record in records:
-        row = record.fields or {}
-        if first and record.error is None:
-            missing = [c for c in columns.values() if c not in row]
-            if missing:
-                raise InputError(f"no field {missing[0]!r} (fields: {shown(row) or 'none'})")
-        first = False
         if record.error is not None:
             yield record
             continue
+        row = record.fields or {}
+        if not checked:  # the first row that could be read
+            missing = [c for c in columns.values() if c not in row]
+            if missing:
+                raise InputError(f"no field {missing[0]!r} (fields: {shown(row) or 'none'})")
+            checked = True
         values = {name: row.get(column) for name, column in columns.items()}
         absent = next((c for n, c in columns.items() if values[n] is None), None)
         if absent is not None:
             yield replace(record, text=None, error=f"no {absent!r} value (null)")
             continue
-        yield replace(
-            record, text={n: v if isinstance(v, str) else str(v) for n, v in values.items()}
-        )
+        # a value that is not text is refused at intake, naming its field
+        yield replace(record, text=values)
 
 
 def _read(path: Path, text_field: str, id_field: str | None) -> Iterator[Record]:
