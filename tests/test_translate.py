@@ -105,7 +105,9 @@ def test_unknown_languages_are_errors_naming_the_known_ones(translators):
     multi = outputs(runner_of(translators["marian-multi"]), ["hello"], params_of())
     assert multi == ["model tr needs tgt_lang: one of fr, de"]
     t5 = outputs(runner_of(translators["t5"]), ["hello"], params_of(src_lang="de", tgt_lang="en"))
-    assert t5 == ["model tr translates en to de, en to fr; which one is de to en?"]
+    assert t5 == ["model tr translates en to de, en to fr, not de to en"]
+    unnamed = outputs(runner_of(translators["t5"]), ["hello"], params_of())
+    assert unnamed == ["model tr translates en to de, en to fr: name src_lang and tgt_lang"]
     # a side left out is whichever fits, when one pair does
     prefixed = runner_of(translators["t5"]).preprocess(["hello"], params_of(tgt_lang="fr"))
     alone = runner_of(translators["t5"]).preprocess(

@@ -113,9 +113,11 @@ class Languages:
                 for pair in self.prefixes
                 if source in (None, pair[0]) and target in (None, pair[1])
             ]
-            if len(fits) != 1:
-                asked = f"{source or '?'} to {target or '?'}"
-                return f"model {self.model} translates {self.known()}; which one is {asked}?"
+            if not fits:
+                asked = f"{source or 'any'} to {target or 'any'}"
+                return f"model {self.model} translates {self.known()}, not {asked}"
+            if len(fits) > 1:
+                return f"model {self.model} translates {self.known()}: name src_lang and tgt_lang"
             return Plan(prefix=self.prefixes[fits[0]])
         if self.targets:
             if target is None:
