@@ -86,7 +86,8 @@ class AnswerRunner(Runner):
             if room < 1:
                 found[i] = (
                     f"the question is too long: it takes {len(ids)} of the {window} tokens "
-                    "a window holds, leaving none for the context"
+                    "a window holds, leaving none for the context (shorten it, or raise "
+                    "max_seq_len up to the model's window)"
                 )
                 continue
             # the tokenizer needs the stride below the room left for the context
