@@ -34,6 +34,7 @@ from docqueue.tasks.answer import AnswerParams
 from docqueue.worker.models import load_model
 from docqueue.worker.runners import runners_for
 from docqueue.worker.runners.answer import AnswerRunner
+from docqueue.worker.runners.base import Rows
 
 serve = test_api.serve
 
@@ -313,3 +314,28 @@ def test_mapped_fields_that_are_not_text_are_error_rows_naming_them(tmp_path: Pa
     assert checked[3].doc == {"question": "Who?", "context": "Ada."}
     with pytest.raises(InputError, match="no field 'body'"):
         list(read_documents(tmp_path / "in.jsonl", text_field="question=q,context=body"))
+
+
+def test_a_tokenizer_panic_is_one_documents_error_not_the_intake_threads_end(runner):
+    """The tokenizers library panics (pyo3's PanicException, a BaseException) on some
+    inputs; intake isolates the document that panics, as for any exception."""
+    from docqueue.worker.admission import Admission
+
+    class Panicky(AnswerRunner):
+        def preprocess(self, docs, params):
+            if any("panic" in d["context"] for d in docs):  # stride past the window
+                self.tokenizer(
+                    ["q"], ["panic " * 50], truncation="only_second", max_length=16,
+                    stride=40, return_overflowing_tokens=True,
+                )  # fmt: skip
+            return super().preprocess(docs, params)
+
+    panicky = Panicky(runner.loaded, runner.limits)
+    docs: list[Any] = [
+        {"question": "Who?", "context": "Ada wrote it."},
+        {"question": "?", "context": "panic"},
+    ]
+    found = Admission._preprocess(panicky, docs, params_of({}))
+    assert isinstance(found[0], Rows)
+    assert isinstance(found[1], str) and found[1].startswith("could not tokenize: ")
+    assert "stride" in found[1]

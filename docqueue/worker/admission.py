@@ -264,11 +264,22 @@ class Admission:
         that breaks the tokenizer is isolated, the rest go on)."""
         try:
             return list(runner.preprocess(docs, params))
-        except Exception:
+        except BaseException as exc:
+            if not tokenizer_failure(exc):
+                raise
             features: list[Features | str] = []
             for doc in docs:
                 try:
                     features.extend(runner.preprocess([doc], params))
-                except Exception as exc:
-                    features.append(f"could not tokenize: {one_line(exc)}")
+                except BaseException as alone:
+                    if not tokenizer_failure(alone):
+                        raise
+                    features.append(f"could not tokenize: {one_line(alone)}")
             return features
+
+
+def tokenizer_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a document's failure to tokenize: any exception, or a panic
+    of the Rust tokenizers library (pyo3's ``PanicException`` derives from
+    BaseException, and would otherwise end the intake thread)."""
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
