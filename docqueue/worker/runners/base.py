@@ -116,6 +116,17 @@ class Runner(ABC):
     def shape(self, params: dict[str, Any]) -> Shape:
         return Shape(padded_tokens, self.limits.budget, self.limits.max_rows)
 
+    def generating(self, new: int, beams: int = 1, max_rows: int | None = None) -> Shape:
+        """The shape of a generating batch: each row's prompt plus its ``new`` tokens,
+        times ``beams`` (an encoder-decoder's cross-attention keys and values grow with
+        beams x input length, its decoder with beams x new tokens)."""
+
+        def cost(rows: int, longest: int) -> int:
+            return rows * beams * (longest + new)
+
+        rows = self.limits.max_rows if max_rows is None else max_rows
+        return Shape(cost, self.limits.budget, rows)
+
     def preprocess(self, docs: Sequence[Document], params: dict[str, Any]) -> list[Features | str]:
         """Token ids per document, or an error message for a document that cannot run."""
         texts = []

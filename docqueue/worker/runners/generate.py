@@ -31,14 +31,9 @@ class GenerateRunner(Runner):
             )
 
     def shape(self, params: dict[str, Any]) -> Shape:
-        new = params["max_new_tokens"]
-
-        def cost(rows: int, longest: int) -> int:
-            return rows * (longest + new)
-
         # A seeded document runs alone: its text must not depend on its batch mates.
         rows = 1 if params["do_sample"] and params["seed"] is not None else self.limits.max_rows
-        return Shape(cost, self.limits.budget, rows)
+        return self.generating(params["max_new_tokens"], max_rows=rows)
 
     def preprocess(self, docs: Sequence[Document], params: dict[str, Any]) -> list[Features | str]:
         room = self.loaded.max_length - params["max_new_tokens"]

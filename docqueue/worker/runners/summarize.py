@@ -21,14 +21,7 @@ class SummarizeRunner(Runner):
     task = "summarize"
 
     def shape(self, params: dict[str, Any]) -> Shape:
-        # Cross-attention keys and values grow with beams x input length; the decoder
-        # with beams x new tokens.
-        beams, new = params["num_beams"], params["max_new_tokens"]
-
-        def cost(rows: int, longest: int) -> int:
-            return rows * beams * (longest + new)
-
-        return Shape(cost, self.limits.budget, self.limits.max_rows)
+        return self.generating(params["max_new_tokens"], params["num_beams"])
 
     def forward(self, inputs: dict[str, Any], params: dict[str, Any]) -> Any:
         config = generation_config(

@@ -153,12 +153,7 @@ class TranslateRunner(Runner):
             raise InvalidParams(problem)
 
     def shape(self, params: dict[str, Any]) -> Shape:
-        beams, new = params["num_beams"], self.new_tokens(params)
-
-        def cost(rows: int, longest: int) -> int:
-            return rows * beams * (longest + new)
-
-        return Shape(cost, self.limits.budget, self.limits.max_rows)
+        return self.generating(self.new_tokens(params), params["num_beams"])
 
     def preprocess(self, docs: Sequence[Document], params: dict[str, Any]) -> list[Features | str]:
         found: list[Features | str] = [""] * len(docs)
